@@ -1,0 +1,1 @@
+"""The command side: HTTP commands that register and manage devices."""

@@ -1,0 +1,156 @@
+"""HTTP routes: translate requests into commands and handler results into answers."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from typing import Annotated, Any, TypeVar
+
+import redis
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Request, Response
+from fastapi.security import HTTPBearer
+from pydantic import ValidationError
+
+from command_api import handlers
+from command_api.schemas import (
+    CommandOut,
+    CredentialsOut,
+    DecommissionBody,
+    DevicePatch,
+    HealthOut,
+    RegisteredOut,
+    RotatedOut,
+    ServiceHealth,
+)
+from command_api.unit_of_work import PostgresUnitOfWork
+from iotp.commands import DecommissionDevice, RegisterDevice, RotateCredentials, UpdateDevice
+from iotp.model import DEVICE_ID_PATTERN
+
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+# The token is enforced by BearerTokenMiddleware before the body is read; this only
+# declares the scheme so that /docs offers the Authorize button.
+_documented_bearer = HTTPBearer(auto_error=False, description="IOTP_API_TOKEN")
+devices = APIRouter(prefix="/devices", tags=["devices"], dependencies=[Depends(_documented_bearer)])
+health = APIRouter(tags=["health"])
+
+DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="The device id")]
+
+
+def _uow(request: Request) -> PostgresUnitOfWork:
+    state = request.app.state
+    return PostgresUnitOfWork(state.pool, state.settings.idempotency_ttl_hours)
+
+
+def _pepper(request: Request) -> bytes:
+    return bytes(request.app.state.pepper)
+
+
+UnitOfWorkDep = Annotated[PostgresUnitOfWork, Depends(_uow)]
+PepperDep = Annotated[bytes, Depends(_pepper)]
+
+
+C = TypeVar("C", UpdateDevice, DecommissionDevice, RotateCredentials)
+
+
+def _command(model: type[C], **fields: Any) -> C:
+    """Build a command from path and body parts, answering 422 the way FastAPI would."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise HTTPException(422, detail=exc.errors(include_url=False, include_context=False)) from exc
+
+
+def _credentials_out(creds: handlers.DeviceCredentials) -> CredentialsOut:
+    return CredentialsOut(**asdict(creds))
+
+
+@devices.post("", status_code=201, response_model=RegisteredOut)
+async def register_device(
+    cmd: RegisterDevice,
+    response: Response,
+    uow: UnitOfWorkDep,
+    pepper: PepperDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> RegisteredOut:
+    """Register a device; answers its MQTT credentials, whose password is shown only here."""
+    if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
+        raise HTTPException(422, "Idempotency-Key must be 1-255 printable ASCII characters")
+    result = await handlers.register_device(cmd, uow, pepper, idempotency_key)
+    response.headers["Location"] = f"/devices/{result.device_id}"
+    if result.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return RegisteredOut(
+        device_id=result.device_id,
+        event_id=result.event_id,
+        credentials=_credentials_out(result.credentials),
+    )
+
+
+@devices.patch("/{device_id}", response_model=CommandOut)
+async def update_device(
+    device_id: DeviceIdPath, patch: DevicePatch, uow: UnitOfWorkDep
+) -> CommandOut:
+    """Replace some attributes of a device; answers which ones changed."""
+    fields = {name: getattr(patch, name) for name in patch.model_fields_set}
+    cmd = _command(UpdateDevice, device_id=device_id, **fields)
+    result = await handlers.update_device(cmd, uow)
+    return CommandOut(device_id=device_id, event_id=result.event_id, changed=list(result.changed))
+
+
+@devices.post("/{device_id}/decommission", response_model=CommandOut)
+async def decommission_device(
+    device_id: DeviceIdPath,
+    uow: UnitOfWorkDep,
+    body: Annotated[DecommissionBody | None, Body()] = None,
+) -> CommandOut:
+    """Retire a device for good: ingest refuses its readings from then on."""
+    cmd = _command(DecommissionDevice, device_id=device_id, reason=body.reason if body else None)
+    result = await handlers.decommission_device(cmd, uow)
+    return CommandOut(device_id=device_id, event_id=result.event_id, changed=list(result.changed))
+
+
+@devices.post("/{device_id}/credentials", response_model=RotatedOut)
+async def rotate_credentials(
+    device_id: DeviceIdPath, uow: UnitOfWorkDep, pepper: PepperDep
+) -> RotatedOut:
+    """Issue a new MQTT password; the old one stops working."""
+    cmd = _command(RotateCredentials, device_id=device_id)
+    result = await handlers.rotate_credentials(cmd, uow, pepper)
+    assert result.credentials is not None
+    return RotatedOut(
+        device_id=device_id,
+        event_id=result.event_id,
+        changed=list(result.changed),
+        credentials=_credentials_out(result.credentials),
+    )
+
+
+@health.get("/healthz", response_model=HealthOut)
+async def healthz(request: Request, response: Response) -> HealthOut:
+    """Whether PostgreSQL and Redis answer, and how many events wait in the outbox."""
+    state = request.app.state
+    database, backlog = ServiceHealth(reachable=True), None
+    try:
+        async with state.pool.connection(timeout=2) as conn:
+            cur = await conn.execute("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")
+            row = await cur.fetchone()
+            backlog = row["n"] if row else None
+    except Exception as exc:  # any failure here is the answer, not an error
+        database = ServiceHealth(reachable=False, error=_first_line(exc))
+    cache = ServiceHealth(reachable=True)
+    try:
+        await state.redis.ping()
+    except (redis.RedisError, OSError) as exc:
+        cache = ServiceHealth(reachable=False, error=_first_line(exc))
+    ok = database.reachable and cache.reachable
+    if not ok:
+        response.status_code = 503
+    return HealthOut(
+        status="ok" if ok else "degraded", database=database, redis=cache, outbox_backlog=backlog
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

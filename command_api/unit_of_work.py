@@ -1,0 +1,218 @@
+"""Units of work: one transaction for the device rows, their events (outbox) and idempotency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import psycopg
+from psycopg import errors
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from command_api.domain import Device, DeviceAlreadyExists
+from iotp.events import Event, to_fields
+from iotp.model import Location, MetricSpec
+from iotp.names import DEVICE_EVENTS_STREAM
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    fingerprint: str
+    device_id: str
+    secret_seed: bytes
+    response: dict[str, Any]
+
+
+class DeviceRepository(Protocol):
+    seen: dict[str, Device]
+
+    async def add(self, device: Device) -> None: ...
+    async def get(self, device_id: str) -> Device | None: ...
+    async def save(self, device: Device) -> None: ...
+
+
+class IdempotencyStore(Protocol):
+    async def claim(
+        self, key: str, fingerprint: str, device_id: str, seed: bytes
+    ) -> IdempotencyRecord | None:
+        """Reserve ``key``; return the earlier record instead when the key was used before."""
+        ...
+
+    async def complete(self, key: str, response: dict[str, Any]) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    devices: DeviceRepository
+    idempotency: IdempotencyStore
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+    async def commit(self) -> None: ...
+
+
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+
+_DEVICE_COLUMNS = "device_id, name, kind, lat, lon, metadata, metrics, status, credential_hash"
+
+
+def _device_from_row(row: dict[str, Any]) -> Device:
+    location = None if row["lat"] is None else Location(lat=row["lat"], lon=row["lon"])
+    return Device(
+        device_id=row["device_id"],
+        name=row["name"],
+        kind=row["kind"],
+        credential_hash=row["credential_hash"],
+        location=location,
+        metadata=row["metadata"],
+        metrics=tuple(MetricSpec.model_validate(m) for m in row["metrics"]),
+        status=row["status"],
+    )
+
+
+def _device_params(device: Device) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id,
+        "name": device.name,
+        "kind": device.kind,
+        "lat": device.location.lat if device.location else None,
+        "lon": device.location.lon if device.location else None,
+        "metadata": Jsonb(device.metadata),
+        "metrics": Jsonb([m.model_dump(exclude_none=True) for m in device.metrics]),
+        "status": device.status,
+        "credential_hash": device.credential_hash,
+    }
+
+
+class PostgresDeviceRepository:
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.seen: dict[str, Device] = {}
+
+    async def add(self, device: Device) -> None:
+        try:
+            async with self.conn.transaction():  # a savepoint: the conflict is an answer, not a crash
+                await self.conn.execute(
+                    f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (%(device_id)s, %(name)s,"
+                    " %(kind)s, %(lat)s, %(lon)s, %(metadata)s, %(metrics)s, %(status)s,"
+                    " %(credential_hash)s)",
+                    _device_params(device),
+                )
+        except errors.UniqueViolation:
+            raise DeviceAlreadyExists(device.device_id) from None
+        self.seen[device.device_id] = device
+
+    async def get(self, device_id: str) -> Device | None:
+        # FOR UPDATE serialises commands on one device, which also keeps its events in order.
+        cur = await self.conn.execute(
+            f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = %s FOR UPDATE",  # noqa: S608
+            (device_id,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        device = _device_from_row(row)
+        self.seen[device_id] = device
+        return device
+
+    async def save(self, device: Device) -> None:
+        await self.conn.execute(
+            """
+            UPDATE devices SET name = %(name)s, kind = %(kind)s, lat = %(lat)s, lon = %(lon)s,
+                metadata = %(metadata)s, metrics = %(metrics)s, status = %(status)s,
+                credential_hash = %(credential_hash)s, updated_at = now(),
+                decommissioned_at = CASE WHEN %(status)s = 'decommissioned'
+                                         THEN coalesce(decommissioned_at, now()) END
+            WHERE device_id = %(device_id)s
+            """,
+            _device_params(device),
+        )
+        self.seen[device.device_id] = device
+
+
+class PostgresIdempotencyStore:
+    def __init__(self, conn: Conn, ttl_hours: int) -> None:
+        self.conn = conn
+        self.ttl_hours = ttl_hours
+
+    async def claim(
+        self, key: str, fingerprint: str, device_id: str, seed: bytes
+    ) -> IdempotencyRecord | None:
+        await self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE key = %s"
+            " AND created_at < now() - %s * INTERVAL '1 hour'",
+            (key, self.ttl_hours),
+        )
+        # A concurrent request with the same key waits here until the first one commits.
+        cur = await self.conn.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, device_id, secret_seed, response)"
+            " VALUES (%s, %s, %s, %s, '{}') ON CONFLICT (key) DO NOTHING RETURNING key",
+            (key, fingerprint, device_id, seed),
+        )
+        if await cur.fetchone() is not None:
+            return None
+        cur = await self.conn.execute(
+            "SELECT fingerprint, device_id, secret_seed, response FROM idempotency_keys"
+            " WHERE key = %s",
+            (key,),
+        )
+        row = await cur.fetchone()
+        assert row is not None, "a conflicting key row is committed before ON CONFLICT returns"
+        return IdempotencyRecord(
+            row["fingerprint"], row["device_id"], bytes(row["secret_seed"]), row["response"]
+        )
+
+    async def complete(self, key: str, response: dict[str, Any]) -> None:
+        await self.conn.execute(
+            "UPDATE idempotency_keys SET response = %s WHERE key = %s", (Jsonb(response), key)
+        )
+
+
+class PostgresUnitOfWork:
+    """One pooled connection and one transaction; events go to the outbox at commit."""
+
+    def __init__(self, pool: AsyncConnectionPool[Conn], idempotency_ttl_hours: int = 24) -> None:
+        self.pool = pool
+        self.ttl_hours = idempotency_ttl_hours
+        self._conn: Conn | None = None
+
+    async def __aenter__(self) -> Self:
+        self._conn = await self.pool.getconn()
+        self.devices = PostgresDeviceRepository(self._conn)
+        self.idempotency = PostgresIdempotencyStore(self._conn, self.ttl_hours)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            await conn.rollback()  # no-op after commit; undoes everything otherwise
+        finally:
+            await self.pool.putconn(conn)
+
+    async def commit(self) -> None:
+        assert self._conn is not None, "commit outside the unit of work"
+        events = [event for device in self.devices.seen.values() for event in device.events]
+        if events:
+            await write_outbox(self._conn, events)
+        await self._conn.commit()
+        for device in self.devices.seen.values():
+            device.events.clear()
+
+
+async def write_outbox(conn: Conn, events: list[Event]) -> None:
+    """Queue ``events`` for the relay, in the caller's transaction."""
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO outbox (event_id, stream, event_type, fields) VALUES (%s, %s, %s, %s)",
+            [
+                (e.event_id, DEVICE_EVENTS_STREAM, type(e).__name__, Jsonb(to_fields(e)))
+                for e in events
+            ],
+        )

@@ -1,0 +1,183 @@
+"""The ``iotp`` command line. Each command imports its part only when it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from pydantic import SecretStr, ValidationError
+
+from iotp.errors import ConfigurationError, ServiceUnavailable
+from iotp.logs import configure_logging
+from iotp.settings import Settings, get_settings, token_problem
+
+app = typer.Typer(
+    name="iotp",
+    help="iotp: an IoT telemetry platform (MQTT ingest, TimescaleDB, CQRS read models).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into one line on stderr and exit code 2."""
+    try:
+        yield
+    except (ServiceUnavailable, ConfigurationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ValidationError as exc:
+        typer.echo(f"error: invalid IOTP_ setting: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _settings() -> Settings:
+    with _clear_errors():
+        return get_settings()
+
+
+@app.callback()
+def main(
+    log_level: Annotated[
+        str | None, typer.Option(help="Log level (default: IOTP_LOG_LEVEL or INFO).")
+    ] = None,
+) -> None:
+    """iotp command line."""
+    configure_logging(log_level or _settings().log_level)
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if needed and apply schema migrations (idempotent)."""
+    from iotp.migrate import migrate as run_migrations
+
+    settings = _settings()
+    with _clear_errors():
+        report = run_migrations(settings)
+    if report.database_created:
+        typer.echo("created database")
+    mode = "TimescaleDB" if report.timescaledb else "plain PostgreSQL"
+    typer.echo(f"mode: {mode} ({report.mode_reason})")
+    for name in report.applied:
+        typer.echo(f"applied {name}")
+    if not report.applied:
+        typer.echo("schema up to date, nothing to apply")
+    for policy in report.policies:
+        typer.echo(f"policy: {policy}")
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address (IOTP_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (IOTP_API_PORT).")] = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Generate a throw-away API token and print it.")
+    ] = False,
+    relay: Annotated[
+        bool, typer.Option(help="Run the outbox relay inside the API process.")
+    ] = True,
+) -> None:
+    """Run the command API (HTTP device registration) with its outbox relay."""
+    import uvicorn
+
+    from command_api.app import create_app
+
+    settings = _settings()
+    if dev and token_problem(settings.api_token) is not None:
+        token = secrets.token_urlsafe(24)
+        settings = settings.model_copy(update={"api_token": SecretStr(token)})
+        typer.echo(f"dev mode: API token for this run is {token}")
+    with _clear_errors():
+        _preflight(settings)
+        application = create_app(settings, run_relay_task=relay)
+    uvicorn.run(
+        application,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@app.command()
+def relay() -> None:
+    """Run the outbox relay alone: device events from PostgreSQL to Redis Streams."""
+    from command_api.relay import run_relay
+    from iotp.db import open_pool
+    from iotp.redis_client import open_redis
+
+    settings = _settings()
+    with _clear_errors():
+        _preflight(settings)
+
+    async def run() -> None:
+        pool = await open_pool(settings.database_url, max_size=2)
+        client = await open_redis(settings.redis_url)
+        try:
+            await run_relay(pool, client, settings)
+        finally:
+            await client.aclose()
+            await pool.close()
+
+    with _clear_errors():
+        _run_until_signalled(run)
+
+
+def _preflight(settings: Settings) -> None:
+    """Fail with one clear line when the database is unreachable or not migrated."""
+    from iotp.db import connect
+    from iotp.migrate import pending_migrations
+
+    with connect(settings.database_url) as conn:
+        pending = pending_migrations(conn)
+    if pending:
+        raise ConfigurationError(
+            f"the database schema is not up to date (pending: {', '.join(pending)}):"
+            " run `iotp migrate` first"
+        )
+    _warn_if_redis_down(settings)
+
+
+def _warn_if_redis_down(settings: Settings) -> None:
+    import redis
+
+    from iotp.redis_client import redis_unavailable
+
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        typer.echo(f"warning: {redis_unavailable(settings.redis_url, exc)};"
+                   " events wait in the outbox until it answers", err=True)
+    finally:
+        client.close()
+
+
+def _run_until_signalled(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` until it ends, or cancel it cleanly on SIGINT or SIGTERM."""
+
+    async def runner() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await main()
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(runner())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

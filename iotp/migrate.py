@@ -1,0 +1,242 @@
+"""Apply the versioned SQL migrations and the TimescaleDB policies the settings ask for."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import errors, sql
+
+from iotp.db import connect
+from iotp.errors import ConfigurationError, ServiceUnavailable
+from iotp.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# pg_advisory_lock key: concurrent `iotp migrate` runs (compose, `iotp up`) wait for each other.
+MIGRATION_LOCK_KEY = 0x10770001
+TIMESCALE_MARK = ".timescaledb."
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+    timescale_only: bool
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+@dataclass
+class MigrationReport:
+    database_created: bool = False
+    timescaledb: bool = False
+    mode_reason: str = ""
+    applied: list[str] = field(default_factory=list)
+    policies: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_migrations() -> list[Migration]:
+    """Every migration shipped with the package, in version order."""
+    found = []
+    for entry in resources.files("iotp.migrations").iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        stem = entry.name.removesuffix(".sql")
+        version, _, name = stem.partition("_")
+        found.append(
+            Migration(
+                version=version,
+                name=name.replace(TIMESCALE_MARK.strip("."), "").rstrip("."),
+                sql=entry.read_text(encoding="utf-8"),
+                timescale_only=TIMESCALE_MARK in entry.name,
+            )
+        )
+    return sorted(found, key=lambda m: m.version)
+
+
+def migrate(settings: Settings) -> MigrationReport:
+    """Create the database if needed, apply pending migrations, then the policies."""
+    report = MigrationReport()
+    conn = _connect_creating(settings.database_url, report)
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.commit()
+        try:
+            _ensure_ledger(conn)
+            report.timescaledb, report.mode_reason = _choose_mode(conn, settings.timescaledb)
+            applied = _applied_versions(conn)
+            for migration in load_migrations():
+                if migration.version in applied:
+                    if applied[migration.version] != migration.checksum:
+                        report.warnings.append(
+                            f"migration {migration.version} changed after it was applied"
+                        )
+                    continue
+                if migration.timescale_only and not report.timescaledb:
+                    continue
+                _apply(conn, migration)
+                report.applied.append(f"{migration.version}_{migration.name}")
+            if report.timescaledb:
+                report.policies = apply_timescale_policies(conn, settings)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.commit()
+    return report
+
+
+def pending_migrations(conn: psycopg.Connection[Any]) -> list[str]:
+    """Versions not yet applied (TimescaleDB-only ones count only when the extension is on)."""
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
+        return [m.version for m in load_migrations() if not m.timescale_only]
+    applied = _applied_versions(conn)
+    timescale = _extension_installed(conn)
+    return [
+        m.version
+        for m in load_migrations()
+        if m.version not in applied and (timescale or not m.timescale_only)
+    ]
+
+
+def _connect_creating(url: str, report: MigrationReport) -> psycopg.Connection[Any]:
+    parts = urlsplit(url)
+    dbname = parts.path.lstrip("/") or "postgres"
+    try:
+        return connect(url)
+    except ServiceUnavailable as exc:
+        # libpq reports a missing database at connect time without a SQLSTATE.
+        if f'database "{dbname}" does not exist' not in exc.reason:
+            raise
+    maintenance = urlunsplit(parts._replace(path="/postgres"))
+    with connect(maintenance, autocommit=True) as admin:
+        try:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            report.database_created = True
+        except errors.DuplicateDatabase:
+            pass  # another migrator created it a moment ago
+    return connect(url)
+
+
+def _ensure_ledger(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            version    text PRIMARY KEY,
+            name       text NOT NULL,
+            checksum   text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )
+        """
+    )
+    conn.commit()
+
+
+def _applied_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+    return {version: checksum for version, checksum in rows}
+
+
+def _extension_installed(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+    return row is not None
+
+
+def _choose_mode(conn: psycopg.Connection[Any], wanted: str) -> tuple[bool, str]:
+    if wanted == "off":
+        return False, "IOTP_TIMESCALEDB=off"
+    if _extension_installed(conn):
+        return True, "TimescaleDB extension installed"
+    available = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    conn.commit()
+    reason = "the timescaledb extension is not available on this server"
+    if available:
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+            conn.commit()
+            return True, "TimescaleDB extension created"
+        except psycopg.Error as exc:
+            conn.rollback()
+            reason = f"CREATE EXTENSION timescaledb failed: {str(exc).splitlines()[0]}"
+    if wanted == "on":
+        raise ConfigurationError(f"IOTP_TIMESCALEDB=on but {reason}")
+    return False, reason
+
+
+def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
+    logger.info("applying migration %s_%s", migration.version, migration.name)
+    with conn.transaction():
+        conn.execute(migration.sql.encode())
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            (migration.version, migration.name, migration.checksum),
+        )
+
+
+def apply_timescale_policies(conn: psycopg.Connection[Any], settings: Settings) -> list[str]:
+    """Bring chunk size, compression and retention in line with the settings; idempotent."""
+    done: list[str] = []
+    with conn.transaction():
+        conn.execute(
+            "SELECT set_chunk_time_interval('telemetry', %s * INTERVAL '1 hour')",
+            (settings.telemetry_chunk_hours,),
+        )
+        done.append(f"chunk interval {settings.telemetry_chunk_hours} h")
+        done.append(
+            _ensure_policy(
+                conn, "policy_compression", "compress_after",
+                settings.telemetry_compress_after_days,
+                "SELECT add_compression_policy('telemetry', %s * INTERVAL '1 day')",
+                "SELECT remove_compression_policy('telemetry', if_exists => true)",
+                "compression",
+            )
+        )
+        done.append(
+            _ensure_policy(
+                conn, "policy_retention", "drop_after",
+                settings.telemetry_retention_days,
+                "SELECT add_retention_policy('telemetry', %s * INTERVAL '1 day')",
+                "SELECT remove_retention_policy('telemetry', if_exists => true)",
+                "retention",
+            )
+        )
+    return done
+
+
+def _ensure_policy(
+    conn: psycopg.Connection[Any],
+    proc: str,
+    key: str,
+    days: int,
+    add: str,
+    remove: str,
+    label: str,
+) -> str:
+    row = conn.execute(
+        f"""
+        SELECT (config ->> '{key}')::interval = %s * INTERVAL '1 day'
+        FROM timescaledb_information.jobs
+        WHERE proc_name = %s AND hypertable_name = 'telemetry'
+        """,  # noqa: S608 - key is one of two literals above
+        (days, proc),
+    ).fetchone()
+    if days == 0:
+        if row is not None:
+            conn.execute(remove)
+        return f"{label} off"
+    if row is not None and row[0]:
+        return f"{label} after {days} d (unchanged)"
+    if row is not None:
+        conn.execute(remove)
+    conn.execute(add, (days,))
+    return f"{label} after {days} d"

@@ -1,0 +1,124 @@
+"""Value types shared by commands and events, with the validation rules defined once."""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from typing import Annotated, Any
+
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+METRIC_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+METADATA_MAX_BYTES = 8 * 1024
+METADATA_MAX_DEPTH = 8
+MAX_DECLARED_METRICS = 100
+
+
+def _check_text(value: str) -> str:
+    """Refuse text PostgreSQL cannot store or a dashboard should not render."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid UTF-8 (lone surrogate)") from None
+    for char in value:
+        if unicodedata.category(char) == "Cc" and char not in "\t":
+            raise ValueError(f"text contains the control character U+{ord(char):04X}")
+    return value
+
+
+def _check_not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+SafeText = Annotated[str, AfterValidator(_check_text)]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_text),
+                 AfterValidator(_check_not_blank)]
+Kind = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_text),
+                 AfterValidator(_check_not_blank)]
+DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
+MetricName = Annotated[str, Field(pattern=METRIC_NAME_PATTERN)]
+Unit = Annotated[str, Field(max_length=32), AfterValidator(_check_text)]
+
+
+def _walk_metadata(value: Any, depth: int) -> None:
+    if depth > METADATA_MAX_DEPTH:
+        raise ValueError(f"metadata is nested deeper than {METADATA_MAX_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("metadata contains a NUL character")
+        _check_text_lenient(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not key or len(key) > 128:
+                raise ValueError("metadata keys must be 1-128 characters")
+            _walk_metadata(key, depth)
+            _walk_metadata(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _walk_metadata(item, depth + 1)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("metadata numbers must be finite")
+
+
+def _check_text_lenient(value: str) -> None:
+    # Free-form metadata may hold newlines, but never bytes PostgreSQL's jsonb rejects.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("metadata text is not valid UTF-8 (lone surrogate)") from None
+
+
+def _check_metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    _walk_metadata(value, 0)
+    size = len(orjson.dumps(value))
+    if size > METADATA_MAX_BYTES:
+        raise ValueError(f"metadata is {size} bytes encoded, over the {METADATA_MAX_BYTES} limit")
+    return value
+
+
+Metadata = Annotated[dict[str, JsonValue], AfterValidator(_check_metadata)]
+
+
+class FrozenModel(BaseModel):
+    """Immutable, strict-about-unknown-fields base for every message and value type."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Location(FrozenModel):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class MetricSpec(FrozenModel):
+    """A metric a device declares: readings of other metrics are refused by ingest."""
+
+    name: MetricName
+    unit: Unit | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> MetricSpec:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"metric {self.name!r}: min {self.min} is greater than max {self.max}")
+        return self
+
+
+def _check_unique_metrics(metrics: tuple[MetricSpec, ...]) -> tuple[MetricSpec, ...]:
+    names = [metric.name for metric in metrics]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ValueError(f"metric names are declared twice: {', '.join(duplicated)}")
+    return metrics
+
+
+DeclaredMetrics = Annotated[
+    tuple[MetricSpec, ...],
+    Field(max_length=MAX_DECLARED_METRICS),
+    AfterValidator(_check_unique_metrics),
+]

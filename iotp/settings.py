@@ -1,0 +1,58 @@
+"""One typed settings object, read from ``IOTP_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Tokens that appear in examples and docs; a deployment that kept one is not protected.
+PLACEHOLDER_TOKENS = frozenset({"", "changeme", "change-me", "secret", "token", "dev", "iotp"})
+MIN_TOKEN_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Every knob of iotp; each field is the environment variable ``IOTP_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="IOTP_", extra="ignore", frozen=True)
+
+    database_url: str = "postgresql://localhost:5432/iotp"
+    redis_url: str = "redis://localhost:6379/0"
+    mqtt_url: str = "mqtt://localhost:1883"
+
+    api_token: SecretStr | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    request_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    idempotency_ttl_hours: int = Field(default=24, ge=1)
+
+    timescaledb: Literal["auto", "on", "off"] = "auto"
+    telemetry_chunk_hours: int = Field(default=24, ge=1)
+    telemetry_compress_after_days: int = Field(default=7, ge=0)
+    telemetry_retention_days: int = Field(default=0, ge=0)
+
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_poll_seconds: float = Field(default=1.0, gt=0)
+    outbox_keep_hours: int = Field(default=168, ge=1)
+
+    log_level: str = "INFO"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once on first use (never at import)."""
+    return Settings()
+
+
+def token_problem(token: SecretStr | None) -> str | None:
+    """Why ``token`` cannot protect the command API, or None when it can."""
+    if token is None or not token.get_secret_value():
+        return "IOTP_API_TOKEN is not set"
+    value = token.get_secret_value()
+    if value.strip().lower() in PLACEHOLDER_TOKENS:
+        return "IOTP_API_TOKEN is a placeholder value"
+    if len(value) < MIN_TOKEN_LENGTH:
+        return f"IOTP_API_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters"
+    return None
