@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import psycopg
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from command_api.domain import (
@@ -75,7 +76,30 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     for exc_type, status in _STATUS_FOR.items():
         app.add_exception_handler(exc_type, _answer(status))
     app.add_exception_handler(psycopg.OperationalError, _database_unavailable)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     return app
+
+
+def _printable(value: object) -> str | int:
+    """A value safe to put in a JSON answer, whatever bytes the client sent."""
+    if isinstance(value, int):
+        return value
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    # FastAPI's default answer echoes the rejected input, which may hold lone surrogates
+    # or NaN that cannot be encoded (a 500), or megabytes of hostile text.
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {
+            "loc": [_printable(part) for part in error.get("loc", ())],
+            "msg": _printable(error.get("msg", "")),
+            "type": _printable(error.get("type", "")),
+        }
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _answer(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

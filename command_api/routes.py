@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 import redis
+from fastapi.exceptions import RequestValidationError
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Request, Response
 from fastapi.security import HTTPBearer
 from pydantic import ValidationError
@@ -58,7 +59,7 @@ def _command(model: type[C], **fields: Any) -> C:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        raise HTTPException(422, detail=exc.errors(include_url=False, include_context=False)) from exc
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
 
 
 def _credentials_out(creds: handlers.DeviceCredentials) -> CredentialsOut:

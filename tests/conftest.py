@@ -1,0 +1,86 @@
+"""Fixtures shared by every tier: real PostgreSQL and Redis for integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+from pydantic import SecretStr
+
+from iotp.migrate import migrate
+from iotp.settings import Settings
+
+# The test servers: the machine's own services unless told otherwise. Every test run gets
+# its own database, and Redis tests use their own logical database, flushed per test.
+TEST_PG_SERVER = os.environ.get("IOTP_TEST_PG_SERVER", "postgresql://localhost:5432/postgres")
+TEST_REDIS_URL = os.environ.get("IOTP_TEST_REDIS_URL", "redis://localhost:6379/15")
+TEST_TOKEN = "test-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def _database_url(name: str) -> str:
+    return urlunsplit(urlsplit(TEST_PG_SERVER)._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A migrated database of this test run's own, dropped at the end."""
+    name = f"iotp_test_{uuid.uuid4().hex[:10]}"
+    url = _database_url(name)
+    migrate(Settings(database_url=url, timescaledb="off"))
+    yield url
+    with psycopg.connect(TEST_PG_SERVER, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the test database, emptied before the test."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE devices, outbox, idempotency_keys, telemetry")
+        yield conn
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def settings(database_url: str, db: psycopg.Connection[Any], redis_client: redis.Redis) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=TEST_REDIS_URL,
+        api_token=SecretStr(TEST_TOKEN),
+        relay_poll_seconds=0.2,
+    )

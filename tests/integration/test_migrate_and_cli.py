@@ -1,0 +1,183 @@
+"""`iotp migrate`, `iotp api` and `iotp relay` as a user runs them: real processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+
+from iotp.events import from_fields
+from iotp.names import DEVICE_EVENTS_STREAM
+from tests.conftest import TEST_PG_SERVER, TEST_REDIS_URL, TEST_TOKEN, free_port, wait_for
+from tests.integration.api_helpers import AUTH, THERMOSTAT
+
+IOTP = [sys.executable, "-m", "iotp.cli"]
+
+
+def _iotp(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*IOTP, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def _env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
+    env.update({f"IOTP_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+@pytest.fixture
+def fresh_database() -> Iterator[str]:
+    """The URL of a database that does not exist yet."""
+    name = f"iotp_cli_{uuid.uuid4().hex[:10]}"
+    yield TEST_PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(TEST_PG_SERVER, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _schema(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = 'public' ORDER BY 1, 2"
+        ).fetchall()
+
+
+def test_migrate_creates_the_database_and_twice_is_a_no_op(fresh_database: str) -> None:
+    env = _env(database_url=fresh_database)
+    first = _iotp("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "created database" in first.stdout
+    assert "mode: plain PostgreSQL" in first.stdout
+    assert "applied 0001_devices" in first.stdout
+    with psycopg.connect(fresh_database) as conn:
+        ledger = conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
+    schema = _schema(fresh_database)
+
+    second = _iotp("migrate", env=env)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to apply" in second.stdout
+    assert "applied" not in second.stdout.replace("nothing to apply", "")
+    with psycopg.connect(fresh_database) as conn:
+        assert conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall() == ledger
+    assert _schema(fresh_database) == schema
+    assert {t for t, _, _ in schema} >= {"devices", "outbox", "telemetry", "idempotency_keys"}
+
+
+def test_telemetry_table_has_the_reading_key(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("INSERT INTO telemetry (device_id, ts, metric, value)"
+                     " VALUES ('d', '2026-01-01T00:00:00Z', 'temp', 1.5)")
+        inserted = conn.execute(
+            "INSERT INTO telemetry (device_id, ts, metric, value)"
+            " VALUES ('d', '2026-01-01T00:00:00Z', 'temp', 9.9)"
+            " ON CONFLICT (device_id, metric, ts) DO NOTHING"
+        ).rowcount
+        assert inserted == 0
+        assert conn.execute("SELECT value FROM telemetry").fetchall() == [(1.5,)]
+        conn.rollback()
+
+
+def test_unreachable_database_is_one_clear_line() -> None:
+    port = free_port()
+    result = _iotp("migrate", env=_env(database_url=f"postgresql://u:hunter2@127.0.0.1:{port}/x"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "IOTP_DATABASE_URL" in lines[0] and f"127.0.0.1:{port}" in lines[0]
+    assert "hunter2" not in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("token", [None, "changeme", "short"])
+def test_api_refuses_to_start_without_a_real_token(database_url: str, token: str | None) -> None:
+    settings = {"database_url": database_url}
+    if token is not None:
+        settings["api_token"] = token
+    result = _iotp("api", env=_env(**settings))
+    assert result.returncode == 2
+    assert "IOTP_API_TOKEN" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_api_refuses_to_start_on_an_unmigrated_database(fresh_database: str) -> None:
+    with psycopg.connect(TEST_PG_SERVER, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{fresh_database.rsplit("/", 1)[1]}"')
+    result = _iotp("api", env=_env(database_url=fresh_database, api_token=TEST_TOKEN))
+    assert result.returncode == 2
+    assert "iotp migrate" in result.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    result = _iotp("--help", env=_env())
+    assert result.returncode == 0
+    for command in ("migrate", "api", "relay"):
+        assert command in result.stdout
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([*IOTP, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    process.terminate()
+    try:
+        output, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output
+
+
+def test_dev_api_and_standalone_relay_serve_for_real(
+    database_url: str, redis_client: redis.Redis
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE devices, outbox, idempotency_keys")
+    port = free_port()
+    env = _env(database_url=database_url, redis_url=TEST_REDIS_URL)
+    api = _serve(["api", "--dev", "--port", str(port), "--no-relay"], env)
+    relay = _serve(["relay"], env)
+    try:
+        assert api.stdout is not None
+        first = api.stdout.readline()
+        assert first.startswith("dev mode: API token for this run is "), first
+        token = first.rsplit(" ", 1)[1].strip()
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout=30)
+        refused = httpx.post(f"{base}/devices", json=THERMOSTAT, headers=AUTH)
+        assert refused.status_code == 401, "the test token is not this run's token"
+        created = httpx.post(f"{base}/devices", json=THERMOSTAT,
+                             headers={"Authorization": f"Bearer {token}"})
+        assert created.status_code == 201, created.text
+        entries = wait_for(lambda: redis_client.xrange(DEVICE_EVENTS_STREAM), timeout=15)
+        assert str(from_fields(entries[0][1]).event_id) == created.json()["event_id"]
+        time.sleep(0.3)
+        assert len(redis_client.xrange(DEVICE_EVENTS_STREAM)) == 1
+    finally:
+        relay_output = _stop(relay)
+        _stop(api)
+    assert relay.returncode == 0, relay_output

@@ -1,0 +1,120 @@
+"""The TimescaleDB half of the migrations, run against TimescaleDB in PGlite (WASM).
+
+A TimescaleDB server cannot be installed on our machines; PGlite compiled with the
+extension can, through npm (`.ci/run` installs it). It serves one connection at a time
+and has no COPY, which the migrations do not need.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from iotp.migrate import migrate
+from iotp.settings import Settings
+from tests.conftest import free_port
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def timescale_url() -> Iterator[str]:
+    node = shutil.which("node")
+    if node is None or not (HERE / "node_modules").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the TimescaleDB tests: npm ci --prefix tests/timescale")
+        pytest.skip("run `npm ci --prefix tests/timescale` to test the TimescaleDB migrations")
+    port = free_port()
+    server = subprocess.Popen([node, str(HERE / "server.mjs"), str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert server.stdout is not None
+    line = server.stdout.readline()
+    assert line.startswith("READY"), line
+    yield f"postgresql://postgres:postgres@127.0.0.1:{port}/postgres?sslmode=disable"
+    server.terminate()
+    server.wait(timeout=20)
+
+
+def _settings(url: str, **changes: Any) -> Settings:
+    return Settings(database_url=url, timescaledb="on", **changes)
+
+
+def _jobs(url: str) -> dict[str, tuple[int, dict[str, Any]]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT proc_name, job_id, config FROM timescaledb_information.jobs"
+            " WHERE hypertable_name = 'telemetry'"
+        ).fetchall()
+    return {name: (job_id, config) for name, job_id, config in rows}
+
+
+pytestmark = pytest.mark.timescaledb
+
+
+def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -> None:
+    report = migrate(_settings(timescale_url, telemetry_retention_days=30))
+    assert report.timescaledb
+    assert report.applied == ["0001_devices", "0002_telemetry", "0003_telemetry_hypertable"]
+    assert "compression after 7 d" in report.policies
+    assert "retention after 30 d" in report.policies
+
+    with psycopg.connect(timescale_url) as conn:
+        hypertable = conn.execute(
+            "SELECT compression_enabled FROM timescaledb_information.hypertables"
+            " WHERE hypertable_name = 'telemetry'"
+        ).fetchone()
+        assert hypertable == (True,)
+        segment_by = conn.execute(
+            "SELECT attname FROM timescaledb_information.compression_settings"
+            " WHERE hypertable_name = 'telemetry' AND segmentby_column_index IS NOT NULL"
+            " ORDER BY segmentby_column_index"
+        ).fetchall()
+        assert segment_by == [("device_id",), ("metric",)]
+        dimension = conn.execute(
+            "SELECT column_name, time_interval FROM timescaledb_information.dimensions"
+            " WHERE hypertable_name = 'telemetry'"
+        ).fetchone()
+        assert dimension is not None and dimension[0] == "ts"
+
+    jobs = _jobs(timescale_url)
+    assert jobs["policy_compression"][1]["compress_after"] == "7 days"
+    assert jobs["policy_retention"][1]["drop_after"] == "30 days"
+
+
+def test_second_run_changes_nothing(timescale_url: str) -> None:
+    before = _jobs(timescale_url)
+    report = migrate(_settings(timescale_url, telemetry_retention_days=30))
+    assert report.applied == []
+    assert "retention after 30 d (unchanged)" in report.policies
+    assert _jobs(timescale_url) == before
+
+
+def test_policies_follow_the_settings(timescale_url: str) -> None:
+    migrate(_settings(timescale_url, telemetry_retention_days=0,
+                      telemetry_compress_after_days=14))
+    jobs = _jobs(timescale_url)
+    assert "policy_retention" not in jobs
+    assert jobs["policy_compression"][1]["compress_after"] == "14 days"
+
+
+def test_readings_are_unique_and_bucketable_on_the_hypertable(timescale_url: str) -> None:
+    with psycopg.connect(timescale_url) as conn:
+        insert = ("INSERT INTO telemetry (device_id, ts, metric, value) VALUES (%s, %s, %s, %s)"
+                  " ON CONFLICT (device_id, metric, ts) DO NOTHING")
+        rows = [("d1", "2026-11-01T10:00:00Z", "t", 1.0), ("d1", "2026-11-01T10:00:30Z", "t", 3.0),
+                ("d1", "2026-11-01T10:00:00Z", "t", 9.0)]
+        inserted = 0
+        for row in rows:
+            inserted += conn.execute(insert, row).rowcount
+        assert inserted == 2
+        bucket = conn.execute(
+            "SELECT time_bucket('1 minute', ts), count(*), avg(value) FROM telemetry GROUP BY 1"
+        ).fetchall()
+        assert [(count, avg) for _, count, avg in bucket] == [(2, 2.0)]
