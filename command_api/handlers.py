@@ -63,8 +63,9 @@ async def register_device(
         if idempotency_key is not None:
             prior = await uow.idempotency.claim(idempotency_key, fingerprint(cmd), device_id, seed)
             if prior is not None:
-                return _replay(prior.fingerprint, fingerprint(cmd), prior.secret_seed,
-                               prior.response, pepper)
+                return _replay(
+                    prior.fingerprint, fingerprint(cmd), prior.secret_seed, prior.response, pepper
+                )
         if await uow.devices.get(device_id) is not None:
             raise DeviceAlreadyExists(device_id)
         password = credentials.password_from_seed(seed, pepper)
@@ -134,4 +135,6 @@ async def _existing(uow: UnitOfWork, device_id: str) -> Device:
 
 
 def _credentials(device_id: str, password: str) -> DeviceCredentials:
-    return DeviceCredentials(username=device_id, password=password, topic=telemetry_topic(device_id))
+    return DeviceCredentials(
+        username=device_id, password=password, topic=telemetry_topic(device_id)
+    )

@@ -9,7 +9,9 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-async def _reply(send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+async def _reply(
+    send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
     body = orjson.dumps({"detail": detail})
     await send(
         {

@@ -117,12 +117,14 @@ async def run_relay(
                 if backoff > 0.5:
                     logger.info("relay resumed")
                 backoff = 0.5
-                async for _ in listener.notifies(
-                    timeout=settings.relay_poll_seconds, stop_after=1
-                ):
+                async for _ in listener.notifies(timeout=settings.relay_poll_seconds, stop_after=1):
                     pass
-            except (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError,
-                    OSError) as exc:
+            except (
+                psycopg.OperationalError,
+                redis.ConnectionError,
+                redis.TimeoutError,
+                OSError,
+            ) as exc:
                 logger.warning("relay cannot reach a service, retrying in %.1fs: %s", backoff, exc)
                 if listener is not None:
                     with contextlib.suppress(Exception):

@@ -7,8 +7,8 @@ from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 import redis
-from fastapi.exceptions import RequestValidationError
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from pydantic import ValidationError
 

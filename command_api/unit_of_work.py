@@ -26,7 +26,10 @@ class IdempotencyRecord:
 
 
 class DeviceRepository(Protocol):
-    seen: dict[str, Device]
+    @property
+    def seen(self) -> dict[str, Device]:
+        """Devices loaded or added in this unit of work, whose events commit collects."""
+        ...
 
     async def add(self, device: Device) -> None: ...
     async def get(self, device_id: str) -> Device | None: ...
@@ -44,8 +47,10 @@ class IdempotencyStore(Protocol):
 
 
 class UnitOfWork(Protocol):
-    devices: DeviceRepository
-    idempotency: IdempotencyStore
+    @property
+    def devices(self) -> DeviceRepository: ...
+    @property
+    def idempotency(self) -> IdempotencyStore: ...
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(
@@ -57,6 +62,11 @@ class UnitOfWork(Protocol):
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 
 _DEVICE_COLUMNS = "device_id, name, kind, lat, lon, metadata, metrics, status, credential_hash"
+_INSERT_DEVICE = (
+    "INSERT INTO devices (device_id, name, kind, lat, lon, metadata, metrics, status,"
+    " credential_hash) VALUES (%(device_id)s, %(name)s, %(kind)s, %(lat)s, %(lon)s,"
+    " %(metadata)s, %(metrics)s, %(status)s, %(credential_hash)s)"
+)
 
 
 def _device_from_row(row: dict[str, Any]) -> Device:
@@ -93,14 +103,10 @@ class PostgresDeviceRepository:
         self.seen: dict[str, Device] = {}
 
     async def add(self, device: Device) -> None:
+        # A savepoint: a concurrent registration of the same id is an answer, not a crash.
         try:
-            async with self.conn.transaction():  # a savepoint: the conflict is an answer, not a crash
-                await self.conn.execute(
-                    f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (%(device_id)s, %(name)s,"
-                    " %(kind)s, %(lat)s, %(lon)s, %(metadata)s, %(metrics)s, %(status)s,"
-                    " %(credential_hash)s)",
-                    _device_params(device),
-                )
+            async with self.conn.transaction():
+                await self.conn.execute(_INSERT_DEVICE, _device_params(device))
         except errors.UniqueViolation:
             raise DeviceAlreadyExists(device.device_id) from None
         self.seen[device.device_id] = device

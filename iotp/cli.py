@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import signal
 import sys
@@ -156,8 +157,11 @@ def _warn_if_redis_down(settings: Settings) -> None:
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        typer.echo(f"warning: {redis_unavailable(settings.redis_url, exc)};"
-                   " events wait in the outbox until it answers", err=True)
+        typer.echo(
+            f"warning: {redis_unavailable(settings.redis_url, exc)};"
+            " events wait in the outbox until it answers",
+            err=True,
+        )
     finally:
         client.close()
 
@@ -171,10 +175,8 @@ def _run_until_signalled(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await main()
-        except asyncio.CancelledError:
-            pass
 
     asyncio.run(runner())
 

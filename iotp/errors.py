@@ -14,9 +14,7 @@ class ServiceUnavailable(Exception):
 
     def __init__(self, service: str, setting: str, address: str, reason: str) -> None:
         self.service, self.setting, self.address, self.reason = service, setting, address, reason
-        super().__init__(
-            f"cannot reach {service} at {address} (from {setting}): {reason.strip()}"
-        )
+        super().__init__(f"cannot reach {service} at {address} (from {setting}): {reason.strip()}")
 
 
 def redact_url(url: str) -> str:

@@ -194,7 +194,9 @@ def apply_timescale_policies(conn: psycopg.Connection[Any], settings: Settings) 
         done.append(f"chunk interval {settings.telemetry_chunk_hours} h")
         done.append(
             _ensure_policy(
-                conn, "policy_compression", "compress_after",
+                conn,
+                "policy_compression",
+                "compress_after",
                 settings.telemetry_compress_after_days,
                 "SELECT add_compression_policy('telemetry', %s * INTERVAL '1 day')",
                 "SELECT remove_compression_policy('telemetry', if_exists => true)",
@@ -203,7 +205,9 @@ def apply_timescale_policies(conn: psycopg.Connection[Any], settings: Settings) 
         )
         done.append(
             _ensure_policy(
-                conn, "policy_retention", "drop_after",
+                conn,
+                "policy_retention",
+                "drop_after",
                 settings.telemetry_retention_days,
                 "SELECT add_retention_policy('telemetry', %s * INTERVAL '1 day')",
                 "SELECT remove_retention_policy('telemetry', if_exists => true)",

@@ -35,10 +35,18 @@ def _check_not_blank(value: str) -> str:
 
 
 SafeText = Annotated[str, AfterValidator(_check_text)]
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_check_text),
-                 AfterValidator(_check_not_blank)]
-Kind = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_text),
-                 AfterValidator(_check_not_blank)]
+Name = Annotated[
+    str,
+    Field(min_length=1, max_length=200),
+    AfterValidator(_check_text),
+    AfterValidator(_check_not_blank),
+]
+Kind = Annotated[
+    str,
+    Field(min_length=1, max_length=64),
+    AfterValidator(_check_text),
+    AfterValidator(_check_not_blank),
+]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 MetricName = Annotated[str, Field(pattern=METRIC_NAME_PATTERN)]
 Unit = Annotated[str, Field(max_length=32), AfterValidator(_check_text)]

@@ -26,14 +26,16 @@ def running_api(settings: Settings, *, relay: bool = True) -> Iterator[TestClien
 
 
 def stream_events(client: redis.Redis) -> list[tuple[str, AnyEvent]]:
-    return [(entry_id, from_fields(fields)) for entry_id, fields in
-            client.xrange(DEVICE_EVENTS_STREAM)]
+    return [
+        (entry_id, from_fields(fields)) for entry_id, fields in client.xrange(DEVICE_EVENTS_STREAM)
+    ]
 
 
 def relayed_events(db: psycopg.Connection[Any], client: redis.Redis) -> list[AnyEvent]:
     """The device events on the stream once the relay has emptied the outbox."""
-    wait_for(lambda: db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-             .fetchone() == (0,))
+    wait_for(
+        lambda: db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone() == (0,)
+    )
     return [event for _, event in stream_events(client)]
 
 

@@ -53,7 +53,12 @@ def test_register_writes_the_device_and_exactly_one_event(
     assert row is not None
     name, kind, lat, lon, metadata, metrics, status, credential_hash = row
     assert (name, kind, lat, lon, status) == (
-        "Boiler room thermostat", "thermostat", 52.37, 4.89, "active")
+        "Boiler room thermostat",
+        "thermostat",
+        52.37,
+        4.89,
+        "active",
+    )
     assert metadata == {"floor": -1, "vendor": "Acme"}
     assert metrics[0] == {"name": "temperature", "unit": "C", "min": -40.0, "max": 125.0}
     assert creds["password"] not in credential_hash
@@ -107,8 +112,9 @@ def test_idempotency_key_replays_the_first_answer(
     with running_api(settings) as client:
         first = _register(client, **{"Idempotency-Key": "req-42"})
         retry = _register(client, **{"Idempotency-Key": "req-42"})
-        other_body = _register(client, {**THERMOSTAT, "device_id": "boiler-2"},
-                               **{"Idempotency-Key": "req-42"})
+        other_body = _register(
+            client, {**THERMOSTAT, "device_id": "boiler-2"}, **{"Idempotency-Key": "req-42"}
+        )
         plain_retry = _register(client)
         events = relayed_events(db, redis_client)
     assert first.status_code == retry.status_code == 201
@@ -132,9 +138,12 @@ def test_concurrent_retries_with_one_key_register_once(
 ) -> None:
     answers: list[Any] = []
     with running_api(settings) as client:
+
         def call() -> None:
-            answers.append(_register(client, {**THERMOSTAT, "device_id": None},
-                                     **{"Idempotency-Key": "same"}))
+            answers.append(
+                _register(client, {**THERMOSTAT, "device_id": None}, **{"Idempotency-Key": "same"})
+            )
+
         threads = [threading.Thread(target=call) for _ in range(6)]
         for thread in threads:
             thread.start()
@@ -152,12 +161,14 @@ def test_update_decommission_and_rotate_each_emit_their_event(
 ) -> None:
     with running_api(settings) as client:
         password = _register(client).json()["credentials"]["password"]
-        update = client.patch("/devices/boiler-1", headers=AUTH,
-                              json={"name": "Boiler B", "location": None})
+        update = client.patch(
+            "/devices/boiler-1", headers=AUTH, json={"name": "Boiler B", "location": None}
+        )
         same = client.patch("/devices/boiler-1", headers=AUTH, json={"name": "Boiler B"})
         rotate = client.post("/devices/boiler-1/credentials", headers=AUTH)
-        decommission = client.post("/devices/boiler-1/decommission", headers=AUTH,
-                                   json={"reason": "replaced"})
+        decommission = client.post(
+            "/devices/boiler-1/decommission", headers=AUTH, json={"reason": "replaced"}
+        )
         after = [
             client.patch("/devices/boiler-1", headers=AUTH, json={"name": "x"}),
             client.post("/devices/boiler-1/decommission", headers=AUTH),
@@ -177,8 +188,12 @@ def test_update_decommission_and_rotate_each_emit_their_event(
     assert all("decommissioned" in a.json()["detail"] for a in after)
 
     kinds = [type(e) for e in events]
-    assert kinds == [DeviceRegistered, DeviceUpdated, DeviceCredentialsRotated,
-                     DeviceDecommissioned]
+    assert kinds == [
+        DeviceRegistered,
+        DeviceUpdated,
+        DeviceCredentialsRotated,
+        DeviceDecommissioned,
+    ]
     updated, rotated, retired = events[1], events[2], events[3]
     assert isinstance(updated, DeviceUpdated)
     assert updated.name == "Boiler B" and updated.location is None
@@ -225,5 +240,10 @@ def test_openapi_documents_the_commands(settings: Settings) -> None:
         spec = client.get("/openapi.json").json()
         docs = client.get("/docs")
     assert docs.status_code == 200
-    assert {"/devices", "/devices/{device_id}", "/devices/{device_id}/decommission",
-            "/devices/{device_id}/credentials", "/healthz"} <= set(spec["paths"])
+    assert {
+        "/devices",
+        "/devices/{device_id}",
+        "/devices/{device_id}/decommission",
+        "/devices/{device_id}/credentials",
+        "/healthz",
+    } <= set(spec["paths"])

@@ -37,8 +37,11 @@ INVALID_REGISTRATIONS: list[tuple[str, Any, str]] = [
     ("name too long", _with(name="n" * 201), "name"),
     ("oversized metadata", _with(metadata={"blob": "x" * 9000}), "metadata"),
     ("NUL in metadata", _with(metadata={"k": "a\x00b"}), "metadata"),
-    ("deep metadata", _with(metadata={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {
-        "i": {"j": 1}}}}}}}}}}), "metadata"),
+    (
+        "deep metadata",
+        _with(metadata={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": {"j": 1}}}}}}}}}}),
+        "metadata",
+    ),
     ("metadata not an object", _with(metadata=[1, 2]), "metadata"),
     ("name of wrong type", _with(name=12), "name"),
     ("kind of wrong type", _with(kind=["thermostat"]), "kind"),
@@ -55,17 +58,23 @@ INVALID_REGISTRATIONS: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "field"), INVALID_REGISTRATIONS,
-                         ids=[c[0] for c in INVALID_REGISTRATIONS])
+@pytest.mark.parametrize(
+    ("case", "body", "field"), INVALID_REGISTRATIONS, ids=[c[0] for c in INVALID_REGISTRATIONS]
+)
 def test_invalid_registration_is_422_naming_the_field(
-    settings: Settings, db: psycopg.Connection[Any], redis_client: redis.Redis,
-    case: str, body: Any, field: str,
+    settings: Settings,
+    db: psycopg.Connection[Any],
+    redis_client: redis.Redis,
+    case: str,
+    body: Any,
+    field: str,
 ) -> None:
     # json.dumps escapes non-ASCII, so a lone surrogate travels as the JSON text "\ud800".
     raw = json.dumps(body).encode()
     with running_api(settings) as client:
-        answer = client.post("/devices", content=raw,
-                             headers={**AUTH, "content-type": "application/json"})
+        answer = client.post(
+            "/devices", content=raw, headers={**AUTH, "content-type": "application/json"}
+        )
     assert answer.status_code == 422, (case, answer.text)
     assert field in answer.text
     assert counts(db) == (0, 0, 0)
@@ -75,19 +84,33 @@ def test_invalid_registration_is_422_naming_the_field(
 RAW_BODIES: list[tuple[str, bytes, dict[str, str], int]] = [
     ("not JSON", b"{name: boiler", {"content-type": "application/json"}, 422),
     ("not UTF-8", b'{"name": "\xff\xfe", "kind": "k"}', {"content-type": "application/json"}, 400),
-    ("NaN literal", b'{"name": "n", "kind": "k", "location": {"lat": NaN, "lon": 0}}',
-     {"content-type": "application/json"}, 422),
+    (
+        "NaN literal",
+        b'{"name": "n", "kind": "k", "location": {"lat": NaN, "lon": 0}}',
+        {"content-type": "application/json"},
+        422,
+    ),
     ("empty body", b"", {"content-type": "application/json"}, 422),
-    ("oversized body", b'{"name": "' + b"x" * 70_000 + b'", "kind": "k"}',
-     {"content-type": "application/json"}, 413),
+    (
+        "oversized body",
+        b'{"name": "' + b"x" * 70_000 + b'", "kind": "k"}',
+        {"content-type": "application/json"},
+        413,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "raw", "headers", "status"), RAW_BODIES,
-                         ids=[c[0] for c in RAW_BODIES])
+@pytest.mark.parametrize(
+    ("case", "raw", "headers", "status"), RAW_BODIES, ids=[c[0] for c in RAW_BODIES]
+)
 def test_malformed_body_is_refused(
-    settings: Settings, db: psycopg.Connection[Any], redis_client: redis.Redis,
-    case: str, raw: bytes, headers: dict[str, str], status: int,
+    settings: Settings,
+    db: psycopg.Connection[Any],
+    redis_client: redis.Redis,
+    case: str,
+    raw: bytes,
+    headers: dict[str, str],
+    status: int,
 ) -> None:
     with running_api(settings) as client:
         answer = client.post("/devices", content=raw, headers={**AUTH, **headers})
@@ -104,11 +127,16 @@ INVALID_PATCHES: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("case", "patch", "text"), INVALID_PATCHES,
-                         ids=[c[0] for c in INVALID_PATCHES])
+@pytest.mark.parametrize(
+    ("case", "patch", "text"), INVALID_PATCHES, ids=[c[0] for c in INVALID_PATCHES]
+)
 def test_invalid_update_is_422_and_changes_nothing(
-    settings: Settings, db: psycopg.Connection[Any], redis_client: redis.Redis,
-    case: str, patch: Any, text: str,
+    settings: Settings,
+    db: psycopg.Connection[Any],
+    redis_client: redis.Redis,
+    case: str,
+    patch: Any,
+    text: str,
 ) -> None:
     with running_api(settings) as client:
         assert client.post("/devices", json=THERMOSTAT, headers=AUTH).status_code == 201
@@ -129,8 +157,9 @@ def test_illegal_path_id_is_422(settings: Settings, db: psycopg.Connection[Any])
 
 def test_illegal_idempotency_key_is_422(settings: Settings, db: psycopg.Connection[Any]) -> None:
     with running_api(settings) as client:
-        answer = client.post("/devices", json=THERMOSTAT,
-                             headers={**AUTH, "Idempotency-Key": "k" * 300})
+        answer = client.post(
+            "/devices", json=THERMOSTAT, headers={**AUTH, "Idempotency-Key": "k" * 300}
+        )
     assert answer.status_code == 422
     assert counts(db) == (0, 0, 0)
 
@@ -145,12 +174,19 @@ AUTH_CASES: list[tuple[str, dict[str, str]]] = [
 
 @pytest.mark.parametrize(("case", "headers"), AUTH_CASES, ids=[c[0] for c in AUTH_CASES])
 def test_missing_or_wrong_token_is_401_and_writes_nothing(
-    settings: Settings, db: psycopg.Connection[Any], redis_client: redis.Redis,
-    case: str, headers: dict[str, str],
+    settings: Settings,
+    db: psycopg.Connection[Any],
+    redis_client: redis.Redis,
+    case: str,
+    headers: dict[str, str],
 ) -> None:
     with running_api(settings) as client:
-        assert client.post("/devices", json={**THERMOSTAT, "device_id": "seed"},
-                           headers=AUTH).status_code == 201
+        assert (
+            client.post(
+                "/devices", json={**THERMOSTAT, "device_id": "seed"}, headers=AUTH
+            ).status_code
+            == 201
+        )
         before = counts(db)
         answers = [
             client.post("/devices", json=THERMOSTAT, headers=headers),
@@ -163,4 +199,6 @@ def test_missing_or_wrong_token_is_401_and_writes_nothing(
     assert all(a.headers["www-authenticate"] == "Bearer" for a in answers)
     assert counts(db) == before
     assert db.execute("SELECT name, status FROM devices").fetchone() == (
-        "Boiler room thermostat", "active")
+        "Boiler room thermostat",
+        "active",
+    )

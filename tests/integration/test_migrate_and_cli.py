@@ -24,8 +24,9 @@ IOTP = [sys.executable, "-m", "iotp.cli"]
 
 
 def _iotp(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*IOTP, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [*IOTP, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _env(**settings: str) -> dict[str, str]:
@@ -67,15 +68,19 @@ def test_migrate_creates_the_database_and_twice_is_a_no_op(fresh_database: str) 
     assert "nothing to apply" in second.stdout
     assert "applied" not in second.stdout.replace("nothing to apply", "")
     with psycopg.connect(fresh_database) as conn:
-        assert conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall() == ledger
+        assert (
+            conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall() == ledger
+        )
     assert _schema(fresh_database) == schema
     assert {t for t, _, _ in schema} >= {"devices", "outbox", "telemetry", "idempotency_keys"}
 
 
 def test_telemetry_table_has_the_reading_key(database_url: str) -> None:
     with psycopg.connect(database_url) as conn:
-        conn.execute("INSERT INTO telemetry (device_id, ts, metric, value)"
-                     " VALUES ('d', '2026-01-01T00:00:00Z', 'temp', 1.5)")
+        conn.execute(
+            "INSERT INTO telemetry (device_id, ts, metric, value)"
+            " VALUES ('d', '2026-01-01T00:00:00Z', 'temp', 1.5)"
+        )
         inserted = conn.execute(
             "INSERT INTO telemetry (device_id, ts, metric, value)"
             " VALUES ('d', '2026-01-01T00:00:00Z', 'temp', 9.9)"
@@ -131,8 +136,9 @@ def redis_client() -> Iterator[redis.Redis]:
 
 
 def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([*IOTP, *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*IOTP, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _stop(process: subprocess.Popen[str]) -> str:
@@ -170,8 +176,9 @@ def test_dev_api_and_standalone_relay_serve_for_real(
         wait_for(healthy, timeout=30)
         refused = httpx.post(f"{base}/devices", json=THERMOSTAT, headers=AUTH)
         assert refused.status_code == 401, "the test token is not this run's token"
-        created = httpx.post(f"{base}/devices", json=THERMOSTAT,
-                             headers={"Authorization": f"Bearer {token}"})
+        created = httpx.post(
+            f"{base}/devices", json=THERMOSTAT, headers={"Authorization": f"Bearer {token}"}
+        )
         assert created.status_code == 201, created.text
         entries = wait_for(lambda: redis_client.xrange(DEVICE_EVENTS_STREAM), timeout=15)
         assert str(from_fields(entries[0][1]).event_id) == created.json()["event_id"]

@@ -69,7 +69,10 @@ def test_relay_killed_between_xadd_and_marking_sends_again_with_same_event_id(
 
     crashed = subprocess.run(
         [sys.executable, "-c", CRASH_AFTER_XADD, settings.database_url, settings.redis_url],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert crashed.returncode == -9, crashed.stderr
     assert crashed.stdout.strip() == "1"
@@ -92,8 +95,10 @@ def test_relay_keeps_outbox_order(
         for n in range(30):
             body = {**THERMOSTAT, "device_id": f"d{n:02d}"}
             assert client.post("/devices", json=body, headers=AUTH).status_code == 201
-            assert client.patch(f"/devices/d{n:02d}", json={"name": f"n{n}"},
-                                headers=AUTH).status_code == 200
+            assert (
+                client.patch(f"/devices/d{n:02d}", json={"name": f"n{n}"}, headers=AUTH).status_code
+                == 200
+            )
     assert asyncio.run(_drain_once(settings)) == 60
     order = db.execute("SELECT fields->>'event_id' FROM outbox ORDER BY id").fetchall()
     on_stream = [str(event.event_id) for _, event in stream_events(redis_client)]
@@ -105,8 +110,12 @@ def private_redis_port() -> Iterator[int]:
     """A free port where a private redis-server is started later by the test."""
     port = free_port()
     yield port
-    subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"],
-                   capture_output=True, check=False, timeout=10)
+    subprocess.run(
+        ["redis-cli", "-p", str(port), "shutdown", "nosave"],
+        capture_output=True,
+        check=False,
+        timeout=10,
+    )
 
 
 def test_commands_succeed_while_redis_is_down_and_events_follow_when_it_returns(
@@ -123,9 +132,22 @@ def test_commands_succeed_while_redis_is_down_and_events_follow_when_it_returns(
         assert _unsent(db) == 1
 
         subprocess.run(
-            ["redis-server", "--port", str(private_redis_port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "yes"],
-            check=True, capture_output=True, timeout=10,
+            [
+                "redis-server",
+                "--port",
+                str(private_redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=10,
         )
         wait_for(lambda: _unsent(db) == 0, timeout=45)
         events = [e for _, e in stream_events(redis.Redis.from_url(redis_url))]

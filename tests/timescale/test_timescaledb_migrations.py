@@ -32,8 +32,12 @@ def timescale_url() -> Iterator[str]:
             pytest.fail("CI must run the TimescaleDB tests: npm ci --prefix tests/timescale")
         pytest.skip("run `npm ci --prefix tests/timescale` to test the TimescaleDB migrations")
     port = free_port()
-    server = subprocess.Popen([node, str(HERE / "server.mjs"), str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [node, str(HERE / "server.mjs"), str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert server.stdout is not None
     line = server.stdout.readline()
     assert line.startswith("READY"), line
@@ -97,8 +101,7 @@ def test_second_run_changes_nothing(timescale_url: str) -> None:
 
 
 def test_policies_follow_the_settings(timescale_url: str) -> None:
-    migrate(_settings(timescale_url, telemetry_retention_days=0,
-                      telemetry_compress_after_days=14))
+    migrate(_settings(timescale_url, telemetry_retention_days=0, telemetry_compress_after_days=14))
     jobs = _jobs(timescale_url)
     assert "policy_retention" not in jobs
     assert jobs["policy_compression"][1]["compress_after"] == "14 days"
@@ -106,10 +109,15 @@ def test_policies_follow_the_settings(timescale_url: str) -> None:
 
 def test_readings_are_unique_and_bucketable_on_the_hypertable(timescale_url: str) -> None:
     with psycopg.connect(timescale_url) as conn:
-        insert = ("INSERT INTO telemetry (device_id, ts, metric, value) VALUES (%s, %s, %s, %s)"
-                  " ON CONFLICT (device_id, metric, ts) DO NOTHING")
-        rows = [("d1", "2026-11-01T10:00:00Z", "t", 1.0), ("d1", "2026-11-01T10:00:30Z", "t", 3.0),
-                ("d1", "2026-11-01T10:00:00Z", "t", 9.0)]
+        insert = (
+            "INSERT INTO telemetry (device_id, ts, metric, value) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (device_id, metric, ts) DO NOTHING"
+        )
+        rows = [
+            ("d1", "2026-11-01T10:00:00Z", "t", 1.0),
+            ("d1", "2026-11-01T10:00:30Z", "t", 3.0),
+            ("d1", "2026-11-01T10:00:00Z", "t", 9.0),
+        ]
         inserted = 0
         for row in rows:
             inserted += conn.execute(insert, row).rowcount

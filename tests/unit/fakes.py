@@ -48,8 +48,9 @@ class FakeIdempotency:
 
     async def complete(self, key: str, response: dict[str, Any]) -> None:
         record = self.pending[key]
-        self.pending[key] = IdempotencyRecord(record.fingerprint, record.device_id,
-                                              record.secret_seed, response)
+        self.pending[key] = IdempotencyRecord(
+            record.fingerprint, record.device_id, record.secret_seed, response
+        )
 
 
 class FakeUnitOfWork:

@@ -21,7 +21,9 @@ from tests.unit.fakes import FakeUnitOfWork
 PEPPER = b"pepper-for-tests"
 
 
-def _register(uow: FakeUnitOfWork, key: str | None = None, **fields: object) -> handlers.Registration:
+def _register(
+    uow: FakeUnitOfWork, key: str | None = None, **fields: object
+) -> handlers.Registration:
     cmd = RegisterDevice.model_validate({"device_id": "d1", "name": "D", "kind": "k", **fields})
     return asyncio.run(handlers.register_device(cmd, uow, PEPPER, key))
 
@@ -58,11 +60,11 @@ def test_idempotent_replay_returns_the_same_password() -> None:
 def test_update_emits_only_real_changes() -> None:
     uow = FakeUnitOfWork()
     _register(uow, metadata={"a": 1})
-    same = asyncio.run(handlers.update_device(
-        UpdateDevice(device_id="d1", metadata={"a": 1}), uow))
+    same = asyncio.run(handlers.update_device(UpdateDevice(device_id="d1", metadata={"a": 1}), uow))
     assert same.event_id is None and same.changed == ()
-    changed = asyncio.run(handlers.update_device(
-        UpdateDevice(device_id="d1", kind="k2", metadata={"a": 1}), uow))
+    changed = asyncio.run(
+        handlers.update_device(UpdateDevice(device_id="d1", kind="k2", metadata={"a": 1}), uow)
+    )
     assert changed.changed == ("kind",)
     event = uow.published[-1]
     assert isinstance(event, DeviceUpdated) and event.kind == "k2" and event.name == "D"
@@ -85,5 +87,6 @@ def test_decommissioned_device_refuses_every_command() -> None:
 
 def test_unknown_device_is_not_found() -> None:
     with pytest.raises(DeviceNotFound):
-        asyncio.run(handlers.rotate_credentials(RotateCredentials(device_id="x"),
-                                                FakeUnitOfWork(), PEPPER))
+        asyncio.run(
+            handlers.rotate_credentials(RotateCredentials(device_id="x"), FakeUnitOfWork(), PEPPER)
+        )

@@ -24,12 +24,19 @@ from iotp.settings import Settings, token_problem
 
 def test_events_round_trip_through_stream_fields() -> None:
     events = [
-        DeviceRegistered(device_id="d1", name="n", kind="k",
-                         metrics=(MetricSpec(name="t", unit="C", min=0, max=1),)),
+        DeviceRegistered(
+            device_id="d1",
+            name="n",
+            kind="k",
+            metrics=(MetricSpec(name="t", unit="C", min=0, max=1),),
+        ),
         TelemetryRecorded(
             device_id="d1",
-            readings=(RecordedReading(ts=datetime(2026, 1, 1, tzinfo=UTC),
-                                      metrics={"t": 2.5}, out_of_range=("t",)),),
+            readings=(
+                RecordedReading(
+                    ts=datetime(2026, 1, 1, tzinfo=UTC), metrics={"t": 2.5}, out_of_range=("t",)
+                ),
+            ),
             ingested_at=datetime.now(UTC),
         ),
     ]
@@ -47,12 +54,15 @@ def test_events_are_immutable() -> None:
         event.name = "other"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("fields", [
-    {"schema_version": "99", "data": "{}"},
-    {"schema_version": "1", "data": "not json"},
-    {"schema_version": "1", "data": '{"type": "Nope", "device_id": "d"}'},
-    {"schema_version": "1"},
-])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"schema_version": "99", "data": "{}"},
+        {"schema_version": "1", "data": "not json"},
+        {"schema_version": "1", "data": '{"type": "Nope", "device_id": "d"}'},
+        {"schema_version": "1"},
+    ],
+)
 def test_undecodable_entries_raise_one_error_type(fields: dict[str, str]) -> None:
     with pytest.raises(UndecodableEvent):
         from_fields(fields)
@@ -62,7 +72,8 @@ def test_update_must_change_something() -> None:
     with pytest.raises(ValidationError, match="at least one"):
         UpdateDevice(device_id="d1")
     assert UpdateDevice.model_validate({"device_id": "d1", "location": None}).changed_fields() == (
-        "location",)
+        "location",
+    )
 
 
 def test_register_accepts_unicode_names_but_not_control_characters() -> None:
@@ -85,13 +96,16 @@ def test_password_from_seed_depends_on_seed_and_pepper() -> None:
     assert password_from_seed(b"s", b"p") != password_from_seed(b"t", b"p")
 
 
-@pytest.mark.parametrize(("token", "problem"), [
-    (None, "not set"),
-    ("", "not set"),
-    ("changeme", "placeholder"),
-    ("short-token", "shorter"),
-    ("a-long-enough-random-token", None),
-])
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        (None, "not set"),
+        ("", "not set"),
+        ("changeme", "placeholder"),
+        ("short-token", "shorter"),
+        ("a-long-enough-random-token", None),
+    ],
+)
 def test_token_problem(token: str | None, problem: str | None) -> None:
     found = token_problem(SecretStr(token) if token is not None else None)
     assert (found is None) if problem is None else (problem in (found or ""))

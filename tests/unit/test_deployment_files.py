@@ -1,0 +1,58 @@
+"""docker-compose.yml and the Dockerfile stay in step with the code (Docker cannot run here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer.main
+import yaml
+
+from iotp.cli import app
+from iotp.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def _iotp_services() -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in _compose()["services"].items() if "build" in svc}
+
+
+def test_every_iotp_service_runs_a_real_iotp_command() -> None:
+    commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    services = _iotp_services()
+    assert {"migrate", "api"} <= set(services)
+    for name, service in services.items():
+        assert service["command"][0] in commands, name
+
+
+def test_compose_environment_names_are_settings() -> None:
+    fields = {f"IOTP_{name.upper()}" for name in Settings.model_fields}
+    for name, service in _iotp_services().items():
+        for variable in service.get("environment", {}):
+            assert variable in fields, (name, variable)
+    example = (ROOT / ".env.example").read_text().splitlines()
+    for line in example:
+        if line.startswith("IOTP_"):
+            assert line.split("=", 1)[0] in fields, line
+
+
+def test_compose_uses_timescaledb_and_the_shipped_broker_config() -> None:
+    services = _compose()["services"]
+    assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
+    mounts = " ".join(services["mosquitto"]["volumes"])
+    assert "deploy/mosquitto.conf" in mounts
+    assert (ROOT / "deploy" / "mosquitto.conf").is_file()
+    api_port = Settings().api_port
+    assert f"{api_port}:{api_port}" in services["api"]["ports"]
+
+
+def test_dockerfile_installs_the_package_with_its_entry_point() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir ." in dockerfile
+    assert 'ENTRYPOINT ["iotp"]' in dockerfile
