@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from iotp import __version__
 from iotp.db import open_pool
 from iotp.errors import ConfigurationError
 from iotp.settings import Settings, token_problem
+from iotp.tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -51,14 +51,16 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
         client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
         app.state.settings, app.state.pool, app.state.redis = settings, pool, client
         app.state.pepper = token.encode()
-        relay = asyncio.create_task(run_relay(pool, client, settings)) if run_relay_task else None
+        stop = asyncio.Event()
+        relay = (
+            asyncio.create_task(run_relay(pool, client, settings, stop)) if run_relay_task else None
+        )
         try:
             yield
         finally:
+            stop.set()
             if relay is not None:
-                relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay
+                await stop_task(relay, grace=10.0)
             await client.aclose()
             await pool.close()
 

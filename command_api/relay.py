@@ -92,21 +92,57 @@ async def housekeeping(conn: Conn, settings: Settings) -> None:
         )
 
 
-async def run_relay(
-    pool: AsyncConnectionPool[Conn], client: aioredis.Redis, settings: Settings
+async def _listen(conn: psycopg.AsyncConnection[Any], wake: asyncio.Event) -> None:
+    async with contextlib.aclosing(conn.notifies()) as notifies:
+        async for _ in notifies:
+            wake.set()
+
+
+async def _sleep_until_woken(
+    wake: asyncio.Event, stop: asyncio.Event, listener: asyncio.Task[None], seconds: float
 ) -> None:
-    """Relay forever: woken by NOTIFY on commit, polling as a fallback; stops when cancelled."""
+    """Return on NOTIFY, on stop, after ``seconds``, or raise why the listener died."""
+    woken = asyncio.ensure_future(wake.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait(
+            {woken, stopped, listener}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        woken.cancel()
+        stopped.cancel()
+    wake.clear()
+    if listener.done():
+        listener.result()  # raises the listener's error
+        raise psycopg.OperationalError("the LISTEN connection closed")
+
+
+async def run_relay(
+    pool: AsyncConnectionPool[Conn],
+    client: aioredis.Redis,
+    settings: Settings,
+    stop: asyncio.Event,
+) -> None:
+    """Relay until ``stop`` is set: woken by NOTIFY on commit, polling as a fallback.
+
+    Stopping is an event rather than task cancellation because on Python 3.11 a library
+    racing a timeout against the cancellation can swallow it (seen with psycopg's
+    ``notifies(timeout=)``), leaving a task that never ends.
+    """
     backoff = 0.5
     last_housekeeping = 0.0
-    listener: psycopg.AsyncConnection[Any] | None = None
+    wake = asyncio.Event()
+    connection: psycopg.AsyncConnection[Any] | None = None
+    listener: asyncio.Task[None] | None = None
     try:
-        while True:
+        while not stop.is_set():
             try:
-                if listener is None:
-                    listener = await psycopg.AsyncConnection.connect(
+                if connection is None or listener is None:
+                    connection = await psycopg.AsyncConnection.connect(
                         settings.database_url, autocommit=True, connect_timeout=5
                     )
-                    await listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    listener = asyncio.create_task(_listen(connection, wake))
                 async with pool.connection() as conn:
                     moved = await drain(conn, client, settings.relay_batch_size)
                     if moved:
@@ -117,8 +153,7 @@ async def run_relay(
                 if backoff > 0.5:
                     logger.info("relay resumed")
                 backoff = 0.5
-                async for _ in listener.notifies(timeout=settings.relay_poll_seconds, stop_after=1):
-                    pass
+                await _sleep_until_woken(wake, stop, listener, settings.relay_poll_seconds)
             except (
                 psycopg.OperationalError,
                 redis.ConnectionError,
@@ -126,12 +161,22 @@ async def run_relay(
                 OSError,
             ) as exc:
                 logger.warning("relay cannot reach a service, retrying in %.1fs: %s", backoff, exc)
-                if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await listener.close()
-                    listener = None
-                await asyncio.sleep(backoff)
+                await _close_listener(connection, listener)
+                connection, listener = None, None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
     finally:
-        if listener is not None:
-            await listener.close()
+        await _close_listener(connection, listener)
+
+
+async def _close_listener(
+    connection: psycopg.AsyncConnection[Any] | None, listener: asyncio.Task[None] | None
+) -> None:
+    if listener is not None:
+        listener.cancel()
+        with contextlib.suppress(BaseException):
+            await listener
+    if connection is not None:
+        with contextlib.suppress(Exception):
+            await connection.close()

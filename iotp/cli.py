@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import signal
 import sys
@@ -120,11 +119,11 @@ def relay() -> None:
     with _clear_errors():
         _preflight(settings)
 
-    async def run() -> None:
+    async def run(stop: asyncio.Event) -> None:
         pool = await open_pool(settings.database_url, max_size=2)
         client = await open_redis(settings.redis_url)
         try:
-            await run_relay(pool, client, settings)
+            await run_relay(pool, client, settings, stop)
         finally:
             await client.aclose()
             await pool.close()
@@ -166,17 +165,15 @@ def _warn_if_redis_down(settings: Settings) -> None:
         client.close()
 
 
-def _run_until_signalled(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main`` until it ends, or cancel it cleanly on SIGINT or SIGTERM."""
+def _run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main(stop)`` until it ends; SIGINT or SIGTERM set ``stop`` for a clean exit."""
 
     async def runner() -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await main()
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
 
     asyncio.run(runner())
 

@@ -7,7 +7,9 @@ import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
 
 const port = parseInt(process.argv[2] ?? '55432', 10);
 const db = await PGlite.create({ extensions: { timescaledb } });
-const server = new PGLiteSocketServer({ db, port, host: '127.0.0.1' });
+// Connections queue their queries on the one PGlite instance; more than one lets a new
+// connection in while the previous one is still closing.
+const server = new PGLiteSocketServer({ db, port, host: '127.0.0.1', maxConnections: 4 });
 await server.start();
 console.log(`READY ${port}`);
 

@@ -1,0 +1,1 @@
+"""iotp dashboard: built by a later issue."""

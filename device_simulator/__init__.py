@@ -1,0 +1,1 @@
+"""iotp device simulator: built by a later issue."""

@@ -1,0 +1,1 @@
+"""iotp ingest: built by a later issue."""

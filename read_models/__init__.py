@@ -1,0 +1,1 @@
+"""iotp read models: built by a later issue."""
