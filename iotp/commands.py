@@ -6,6 +6,7 @@ from pydantic import Field, model_validator
 
 from iotp.model import (
     DeclaredMetrics,
+    DeviceAttributes,
     DeviceId,
     FrozenModel,
     Kind,
@@ -20,13 +21,8 @@ class Command(FrozenModel):
     """Base of every command."""
 
 
-class RegisterDevice(Command):
+class RegisterDevice(DeviceAttributes, Command):
     device_id: DeviceId | None = None
-    name: Name
-    kind: Kind
-    location: Location | None = None
-    metadata: Metadata = Field(default_factory=dict)
-    metrics: DeclaredMetrics = ()
 
 
 class UpdateDevice(Command):

@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 
 from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
-from iotp.model import DeclaredMetrics, DeviceId, FrozenModel, Location, Metadata, MetricName
+from iotp.model import DeviceAttributes, DeviceId, FrozenModel, MetricName
 
 SCHEMA_VERSION = 1
 
@@ -27,25 +27,15 @@ class Event(FrozenModel):
     device_id: DeviceId
 
 
-class DeviceRegistered(Event):
+class DeviceRegistered(DeviceAttributes, Event):
     type: Literal["DeviceRegistered"] = "DeviceRegistered"
-    name: str
-    kind: str
-    location: Location | None = None
-    metadata: Metadata = Field(default_factory=dict)
-    metrics: DeclaredMetrics = ()
 
 
-class DeviceUpdated(Event):
+class DeviceUpdated(DeviceAttributes, Event):
     """Carries the device's attributes after the update, so applying it twice is harmless."""
 
     type: Literal["DeviceUpdated"] = "DeviceUpdated"
     changed: tuple[str, ...]
-    name: str
-    kind: str
-    location: Location | None = None
-    metadata: Metadata = Field(default_factory=dict)
-    metrics: DeclaredMetrics = ()
 
 
 class DeviceDecommissioned(Event):

@@ -130,3 +130,13 @@ DeclaredMetrics = Annotated[
     Field(max_length=MAX_DECLARED_METRICS),
     AfterValidator(_check_unique_metrics),
 ]
+
+
+class DeviceAttributes(FrozenModel):
+    """What describes a device; shared by the command that registers it and its events."""
+
+    name: Name
+    kind: Kind
+    location: Location | None = None
+    metadata: Metadata = Field(default_factory=dict)
+    metrics: DeclaredMetrics = ()

@@ -127,14 +127,6 @@ def test_help_lists_the_commands() -> None:
         assert command in result.stdout
 
 
-@pytest.fixture
-def redis_client() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(TEST_REDIS_URL, decode_responses=True)
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
 def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*IOTP, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
