@@ -132,6 +132,49 @@ def relay() -> None:
         _run_until_signalled(run)
 
 
+@app.command()
+def ingest(
+    instance: Annotated[
+        str | None,
+        typer.Option(
+            help="Instance name, part of the stable MQTT client id (IOTP_INGEST_INSTANCE)."
+        ),
+    ] = None,
+) -> None:
+    """Ingest MQTT telemetry into the telemetry table and TelemetryRecorded events."""
+    import threading
+
+    from ingest.service import run_ingest
+
+    settings = _settings()
+    if instance is not None:
+        settings = settings.model_copy(update={"ingest_instance": instance})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with _clear_errors():
+        _preflight(settings)
+        run_ingest(settings, stop)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show ingest counters, stream lengths and the outbox backlog."""
+    from iotp.status import collect_status, render_status
+
+    settings = _settings()
+    with _clear_errors():
+        report = collect_status(settings)
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render_status(report)
+
+
 def _preflight(settings: Settings) -> None:
     """Fail with one clear line when the database is unreachable or not migrated."""
     from iotp.db import connect

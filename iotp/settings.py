@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from datetime import timedelta
 from functools import lru_cache
 from typing import Literal
 
@@ -37,7 +39,36 @@ class Settings(BaseSettings):
     relay_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_keep_hours: int = Field(default=168, ge=1)
 
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
+    mqtt_keepalive_seconds: int = Field(default=30, ge=5)
+
+    ingest_instance: str = "0"
+    ingest_shared_subscription: bool = True
+    ingest_share_group: str = "iotp-ingest"
+    ingest_receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    ingest_max_buffered_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
+    ingest_batch_max_messages: int = Field(default=5000, ge=1)
+    ingest_batch_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    ingest_batch_max_delay_ms: int = Field(default=50, ge=1)
+    ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=64)
+    ingest_max_readings_per_message: int = Field(default=1000, ge=1)
+    ingest_max_future_seconds: int = Field(default=300, ge=0)
+    ingest_max_age_days: int = Field(default=0, ge=0)
+    ingest_metrics_port: int = Field(default=9108, ge=0, le=65535)
+    ingest_unknown_device_cache_seconds: float = Field(default=1.0, ge=0)
+    telemetry_stream_maxlen: int = Field(default=1_000_000, ge=1000)
+    deadletter_stream_maxlen: int = Field(default=100_000, ge=100)
+    deadletter_payload_max_bytes: int = Field(default=1024, ge=16)
+
     log_level: str = "INFO"
+
+    def ingest_client_id(self) -> str:
+        """A stable MQTT client id, so that the broker keeps this process's session."""
+        return f"iotp-ingest-{socket.gethostname()}-{self.ingest_instance}"
+
+    def ingest_max_age(self) -> timedelta | None:
+        days = self.ingest_max_age_days or self.telemetry_retention_days
+        return timedelta(days=days) if days else None
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,207 @@
+"""Telemetry from the broker: a paho-mqtt client with manual acknowledgement.
+
+QoS 1 messages are acknowledged only when the pipeline says they are stored and published.
+Until then the broker keeps them (persistent session, ``clean_start=False``), and redelivers
+them after a disconnect or a crash. The broker's in-flight window (MQTT v5 Receive Maximum,
+or Mosquitto's ``max_inflight_messages`` for 3.1.1) bounds how many are held here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from iotp.mqtt_url import BrokerAddress
+from iotp.names import TELEMETRY_TOPIC_FILTER, shared_telemetry_subscription
+
+logger = logging.getLogger(__name__)
+
+SESSION_EXPIRY_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(slots=True)
+class InboundMessage:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    epoch: int  # which connection delivered it: acks only go back on that connection
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    client_id: str
+    protocol: str  # "5" or "3.1.1"
+    shared: bool
+    share_group: str
+    receive_maximum: int
+    max_buffered_bytes: int
+    keepalive: int
+
+
+class MqttSource:
+    def __init__(self, broker: BrokerAddress, options: SourceOptions) -> None:
+        self.broker = broker
+        self.options = options
+        self.topic = (
+            shared_telemetry_subscription(options.share_group)
+            if options.shared
+            else TELEMETRY_TOPIC_FILTER
+        )
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self._v5 = options.protocol == "5"
+        self._queue: deque[InboundMessage] = deque()
+        self._buffered = 0
+        self._cond = threading.Condition()
+        self._epoch = 0
+        self._closing = False
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.options.client_id,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            clean_session=None if self._v5 else False,
+            manual_ack=True,
+        )
+        if self.broker.username is not None:
+            client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            client.tls_set()
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
+            properties.ReceiveMaximum = self.options.receive_maximum
+        self._client.connect_async(
+            self.broker.host,
+            self.broker.port,
+            keepalive=self.options.keepalive,
+            clean_start=False if self._v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
+        )
+        self._client.loop_start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # paho callbacks, on paho's network thread
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        if reason.is_failure:
+            self.last_error = f"broker refused the connection: {reason}"
+            logger.error("MQTT %s refused ingest's connection: %s", self.broker, reason)
+            return
+        with self._cond:
+            self._epoch += 1
+        if self._v5:
+            client.subscribe(self.topic, options=SubscribeOptions(qos=1))
+        else:
+            client.subscribe(self.topic, qos=1)
+        self.last_error = None
+        self.connected.set()
+        logger.info(
+            "connected to %s as %s (session present: %s), subscribed to %s",
+            self.broker,
+            self.options.client_id,
+            flags.session_present,
+            self.topic,
+        )
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        self.connected.clear()
+        if not self._closing:
+            logger.warning("disconnected from %s (%s); paho reconnects", self.broker, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        received_at = datetime.now(UTC)
+        size = len(message.payload)
+        with self._cond:
+            # Last-resort memory bound (huge payloads); normally the in-flight window is.
+            while self._buffered > self.options.max_buffered_bytes and not self._closing:
+                self._cond.wait(0.5)
+            self._queue.append(
+                InboundMessage(
+                    message.topic,
+                    bytes(message.payload),
+                    message.mid,
+                    message.qos,
+                    self._epoch,
+                    received_at,
+                )
+            )
+            self._buffered += size
+            self._cond.notify_all()
+
+    # the pipeline's side
+
+    def take(
+        self, max_messages: int, max_bytes: int, max_delay: float, stop: threading.Event
+    ) -> list[InboundMessage]:
+        """The next batch: waits for a first message, then up to ``max_delay`` for more."""
+        batch: list[InboundMessage] = []
+        size = 0
+        with self._cond:
+            while not self._queue:
+                if stop.is_set() or self._closing:
+                    return batch
+                self._cond.wait(0.2)
+            deadline = time.monotonic() + max_delay
+            while len(batch) < max_messages and size < max_bytes:
+                if not self._queue:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or stop.is_set():
+                        break
+                    self._cond.wait(remaining)
+                    continue
+                message = self._queue.popleft()
+                batch.append(message)
+                size += len(message.payload)
+            self._buffered -= size
+            self._cond.notify_all()
+        return batch
+
+    def ack(self, messages: list[InboundMessage]) -> None:
+        """Acknowledge, in order, what the current connection delivered.
+
+        A message from an earlier connection is not acknowledged: the broker redelivers it
+        on the new one (where it is found already stored), and its old packet id may now
+        belong to another message.
+        """
+        epoch = self._epoch
+        for message in messages:
+            if message.qos > 0 and message.epoch == epoch:
+                self._client.ack(message.mid, message.qos)
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue)

@@ -1,0 +1,264 @@
+"""Parsing and validating telemetry payloads: pure functions, no I/O.
+
+A payload is ``{"ts": <ISO-8601 with offset | epoch ms>, "metrics": {name: number}, "seq"?: int}``
+or a JSON array of such objects. Everything that cannot be stored becomes a :class:`Rejection`
+with a reason code; the good readings beside a bad one are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import orjson
+
+from iotp.model import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+
+_TOPIC = re.compile(r"^devices/([^/]+)/telemetry$")
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Earlier than this is almost always epoch seconds sent where milliseconds are expected.
+EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
+
+ACTIVE = "active"
+
+# Reason codes, a public contract of the dead-letter stream.
+PAYLOAD_TOO_LARGE = "payload_too_large"
+NOT_UTF8 = "not_utf8"
+INVALID_JSON = "invalid_json"
+INVALID_SHAPE = "invalid_shape"
+INVALID_TOPIC = "invalid_topic"
+UNKNOWN_DEVICE = "unknown_device"
+DEVICE_DECOMMISSIONED = "device_decommissioned"
+INVALID_TIMESTAMP = "invalid_timestamp"
+TS_IN_FUTURE = "ts_in_future"
+TS_TOO_OLD = "ts_too_old"
+INVALID_METRIC_NAME = "invalid_metric_name"
+INVALID_VALUE = "invalid_value"
+UNKNOWN_METRIC = "unknown_metric"
+TOO_MANY_READINGS = "too_many_readings"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricRange:
+    min: float | None
+    max: float | None
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """What ingest needs to know of a device: whether it is active and what it declares."""
+
+    device_id: str
+    status: str
+    metrics: Mapping[str, MetricRange] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_payload_bytes: int = 256 * 1024
+    max_readings: int = 1000
+    max_metrics: int = 100
+    max_future: timedelta = timedelta(minutes=5)
+    max_age: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One timestamped reading of one message: its metrics and which ones broke their range."""
+
+    ts: datetime
+    metrics: dict[str, float]
+    out_of_range: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    detail: str
+    index: int | None = None  # the reading's position in an array payload
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    device_id: str | None
+    readings: tuple[Reading, ...]
+    rejections: tuple[Rejection, ...]
+
+
+DeviceLookup = Callable[[str], DeviceInfo | None]
+
+
+def device_id_of(topic: str) -> str | None:
+    """The device id in ``devices/{id}/telemetry``, or None for any other topic."""
+    match = _TOPIC.match(topic)
+    if match is None or not _DEVICE_ID.match(match.group(1)):
+        return None
+    return match.group(1)
+
+
+def parse_message(
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+    lookup: DeviceLookup,
+    limits: Limits,
+) -> ParsedMessage:
+    """Validate one MQTT message into readings to store and rejections to dead-letter."""
+    device_id = device_id_of(topic)
+    if device_id is None:
+        return _rejected(None, INVALID_TOPIC, "topic is not devices/{device_id}/telemetry")
+    if len(payload) > limits.max_payload_bytes:
+        return _rejected(
+            device_id,
+            PAYLOAD_TOO_LARGE,
+            f"payload is {len(payload)} bytes, over the {limits.max_payload_bytes} limit",
+        )
+    device = lookup(device_id)
+    if device is None:
+        return _rejected(device_id, UNKNOWN_DEVICE, f"device {device_id!r} is not registered")
+    if device.status != ACTIVE:
+        return _rejected(
+            device_id, DEVICE_DECOMMISSIONED, f"device {device_id!r} is {device.status}"
+        )
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _rejected(
+            device_id, NOT_UTF8, f"payload is not UTF-8: {exc.reason} at byte {exc.start}"
+        )
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return _rejected(device_id, INVALID_JSON, f"payload is not JSON: {exc}")
+
+    if isinstance(document, dict):
+        items: list[object] = [document]
+        indexed = False
+    elif isinstance(document, list):
+        if not document:
+            return _rejected(device_id, INVALID_SHAPE, "payload is an empty array")
+        if len(document) > limits.max_readings:
+            return _rejected(
+                device_id,
+                TOO_MANY_READINGS,
+                f"payload holds {len(document)} readings, over the {limits.max_readings} limit",
+            )
+        items, indexed = document, True
+    else:
+        return _rejected(device_id, INVALID_SHAPE, "payload must be a JSON object or an array")
+
+    readings: list[Reading] = []
+    rejections: list[Rejection] = []
+    for position, item in enumerate(items):
+        index = position if indexed else None
+        reading, problems = _parse_reading(item, received_at, device, limits)
+        if reading is not None:
+            readings.append(reading)
+        rejections.extend(Rejection(reason, detail, index) for reason, detail in problems)
+    return ParsedMessage(device_id, tuple(readings), tuple(rejections))
+
+
+def _rejected(device_id: str | None, reason: str, detail: str) -> ParsedMessage:
+    return ParsedMessage(device_id, (), (Rejection(reason, detail),))
+
+
+Problem = tuple[str, str]
+
+
+def _parse_reading(
+    item: object, received_at: datetime, device: DeviceInfo, limits: Limits
+) -> tuple[Reading | None, list[Problem]]:
+    if not isinstance(item, dict):
+        return None, [(INVALID_SHAPE, "a reading must be a JSON object")]
+    unknown_keys = set(item) - {"ts", "metrics", "seq"}
+    if unknown_keys:
+        return None, [(INVALID_SHAPE, f"unknown keys: {', '.join(sorted(map(str, unknown_keys)))}")]
+    metrics = item.get("metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        return None, [(INVALID_SHAPE, '"metrics" must be a non-empty object')]
+    if len(metrics) > limits.max_metrics:
+        return None, [(INVALID_SHAPE, f"more than {limits.max_metrics} metrics in one reading")]
+    seq = item.get("seq")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int)):
+        return None, [(INVALID_SHAPE, '"seq" must be an integer')]
+
+    ts, problem = _timestamp(item.get("ts"), received_at, limits)
+    if ts is None:
+        assert problem is not None
+        return None, [problem]
+
+    kept: dict[str, float] = {}
+    breaches: list[str] = []
+    problems: list[Problem] = []
+    for name, value in metrics.items():
+        if not _METRIC_NAME.match(name):
+            problems.append(
+                (INVALID_METRIC_NAME, f"metric name {_clip(name)!r} is not 1-64 of [A-Za-z0-9_.-]")
+            )
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append((INVALID_VALUE, f"metric {name!r} is not a number"))
+            continue
+        number = float(value)
+        if not math.isfinite(number):
+            problems.append((INVALID_VALUE, f"metric {name!r} is not finite"))
+            continue
+        if device.metrics:
+            declared = device.metrics.get(name)
+            if declared is None:
+                problems.append((UNKNOWN_METRIC, f"metric {name!r} is not declared by the device"))
+                continue
+            if not declared.contains(number):
+                breaches.append(name)
+        kept[name] = number
+    if not kept:
+        return None, problems
+    return Reading(ts, kept, tuple(breaches)), problems
+
+
+def _timestamp(
+    raw: object, received_at: datetime, limits: Limits
+) -> tuple[datetime | None, Problem | None]:
+    if raw is None:
+        return received_at, None
+    if isinstance(raw, bool):
+        return None, (INVALID_TIMESTAMP, '"ts" must be ISO-8601 text or epoch milliseconds')
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw):
+            return None, (INVALID_TIMESTAMP, '"ts" is not finite')
+        try:
+            ts = _EPOCH + timedelta(milliseconds=raw)
+        except OverflowError:
+            return None, (INVALID_TIMESTAMP, '"ts" is out of range')
+    elif isinstance(raw, str):
+        try:
+            ts = datetime.fromisoformat(raw)
+        except ValueError:
+            return None, (INVALID_TIMESTAMP, f'"ts" {_clip(raw)!r} is not ISO-8601')
+        if ts.tzinfo is None:
+            return None, (INVALID_TIMESTAMP, f'"ts" {_clip(raw)!r} has no UTC offset')
+        ts = ts.astimezone(UTC)
+    else:
+        return None, (INVALID_TIMESTAMP, '"ts" must be ISO-8601 text or epoch milliseconds')
+    if ts > received_at + limits.max_future:
+        return None, (TS_IN_FUTURE, f'"ts" {ts.isoformat()} is more than {limits.max_future} ahead')
+    if ts < EARLIEST_TS:
+        return None, (
+            TS_TOO_OLD,
+            f'"ts" {ts.isoformat()} is before 2000 (epoch seconds sent as ms?)',
+        )
+    if limits.max_age is not None and ts < received_at - limits.max_age:
+        return None, (TS_TOO_OLD, f'"ts" {ts.isoformat()} is older than {limits.max_age.days} days')
+    return ts, None
+
+
+def _clip(text: str, length: int = 64) -> str:
+    return text if len(text) <= length else text[:length] + "..."

@@ -1,0 +1,165 @@
+"""The ingest side's view of the device registry.
+
+Loaded from the devices table at start, kept current from ``iotp:events:devices``, and
+asked of the database on a miss (a device registered a moment ago whose event is still on
+its way). Misses are remembered briefly so that a flood of unknown ids cannot turn into a
+flood of queries.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+import redis
+
+from ingest.payloads import DeviceInfo, MetricRange
+from iotp.events import (
+    DeviceDecommissioned,
+    DeviceRegistered,
+    DeviceUpdated,
+    UndecodableEvent,
+    from_fields,
+)
+from iotp.model import MetricSpec
+from iotp.names import DEVICE_EVENTS_STREAM
+
+logger = logging.getLogger(__name__)
+
+_SELECT_DEVICES = "SELECT device_id, status, metrics FROM devices"
+
+
+def device_info(device_id: str, status: str, metrics: Iterable[MetricSpec]) -> DeviceInfo:
+    return DeviceInfo(device_id, status, {m.name: MetricRange(m.min, m.max) for m in metrics})
+
+
+def _from_row(row: tuple[Any, ...]) -> DeviceInfo:
+    device_id, status, metrics = row
+    return device_info(device_id, status, (MetricSpec.model_validate(m) for m in metrics))
+
+
+class DeviceRegistry:
+    """Thread-safe enough for one writer thread and many readers (dict updates are atomic)."""
+
+    def __init__(
+        self,
+        fetch: Callable[[str], DeviceInfo | None],
+        unknown_ttl: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._unknown_ttl = unknown_ttl
+        self._clock = clock
+        self._devices: dict[str, DeviceInfo] = {}
+        self._unknown_until: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def load(self, devices: Iterable[DeviceInfo]) -> None:
+        for device in devices:
+            self._devices[device.device_id] = device
+
+    def lookup(self, device_id: str) -> DeviceInfo | None:
+        """The device, from memory, else from the database (misses cached for a moment)."""
+        device = self._devices.get(device_id)
+        if device is not None:
+            return device
+        now = self._clock()
+        if self._unknown_until.get(device_id, 0.0) > now:
+            return None
+        device = self._fetch(device_id)
+        if device is None:
+            if len(self._unknown_until) > 100_000:  # bound memory under an id-spraying flood
+                self._unknown_until.clear()
+            self._unknown_until[device_id] = now + self._unknown_ttl
+            return None
+        self._devices[device_id] = device
+        return device
+
+    def apply(self, event: object) -> None:
+        """Bring the view in line with one device event (idempotent)."""
+        if isinstance(event, DeviceRegistered | DeviceUpdated):
+            current = self._devices.get(event.device_id)
+            status = current.status if current is not None else "active"
+            self._devices[event.device_id] = device_info(event.device_id, status, event.metrics)
+            self._unknown_until.pop(event.device_id, None)
+        elif isinstance(event, DeviceDecommissioned):
+            current = self._devices.get(event.device_id)
+            metrics = current.metrics if current is not None else {}
+            self._devices[event.device_id] = DeviceInfo(event.device_id, "decommissioned", metrics)
+
+
+class DatabaseDevices:
+    """Device look-ups for the registry, on a connection of their own."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+        return self._conn
+
+    def fetch(self, device_id: str) -> DeviceInfo | None:
+        try:
+            row = (
+                self._connection()
+                .execute(_SELECT_DEVICES + " WHERE device_id = %s", (device_id,))
+                .fetchone()
+            )
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        return None if row is None else _from_row(row)
+
+    def fetch_all(self) -> list[DeviceInfo]:
+        with self._connection().cursor() as cur:
+            cur.execute(_SELECT_DEVICES)
+            return [_from_row(row) for row in cur]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def last_device_event_id(client: redis.Redis) -> str:
+    entries: Any = client.xrevrange(DEVICE_EVENTS_STREAM, count=1)
+    return entries[0][0].decode() if entries else "0-0"
+
+
+class RegistryFollower(threading.Thread):
+    """Applies device events from the stream to the registry as they arrive."""
+
+    def __init__(
+        self, registry: DeviceRegistry, client: redis.Redis, after: str, stop: threading.Event
+    ) -> None:
+        super().__init__(name="iotp-ingest-registry", daemon=True)
+        self.registry, self.client, self.position, self.stop = registry, client, after, stop
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                response: Any = self.client.xread(
+                    {DEVICE_EVENTS_STREAM: self.position}, count=500, block=500
+                )
+                backoff = 0.5
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning("device stream unreachable, retrying in %.1fs: %s", backoff, exc)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            for _stream, entries in response or ():
+                for entry_id, fields in entries:
+                    self.position = entry_id.decode()
+                    try:
+                        self.registry.apply(from_fields(fields))
+                    except UndecodableEvent as exc:
+                        logger.warning("skipping device event %s: %s", self.position, exc)

@@ -1,0 +1,134 @@
+"""Writing telemetry batches: binary COPY into staging, then an idempotent insert.
+
+One transaction per batch holds the new rows and the ledger entry of the batch's events,
+so that a batch either committed with its events recorded, or did not happen at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+
+# (seq, device_id, ts, metric, value, received_at)
+StagedRow = tuple[int, str, datetime, str, float, datetime]
+ReadingKey = tuple[str, str, datetime]  # (device_id, metric, ts): a reading's identity
+StreamEntry = dict[str, str]
+
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging ("
+    " seq int4, device_id text, ts timestamptz, metric text, value float8,"
+    " received_at timestamptz) ON COMMIT DELETE ROWS"
+)
+_COPY = (
+    "COPY telemetry_staging (seq, device_id, ts, metric, value, received_at)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+_COPY_TYPES = ["int4", "text", "timestamptz", "text", "float8", "timestamptz"]
+# DISTINCT ON keeps the first copy of a reading that a batch holds twice (a redelivery
+# landing in the same batch), so the stored value is the one the event reports.
+_INSERT = """
+    INSERT INTO telemetry (device_id, ts, metric, value, received_at)
+    SELECT DISTINCT ON (device_id, metric, ts) device_id, ts, metric, value, received_at
+    FROM telemetry_staging
+    ORDER BY device_id, metric, ts, seq
+    ON CONFLICT (device_id, metric, ts) DO NOTHING
+    RETURNING device_id, metric, ts
+"""
+
+
+@dataclass(frozen=True)
+class CommittedBatch:
+    batch_id: uuid.UUID
+    new_readings: set[ReadingKey]
+    entries: list[StreamEntry]
+
+
+class TelemetryStore:
+    """Owns one connection; reconnects after the database went away."""
+
+    def __init__(self, database_url: str, consumer: str) -> None:
+        self._url = database_url
+        self.consumer = consumer
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._url, connect_timeout=5)
+            self._conn.execute(_STAGING)
+            self._conn.commit()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def write(
+        self,
+        rows: Sequence[StagedRow],
+        events_for: Callable[[set[ReadingKey]], list[StreamEntry]],
+        forget: Sequence[uuid.UUID] = (),
+    ) -> CommittedBatch:
+        """Store ``rows`` (skipping readings already stored) with the ledger of their events."""
+        conn = self._connection()
+        batch_id = uuid.uuid4()
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                if forget:
+                    cur.execute(
+                        "DELETE FROM ingest_ledger WHERE batch_id = ANY(%s)", (list(forget),)
+                    )
+                new: set[ReadingKey] = set()
+                if rows:
+                    with cur.copy(_COPY) as copy:
+                        copy.set_types(_COPY_TYPES)
+                        for row in rows:
+                            copy.write_row(row)
+                    cur.execute(_INSERT)
+                    new = set(cur.fetchall())
+                entries = events_for(new)
+                if entries:
+                    cur.execute(
+                        "INSERT INTO ingest_ledger (batch_id, consumer, entries)"
+                        " VALUES (%s, %s, %s)",
+                        (batch_id, self.consumer, orjson.dumps(entries)),
+                    )
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        return CommittedBatch(batch_id, new, entries)
+
+    def forget(self, batch_ids: Sequence[uuid.UUID]) -> None:
+        """Drop ledger entries whose events are on the stream."""
+        if not batch_ids:
+            return
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                conn.execute(
+                    "DELETE FROM ingest_ledger WHERE batch_id = ANY(%s)", (list(batch_ids),)
+                )
+        except psycopg.OperationalError:
+            self.close()
+            raise
+
+    def unpublished(self) -> list[tuple[uuid.UUID, list[StreamEntry]]]:
+        """Ledger entries this consumer left behind (it crashed before publishing them)."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                rows = conn.execute(
+                    "SELECT batch_id, entries FROM ingest_ledger WHERE consumer = %s"
+                    " ORDER BY created_at",
+                    (self.consumer,),
+                ).fetchall()
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        return [(batch_id, orjson.loads(entries)) for batch_id, entries in rows]

@@ -1,0 +1,87 @@
+"""What `iotp status` reports: ingest counters, streams and the outbox backlog."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from iotp.db import connect
+from iotp.names import (
+    DEVICE_EVENTS_STREAM,
+    INGEST_STATS_KEY_PREFIX,
+    TELEMETRY_DEADLETTER_STREAM,
+    TELEMETRY_EVENTS_STREAM,
+)
+from iotp.redis_client import redis_unavailable
+from iotp.settings import Settings
+
+STREAMS = (DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM)
+
+
+def collect_status(settings: Settings) -> dict[str, Any]:
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=5, decode_responses=True
+    )
+    try:
+        ingest = {}
+        for key in client.scan_iter(match=f"{INGEST_STATS_KEY_PREFIX}*", count=100):
+            values: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
+            ingest[key.removeprefix(INGEST_STATS_KEY_PREFIX)] = {
+                k: float(v) if "." in v else int(v) for k, v in values.items()
+            }
+        streams = {name: client.xlen(name) for name in STREAMS}
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise redis_unavailable(settings.redis_url, exc) from exc
+    finally:
+        client.close()
+    with connect(settings.database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+    return {"ingest": ingest, "streams": streams, "outbox_backlog": row[0] if row else None}
+
+
+def render_status(report: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title="ingest processes")
+    for column in (
+        "client id",
+        "received",
+        "stored",
+        "duplicates",
+        "dead letters",
+        "batches",
+        "last batch ms",
+        "updated s ago",
+    ):
+        table.add_column(column, justify="right" if column != "client id" else "left")
+    now = time.time()
+    for client_id, values in sorted(report["ingest"].items()):
+        table.add_row(
+            client_id,
+            *(
+                str(values.get(k, ""))
+                for k in (
+                    "received",
+                    "stored",
+                    "duplicates",
+                    "deadletters",
+                    "batches",
+                    "last_batch_ms",
+                )
+            ),
+            f"{now - float(values.get('updated_at', now)):.0f}",
+        )
+    if report["ingest"]:
+        console.print(table)
+    else:
+        console.print("no ingest process reported in the last 2 minutes")
+    streams = Table(title="streams")
+    streams.add_column("stream")
+    streams.add_column("entries", justify="right")
+    for name, length in report["streams"].items():
+        streams.add_row(name, str(length))
+    console.print(streams)
+    console.print(f"outbox backlog: {report['outbox_backlog']}")
