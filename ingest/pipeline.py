@@ -109,8 +109,7 @@ class IngestPipeline:
         )
         self._published = [p for p in self._published if p not in forget]
         deadletters = _deadletters(batch, parsed, self.policy.deadletter_payload_max_bytes)
-        stats = self._stats_due()
-        self._retry(lambda: self.publisher.publish(committed.entries, deadletters, stats), stop)
+        self._retry(lambda: self.publisher.publish(committed.entries, deadletters), stop)
         self._published.append(committed.batch_id)
         self.source.ack(batch)
         self.counters.batch(
@@ -120,6 +119,7 @@ class IngestPipeline:
             seconds=(datetime.now(UTC) - batch[0].received_at).total_seconds(),
         )
         self.counters.deadlettered([d["reason"] for d in deadletters])
+        self._report_stats(stop)
 
     def _parse(self, message: InboundMessage) -> ParsedMessage:
         return parse_message(
@@ -130,16 +130,16 @@ class IngestPipeline:
         if self._published:
             self._retry(lambda: self.store.forget(self._published), stop)
             self._published.clear()
-        stats = self._stats_due()
-        if stats is not None:
-            self._retry(lambda: self.publisher.publish((), (), stats), stop)
+        self._report_stats(stop)
 
-    def _stats_due(self) -> tuple[str, dict[str, str | int | float]] | None:
+    def _report_stats(self, stop: threading.Event) -> None:
+        """Counters to Redis for `iotp status`, at most once a second."""
         now = time.monotonic()
         if now - self._last_stats < 1.0:
-            return None
+            return
         self._last_stats = now
-        return self.stats_key, self.counters.snapshot()
+        stats = (self.stats_key, self.counters.snapshot())
+        self._retry(lambda: self.publisher.publish((), (), stats), stop)
 
     def _retry(self, action: Callable[[], T], stop: threading.Event) -> T:
         """Run ``action`` until it succeeds; back off while PostgreSQL or Redis is away."""

@@ -19,7 +19,9 @@ def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:
     """deploy/mosquitto.conf, listening on ``port`` on loopback with its data in ``data_dir``."""
     text = DEPLOY_CONFIG.read_text()
     text = re.sub(r"^listener .*$", f"listener {port} 127.0.0.1", text, flags=re.M)
-    text = re.sub(r"^persistence_location .*$", f"persistence_location {data_dir}/", text, flags=re.M)
+    text = re.sub(
+        r"^persistence_location .*$", f"persistence_location {data_dir}/", text, flags=re.M
+    )
     text = re.sub(r"^log_dest .*$", f"log_dest file {data_dir}/mosquitto.log", text, flags=re.M)
     return text + "\n" + extra
 
@@ -33,8 +35,9 @@ def private_mosquitto(tmp: Path, extra: str = "") -> Iterator[str]:
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "mosquitto.conf"
     config.write_text(mosquitto_config(port, tmp, extra))
-    process = subprocess.Popen([binary, "-c", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
