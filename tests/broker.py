@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -42,15 +43,12 @@ def private_mosquitto(tmp: Path, extra: str = "") -> Iterator[str]:
         deadline = time.monotonic() + 10
         while True:
             try:
-                import socket
-
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"mosquitto did not start: {process.stderr.read() if process.stderr else ''}"
-                    ) from None
+                    errors = process.stderr.read() if process.stderr else b""
+                    raise RuntimeError(f"mosquitto did not start: {errors!r}") from None
                 time.sleep(0.05)
         yield f"mqtt://127.0.0.1:{port}"
     finally:

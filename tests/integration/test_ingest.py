@@ -19,7 +19,6 @@ import redis
 from iotp.settings import Settings
 from tests.broker import private_mosquitto
 from tests.conftest import wait_for
-from tests.tcp_proxy import TcpProxy
 from tests.integration.api_helpers import AUTH, running_api
 from tests.integration.ingest_harness import (
     IngestProcess,
@@ -31,6 +30,7 @@ from tests.integration.ingest_harness import (
     stored_count,
     telemetry_events,
 )
+from tests.tcp_proxy import TcpProxy
 
 BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 METRICS = [
