@@ -215,12 +215,12 @@ def test_unknown_then_registered_and_decommissioned_devices(platform: Platform) 
 
     with running_api(platform.settings) as client:
         assert client.post("/devices/early/decommission", headers=AUTH).status_code == 200
-    wait_for(
-        lambda: (
-            platform.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
-            == (0,)
+        wait_for(
+            lambda: (
+                platform.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+                == (0,)
+            )
         )
-    )
 
     def refused() -> bool:
         publish(platform.mqtt_url, single_messages("early", 0, 1))
@@ -353,3 +353,94 @@ def test_postgresql_away_for_seconds_then_back_loses_nothing(platform: Platform)
         expected_keys("patient", 0, 120)
     )
     assert "resuming" in ingest.log.read_text()
+
+
+def test_redis_away_for_seconds_then_back_loses_no_event(platform: Platform) -> None:
+    platform.register("steady")
+    host_port = platform.settings.redis_url.split("//", 1)[1].split("/", 1)[0]
+    host, port = host_port.split(":")
+    with TcpProxy("127.0.0.1" if host == "localhost" else host, int(port)) as proxy:
+        env = ingest_env(platform.settings, platform.mqtt_url)
+        env["IOTP_REDIS_URL"] = (
+            f"redis://127.0.0.1:{proxy.port}/" + (platform.settings.redis_url.rsplit("/", 1)[1])
+        )
+        ingest = IngestProcess(env, platform.tmp / "ingest.log").start()
+        publish(platform.mqtt_url, single_messages("steady", 0, 10))
+        wait_for(lambda: len(telemetry_events(platform.redis)) == 10)
+        proxy.cut()
+        publish(platform.mqtt_url, single_messages("steady", 10, 40))
+        wait_for(lambda: "redis unreachable" in ingest.log.read_text(), timeout=20)
+        time.sleep(2)
+        proxy.restore()
+        wait_for(lambda: len(telemetry_events(platform.redis)) >= 50, timeout=60)
+        ingest.stop()
+    assert event_readings(telemetry_events(platform.redis)) == Counter(
+        expected_keys("steady", 0, 50)
+    )
+    assert set(stored(platform.db)) == expected_keys("steady", 0, 50)
+
+
+def test_committed_but_unpublished_batches_are_republished_on_start(platform: Platform) -> None:
+    from iotp.events import RecordedReading, TelemetryRecorded, to_fields
+    from iotp.settings import Settings as _Settings
+
+    event = TelemetryRecorded(
+        device_id="orphan",
+        readings=(RecordedReading(ts=BASE, metrics={"temp": 1.0}),),
+        ingested_at=BASE,
+    )
+    consumer = _Settings(ingest_instance="0").ingest_client_id()
+    platform.db.execute(
+        "INSERT INTO ingest_ledger (batch_id, consumer, entries) VALUES (gen_random_uuid(), %s, %s)",
+        (consumer, orjson.dumps([to_fields(event)])),
+    )
+    ingest = platform.ingest("0")
+    wait_for(lambda: telemetry_events(platform.redis) == [event], timeout=20)
+    wait_for(lambda: platform.db.execute("SELECT count(*) FROM ingest_ledger").fetchone() == (0,))
+    ingest.stop()
+
+
+def test_counters_reach_prometheus_and_iotp_status(platform: Platform) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.conftest import free_port
+
+    platform.register("counted")
+    port = free_port()
+    ingest = platform.ingest(ingest_metrics_port=str(port))
+    publish(
+        platform.mqtt_url,
+        single_messages("counted", 0, 5) + [("devices/counted/telemetry", b"nope")],
+    )
+    wait_stored(platform, 15)
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert "iotp_ingest_messages_received_total 6.0" in metrics
+    assert "iotp_ingest_readings_stored_total 15.0" in metrics
+    assert 'iotp_ingest_deadletters_total{reason="invalid_json"} 1.0' in metrics
+    assert "iotp_ingest_batch_seconds_bucket" in metrics
+
+    def status() -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "-m", "iotp.cli", "status", "--json"],
+            env=ingest_env(platform.settings, platform.mqtt_url),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        report: dict[str, Any] = orjson.loads(result.stdout)
+        return report
+
+    report = wait_for(
+        lambda: (
+            (r := status())["ingest"] and next(iter(r["ingest"].values()))["stored"] == 15 and r
+        ),
+        timeout=15,
+    )
+    (counters,) = report["ingest"].values()
+    assert counters["received"] == 6 and counters["deadletters"] == 1
+    assert report["streams"]["iotp:deadletter:telemetry"] == 1
+    ingest.stop()
