@@ -391,7 +391,8 @@ def test_committed_but_unpublished_batches_are_republished_on_start(platform: Pl
     )
     consumer = _Settings(ingest_instance="0").ingest_client_id()
     platform.db.execute(
-        "INSERT INTO ingest_ledger (batch_id, consumer, entries) VALUES (gen_random_uuid(), %s, %s)",
+        "INSERT INTO ingest_ledger (batch_id, consumer, entries)"
+        " VALUES (gen_random_uuid(), %s, %s)",
         (consumer, orjson.dumps([to_fields(event)])),
     )
     ingest = platform.ingest("0")
@@ -413,7 +414,7 @@ def test_counters_reach_prometheus_and_iotp_status(platform: Platform) -> None:
     ingest = platform.ingest(ingest_metrics_port=str(port))
     publish(
         platform.mqtt_url,
-        single_messages("counted", 0, 5) + [("devices/counted/telemetry", b"nope")],
+        [*single_messages("counted", 0, 5), ("devices/counted/telemetry", b"nope")],
     )
     wait_stored(platform, 15)
     metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
