@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from iotp.local_broker import free_port
 from iotp.migrate import migrate
 from iotp.settings import Settings
 
@@ -23,13 +23,7 @@ from iotp.settings import Settings
 TEST_PG_SERVER = os.environ.get("IOTP_TEST_PG_SERVER", "postgresql://localhost:5432/postgres")
 TEST_REDIS_URL = os.environ.get("IOTP_TEST_REDIS_URL", "redis://localhost:6379/15")
 TEST_TOKEN = "test-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["free_port"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

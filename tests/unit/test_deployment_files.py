@@ -46,8 +46,8 @@ def test_compose_uses_timescaledb_and_the_shipped_broker_config() -> None:
     services = _compose()["services"]
     assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
     mounts = " ".join(services["mosquitto"]["volumes"])
-    assert "deploy/mosquitto.conf" in mounts
-    assert (ROOT / "deploy" / "mosquitto.conf").is_file()
+    assert "./iotp/mosquitto.conf:" in mounts
+    assert (ROOT / "iotp" / "mosquitto.conf").is_file()
     api_port = Settings().api_port
     assert f"{api_port}:{api_port}" in services["api"]["ports"]
 

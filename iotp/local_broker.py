@@ -1,0 +1,82 @@
+"""A Mosquitto of our own on loopback, configured like production (iotp/mosquitto.conf).
+
+Used by the tests and the benchmarks, so that they run against the broker settings that a
+deployment needs rather than Mosquitto's lossy defaults.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def production_config() -> str:
+    return resources.files("iotp").joinpath("mosquitto.conf").read_text(encoding="utf-8")
+
+
+def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:
+    """The production config, listening on ``port`` on loopback with its data in ``data_dir``."""
+    text = production_config()
+    text = re.sub(r"^listener .*$", f"listener {port} 127.0.0.1", text, flags=re.M)
+    text = re.sub(
+        r"^persistence_location .*$", f"persistence_location {data_dir}/", text, flags=re.M
+    )
+    text = re.sub(r"^log_dest .*$", f"log_dest file {data_dir}/mosquitto.log", text, flags=re.M)
+    return text + "\n" + extra
+
+
+@dataclass(frozen=True)
+class LocalBroker:
+    url: str
+    port: int
+    pid: int
+
+
+@contextmanager
+def local_mosquitto(data_dir: Path, extra: str = "") -> Iterator[LocalBroker]:
+    """Run mosquitto on a free loopback port for the block."""
+    binary = shutil.which("mosquitto")
+    if binary is None:
+        raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "mosquitto.conf"
+    config.write_text(mosquitto_config(port, data_dir, extra))
+    process = subprocess.Popen(  # noqa: S603 - our own binary path and config file
+        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    errors = process.stderr.read() if process.stderr else b""
+                    raise RuntimeError(f"mosquitto did not start: {errors!r}") from None
+                time.sleep(0.05)
+        yield LocalBroker(f"mqtt://127.0.0.1:{port}", port, process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
