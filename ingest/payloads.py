@@ -7,6 +7,7 @@ with a reason code; the good readings beside a bad one are kept.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ _TOPIC = re.compile(r"^devices/([^/]+)/telemetry$")
 _DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 _METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_READING_KEYS = frozenset({"ts", "metrics", "seq"})
 # Earlier than this is almost always epoch seconds sent where milliseconds are expected.
 EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -178,8 +180,8 @@ def _parse_reading(
 ) -> tuple[Reading | None, list[Problem]]:
     if not isinstance(item, dict):
         return None, [(INVALID_SHAPE, "a reading must be a JSON object")]
-    unknown_keys = set(item) - {"ts", "metrics", "seq"}
-    if unknown_keys:
+    if len(item) > len(_READING_KEYS) or not _READING_KEYS.issuperset(item):
+        unknown_keys = set(item) - _READING_KEYS
         return None, [(INVALID_SHAPE, f"unknown keys: {', '.join(sorted(map(str, unknown_keys)))}")]
     metrics = item.get("metrics")
     if not isinstance(metrics, dict) or not metrics:
@@ -198,8 +200,10 @@ def _parse_reading(
     kept: dict[str, float] = {}
     breaches: list[str] = []
     problems: list[Problem] = []
+    declared_metrics = device.metrics
     for name, value in metrics.items():
-        if not _METRIC_NAME.match(name):
+        # Declared names were validated at registration; only others need the pattern.
+        if name not in declared_metrics and not _valid_metric_name(name):
             problems.append(
                 (INVALID_METRIC_NAME, f"metric name {_clip(name)!r} is not 1-64 of [A-Za-z0-9_.-]")
             )
@@ -211,8 +215,8 @@ def _parse_reading(
         if not math.isfinite(number):
             problems.append((INVALID_VALUE, f"metric {name!r} is not finite"))
             continue
-        if device.metrics:
-            declared = device.metrics.get(name)
+        if declared_metrics:
+            declared = declared_metrics.get(name)
             if declared is None:
                 problems.append((UNKNOWN_METRIC, f"metric {name!r} is not declared by the device"))
                 continue
@@ -222,6 +226,11 @@ def _parse_reading(
     if not kept:
         return None, problems
     return Reading(ts, kept, tuple(breaches)), problems
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_metric_name(name: str) -> bool:
+    return _METRIC_NAME.match(name) is not None
 
 
 def _timestamp(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -25,8 +26,8 @@ from ingest.counters import IngestCounters
 from ingest.mqtt_source import InboundMessage
 from ingest.payloads import DeviceLookup, Limits, ParsedMessage, parse_message
 from ingest.publisher import StreamPublisher
-from ingest.store import ReadingKey, StagedRow, StreamEntry, TelemetryStore
-from iotp.events import RecordedReading, TelemetryRecorded, to_fields
+from ingest.store import StagedRow, StreamEntry, TelemetryStore
+from iotp.events import telemetry_recorded_fields
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ class BatchPolicy:
     max_bytes: int
     max_delay_seconds: float
     deadletter_payload_max_bytes: int
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    messages: list[InboundMessage]
+    parsed: list[ParsedMessage]
+    rows: list[StagedRow]
+    deadletters: list[StreamEntry]
+    parse_seconds: float
 
 
 class Stopped(Exception):
@@ -72,9 +82,23 @@ class IngestPipeline:
         self._last_stats = 0.0
 
     def run(self, stop: threading.Event) -> None:
+        """Take and validate batches here while a writer thread stores the previous one.
+
+        Two stages so that PostgreSQL's work on one batch overlaps Python's on the next;
+        one writer, so batches still commit, publish and acknowledge in arrival order.
+        """
         try:
             self.recover(stop)
-            while not stop.is_set():
+        except Stopped:
+            return
+        handoff: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
+        failure: list[BaseException] = []
+        writer = threading.Thread(
+            target=self._write_loop, args=(handoff, stop, failure), name="iotp-ingest-writer"
+        )
+        writer.start()
+        try:
+            while not stop.is_set() and writer.is_alive():
                 batch = self.source.take(
                     self.policy.max_messages,
                     self.policy.max_bytes,
@@ -82,11 +106,52 @@ class IngestPipeline:
                     stop,
                 )
                 if batch:
-                    self.handle(batch, stop)
-                else:
-                    self._idle(stop)
+                    prepared = self.prepare(batch, stop)
+                    while writer.is_alive():
+                        try:
+                            handoff.put(prepared, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
         except Stopped:
             logger.info("stopping with a batch unacknowledged; the broker will redeliver it")
+        finally:
+            stop.set()
+            while writer.is_alive():
+                try:
+                    handoff.put(None, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            writer.join()
+        if failure:
+            raise failure[0]
+
+    def _write_loop(
+        self,
+        handoff: queue.Queue[PreparedBatch | None],
+        stop: threading.Event,
+        failure: list[BaseException],
+    ) -> None:
+        try:
+            while True:
+                try:
+                    prepared = handoff.get(timeout=0.2)
+                except queue.Empty:
+                    if stop.is_set():
+                        return
+                    self._idle(stop)
+                    continue
+                if prepared is None:
+                    self._report_stats(stop, force=True)
+                    return
+                self.write(prepared, stop)
+        except Stopped:
+            logger.info("stopping with a batch unacknowledged; the broker will redeliver it")
+        except BaseException as exc:
+            logger.exception("the ingest writer failed")
+            failure.append(exc)
+            stop.set()
 
     def recover(self, stop: threading.Event) -> None:
         """Publish the events of batches that committed before a crash, then forget them."""
@@ -99,26 +164,51 @@ class IngestPipeline:
             self._retry(lambda: self.store.forget(self._published), stop)
             self._published.clear()
 
-    def handle(self, batch: list[InboundMessage], stop: threading.Event) -> None:
-        self.counters.received(len(batch))
+    def prepare(self, batch: list[InboundMessage], stop: threading.Event) -> PreparedBatch:
+        """Validate a batch and lay out its rows: pure work, but for device look-ups."""
+        started = time.perf_counter()
         parsed = self._retry(lambda: [self._parse(m) for m in batch], stop)
-        rows = _staged_rows(batch, parsed)
+        return PreparedBatch(
+            messages=batch,
+            parsed=parsed,
+            rows=_staged_rows(batch, parsed),
+            deadletters=_deadletters(batch, parsed, self.policy.deadletter_payload_max_bytes),
+            parse_seconds=time.perf_counter() - started,
+        )
+
+    def write(self, prepared: PreparedBatch, stop: threading.Event) -> None:
+        """Commit, publish, acknowledge: in that order, each retried until it succeeds."""
+        batch, parsed, rows = prepared.messages, prepared.parsed, prepared.rows
+        started = time.perf_counter()
         forget = list(self._published)
         committed = self._retry(
-            lambda: self.store.write(rows, lambda new: _events(batch, parsed, new), forget), stop
+            lambda: self.store.write(rows, lambda new: _events(parsed, new), forget), stop
         )
+        committed_at = time.perf_counter()
         self._published = [p for p in self._published if p not in forget]
-        deadletters = _deadletters(batch, parsed, self.policy.deadletter_payload_max_bytes)
-        self._retry(lambda: self.publisher.publish(committed.entries, deadletters), stop)
+        self._retry(lambda: self.publisher.publish(committed.entries, prepared.deadletters), stop)
         self._published.append(committed.batch_id)
+        published_at = time.perf_counter()
         self.source.ack(batch)
+        logger.debug(
+            "batch: %s messages, %s rows (%s new), parse %.1f ms, commit %.1f ms,"
+            " publish %.1f ms, ack %.1f ms",
+            len(batch),
+            len(rows),
+            len(committed.new_seqs),
+            prepared.parse_seconds * 1000,
+            (committed_at - started) * 1000,
+            (published_at - committed_at) * 1000,
+            (time.perf_counter() - published_at) * 1000,
+        )
+        self.counters.received(len(batch))
         self.counters.batch(
-            stored=len(committed.new_readings),
-            duplicates=len(rows) - len(committed.new_readings),
+            stored=len(committed.new_seqs),
+            duplicates=len(rows) - len(committed.new_seqs),
             events=len(committed.entries),
             seconds=(datetime.now(UTC) - batch[0].received_at).total_seconds(),
         )
-        self.counters.deadlettered([d["reason"] for d in deadletters])
+        self.counters.deadlettered([d["reason"] for d in prepared.deadletters])
         self._report_stats(stop)
 
     def _parse(self, message: InboundMessage) -> ParsedMessage:
@@ -132,10 +222,10 @@ class IngestPipeline:
             self._published.clear()
         self._report_stats(stop)
 
-    def _report_stats(self, stop: threading.Event) -> None:
-        """Counters to Redis for `iotp status`, at most once a second."""
+    def _report_stats(self, stop: threading.Event, force: bool = False) -> None:
+        """Counters to Redis for `iotp status`, at most once a second (and when stopping)."""
         now = time.monotonic()
-        if now - self._last_stats < 1.0:
+        if now - self._last_stats < 1.0 and not force:
             return
         self._last_stats = now
         stats = (self.stats_key, self.counters.snapshot())
@@ -175,50 +265,45 @@ class IngestPipeline:
 def _staged_rows(
     batch: Sequence[InboundMessage], parsed: Sequence[ParsedMessage]
 ) -> list[StagedRow]:
+    """The batch's data points in staging order: ``seq`` is the position in this list."""
     rows: list[StagedRow] = []
-    seq = 0
     for message, result in zip(batch, parsed, strict=True):
-        if result.device_id is None:
+        device_id = result.device_id
+        if device_id is None:
             continue
+        received_at = message.received_at
         for reading in result.readings:
+            ts = reading.ts
             for metric, value in reading.metrics.items():
-                rows.append((seq, result.device_id, reading.ts, metric, value, message.received_at))
-                seq += 1
+                rows.append((len(rows), device_id, ts, metric, value, received_at))
     return rows
 
 
-def _events(
-    batch: Sequence[InboundMessage], parsed: Sequence[ParsedMessage], new: set[ReadingKey]
-) -> list[StreamEntry]:
-    """One TelemetryRecorded per message with newly stored readings, in message order."""
-    unclaimed = set(new)  # the first message holding a reading is the one that stored it
+def _events(parsed: Sequence[ParsedMessage], new: set[int]) -> list[StreamEntry]:
+    """One TelemetryRecorded per message with newly stored readings, in message order.
+
+    Walks the data points in the order :func:`_staged_rows` numbered them; a reading held
+    twice in a batch is reported by the message whose copy was stored (the first).
+    """
     ingested_at = datetime.now(UTC)
     entries: list[StreamEntry] = []
+    seq = 0
     for result in parsed:
         device_id = result.device_id
-        if device_id is None or not result.readings:
+        if device_id is None:
             continue
-        readings: list[RecordedReading] = []
+        readings: list[tuple[datetime, dict[str, float], tuple[str, ...]]] = []
         for reading in result.readings:
             metrics = {}
             for metric, value in reading.metrics.items():
-                key = (device_id, metric, reading.ts)
-                if key in unclaimed:
-                    unclaimed.discard(key)
+                if seq in new:
                     metrics[metric] = value
+                seq += 1
             if metrics:
-                readings.append(
-                    RecordedReading(
-                        ts=reading.ts,
-                        metrics=metrics,
-                        out_of_range=tuple(m for m in reading.out_of_range if m in metrics),
-                    )
-                )
+                breaches = tuple(m for m in reading.out_of_range if m in metrics)
+                readings.append((reading.ts, metrics, breaches))
         if readings:
-            event = TelemetryRecorded(
-                device_id=device_id, readings=tuple(readings), ingested_at=ingested_at
-            )
-            entries.append(to_fields(event))
+            entries.append(telemetry_recorded_fields(device_id, readings, ingested_at))
     return entries
 
 

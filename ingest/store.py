@@ -17,7 +17,6 @@ import psycopg
 
 # (seq, device_id, ts, metric, value, received_at)
 StagedRow = tuple[int, str, datetime, str, float, datetime]
-ReadingKey = tuple[str, str, datetime]  # (device_id, metric, ts): a reading's identity
 StreamEntry = dict[str, str]
 
 _STAGING = (
@@ -31,21 +30,27 @@ _COPY = (
 )
 _COPY_TYPES = ["int4", "text", "timestamptz", "text", "float8", "timestamptz"]
 # DISTINCT ON keeps the first copy of a reading that a batch holds twice (a redelivery
-# landing in the same batch), so the stored value is the one the event reports.
+# landing in the same batch), so the stored value is the one the event reports. The answer
+# is the staging seq of each row that was new: small integers, cheap to read back.
 _INSERT = """
-    INSERT INTO telemetry (device_id, ts, metric, value, received_at)
-    SELECT DISTINCT ON (device_id, metric, ts) device_id, ts, metric, value, received_at
-    FROM telemetry_staging
-    ORDER BY device_id, metric, ts, seq
-    ON CONFLICT (device_id, metric, ts) DO NOTHING
-    RETURNING device_id, metric, ts
+    WITH inserted AS (
+        INSERT INTO telemetry (device_id, ts, metric, value, received_at)
+        SELECT DISTINCT ON (device_id, metric, ts) device_id, ts, metric, value, received_at
+        FROM telemetry_staging
+        ORDER BY device_id, metric, ts, seq
+        ON CONFLICT (device_id, metric, ts) DO NOTHING
+        RETURNING device_id, metric, ts
+    )
+    SELECT min(s.seq)
+    FROM inserted JOIN telemetry_staging s USING (device_id, metric, ts)
+    GROUP BY inserted.device_id, inserted.metric, inserted.ts
 """
 
 
 @dataclass(frozen=True)
 class CommittedBatch:
     batch_id: uuid.UUID
-    new_readings: set[ReadingKey]
+    new_seqs: set[int]  # staging seq of every data point that was not stored before
     entries: list[StreamEntry]
 
 
@@ -72,26 +77,26 @@ class TelemetryStore:
     def write(
         self,
         rows: Sequence[StagedRow],
-        events_for: Callable[[set[ReadingKey]], list[StreamEntry]],
+        events_for: Callable[[set[int]], list[StreamEntry]],
         forget: Sequence[uuid.UUID] = (),
     ) -> CommittedBatch:
         """Store ``rows`` (skipping readings already stored) with the ledger of their events."""
         conn = self._connection()
         batch_id = uuid.uuid4()
         try:
-            with conn.transaction(), conn.cursor() as cur:
+            with conn.transaction(), conn.cursor(binary=True) as cur:
                 if forget:
                     cur.execute(
                         "DELETE FROM ingest_ledger WHERE batch_id = ANY(%s)", (list(forget),)
                     )
-                new: set[ReadingKey] = set()
+                new: set[int] = set()
                 if rows:
                     with cur.copy(_COPY) as copy:
                         copy.set_types(_COPY_TYPES)
                         for row in rows:
                             copy.write_row(row)
                     cur.execute(_INSERT)
-                    new = set(cur.fetchall())
+                    new = {seq for (seq,) in cur.fetchall()}
                 entries = events_for(new)
                 if entries:
                     cur.execute(

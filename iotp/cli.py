@@ -175,6 +175,36 @@ def status(
         render_status(report)
 
 
+bench = typer.Typer(help="Reproducible measurements on this machine.", no_args_is_help=True)
+app.add_typer(bench, name="bench", help="Benchmarks: throughput and latency on this machine.")
+
+
+@bench.command("ingest")
+def bench_ingest(
+    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 100,
+    readings: Annotated[
+        int, typer.Option(help="Readings of the one-reading-per-message runs (x5 batched).")
+    ] = 60_000,
+    batch: Annotated[int, typer.Option(help="Readings per message in the batched run.")] = 50,
+    publishers: Annotated[int, typer.Option(help="Publisher processes.")] = 2,
+    timeout: Annotated[float, typer.Option(help="Give up on a run after this many s.")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Ingest throughput with zero loss: drain (single, batched) and live runs."""
+    from benchmarks.ingest import run_ingest_bench
+    from benchmarks.report import print_ingest_report
+
+    settings = _settings()
+    with _clear_errors():
+        report = run_ingest_bench(settings, devices, readings, batch, publishers, timeout)
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_ingest_report(report)
+
+
 def _preflight(settings: Settings) -> None:
     """Fail with one clear line when the database is unreachable or not migrated."""
     from iotp.db import connect

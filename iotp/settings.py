@@ -45,9 +45,9 @@ class Settings(BaseSettings):
     ingest_instance: str = "0"
     ingest_shared_subscription: bool = True
     ingest_share_group: str = "iotp-ingest"
-    ingest_receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    ingest_receive_maximum: int = Field(default=10000, ge=1, le=65535)
     ingest_max_buffered_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
-    ingest_batch_max_messages: int = Field(default=5000, ge=1)
+    ingest_batch_max_messages: int = Field(default=2000, ge=1)
     ingest_batch_max_bytes: int = Field(default=1024 * 1024, ge=1024)
     ingest_batch_max_delay_ms: int = Field(default=50, ge=1)
     ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=64)

@@ -8,4 +8,6 @@ CREATE TABLE telemetry (
     received_at timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT telemetry_reading_key UNIQUE (device_id, metric, ts)
 );
-CREATE INDEX telemetry_ts ON telemetry (ts DESC);
+-- Scans by time alone (rebuilds, retention on plain PostgreSQL) use a BRIN index: readings
+-- arrive roughly in time order, and a B-tree here cost ingest a tenth of its insert rate.
+CREATE INDEX telemetry_ts ON telemetry USING brin (ts);

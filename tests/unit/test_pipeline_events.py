@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from ingest.mqtt_source import InboundMessage
 from ingest.payloads import ParsedMessage, Reading, Rejection
 from ingest.pipeline import _deadletters, _events, _staged_rows
-from iotp.events import TelemetryRecorded, from_fields
+from iotp.events import TelemetryRecorded, from_fields, to_fields
 
 T0 = datetime(2026, 11, 24, 10, tzinfo=UTC)
 T1 = datetime(2026, 11, 24, 10, 1, tzinfo=UTC)
@@ -23,8 +23,8 @@ def test_a_reading_held_twice_is_reported_once_by_the_first_message() -> None:
     batch = [_message(), _message()]
     rows = _staged_rows(batch, [first, again])
     assert [r[0] for r in rows] == [0, 1, 2, 3]
-    new = {("d", "a", T0), ("d", "b", T0), ("d", "a", T1)}
-    entries = _events(batch, [first, again], new)
+    # seqs: 0 = first a@T0, 1 = first b@T0, 2 = again a@T0 (a duplicate), 3 = again a@T1
+    entries = _events([first, again], {0, 1, 3})
     events = [from_fields(e) for e in entries]
     assert all(isinstance(e, TelemetryRecorded) for e in events)
     first_event, second_event = events
@@ -38,7 +38,7 @@ def test_a_reading_held_twice_is_reported_once_by_the_first_message() -> None:
 
 def test_a_message_with_nothing_new_emits_nothing() -> None:
     parsed = ParsedMessage("d", (Reading(T0, {"a": 1.0}),), ())
-    assert _events([_message()], [parsed], set()) == []
+    assert _events([parsed], set()) == []
 
 
 def test_deadletters_keep_hostile_bytes_printable_and_truncated() -> None:
@@ -48,3 +48,25 @@ def test_deadletters_keep_hostile_bytes_printable_and_truncated() -> None:
     assert entry["payload_bytes"] == "5000"
     assert entry["payload"] == "\\xff" * 100
     entry["payload"].encode("utf-8")
+
+
+def test_fast_serialisation_equals_the_models() -> None:
+    from iotp.events import RecordedReading, telemetry_recorded_fields
+
+    fields = telemetry_recorded_fields(
+        "d", [(T0, {"a": 1.5, "b": -2.0}, ("b",)), (T1, {"a": 3.0}, ())], T1
+    )
+    event = from_fields(fields)
+    assert isinstance(event, TelemetryRecorded)
+    expected = TelemetryRecorded(
+        event_id=event.event_id,
+        occurred_at=T1,
+        device_id="d",
+        readings=(
+            RecordedReading(ts=T0, metrics={"a": 1.5, "b": -2.0}, out_of_range=("b",)),
+            RecordedReading(ts=T1, metrics={"a": 3.0}),
+        ),
+        ingested_at=T1,
+    )
+    assert event == expected
+    assert fields == to_fields(expected)

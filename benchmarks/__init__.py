@@ -1,0 +1,1 @@
+"""`iotp bench`: reproducible measurements of iotp on the machine it runs on."""
