@@ -75,8 +75,8 @@ def test_migrate_creates_the_database_and_twice_is_a_no_op(fresh_database: str) 
     assert {t for t, _, _ in schema} >= {"devices", "outbox", "telemetry", "idempotency_keys"}
 
 
-def test_telemetry_table_has_the_reading_key(database_url: str) -> None:
-    with psycopg.connect(database_url) as conn:
+def test_telemetry_table_has_the_reading_key(db: psycopg.Connection[Any]) -> None:
+    with psycopg.connect(db.info.dsn) as conn:
         conn.execute(
             "INSERT INTO telemetry (device_id, ts, metric, value)"
             " VALUES ('d', '2026-01-01T00:00:00Z', 'temp', 1.5)"

@@ -65,7 +65,12 @@ pytestmark = pytest.mark.timescaledb
 def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -> None:
     report = migrate(_settings(timescale_url, telemetry_retention_days=30))
     assert report.timescaledb
-    assert report.applied == ["0001_devices", "0002_telemetry", "0003_telemetry_hypertable"]
+    assert report.applied == [
+        "0001_devices",
+        "0002_telemetry",
+        "0003_telemetry_hypertable",
+        "0004_ingest_ledger",
+    ]
     assert "compression after 7 d" in report.policies
     assert "retention after 30 d" in report.policies
 
