@@ -182,7 +182,7 @@ class IngestPipeline:
         started = time.perf_counter()
         forget = list(self._published)
         committed = self._retry(
-            lambda: self.store.write(rows, lambda new: _events(parsed, new), forget), stop
+            lambda: self.store.write(rows, lambda new: _events(batch, parsed, new), forget), stop
         )
         committed_at = time.perf_counter()
         self._published = [p for p in self._published if p not in forget]
@@ -279,7 +279,9 @@ def _staged_rows(
     return rows
 
 
-def _events(parsed: Sequence[ParsedMessage], new: set[int]) -> list[StreamEntry]:
+def _events(
+    batch: Sequence[InboundMessage], parsed: Sequence[ParsedMessage], new: set[int]
+) -> list[StreamEntry]:
     """One TelemetryRecorded per message with newly stored readings, in message order.
 
     Walks the data points in the order :func:`_staged_rows` numbered them; a reading held
@@ -288,7 +290,7 @@ def _events(parsed: Sequence[ParsedMessage], new: set[int]) -> list[StreamEntry]
     ingested_at = datetime.now(UTC)
     entries: list[StreamEntry] = []
     seq = 0
-    for result in parsed:
+    for message, result in zip(batch, parsed, strict=True):
         device_id = result.device_id
         if device_id is None:
             continue
@@ -303,7 +305,9 @@ def _events(parsed: Sequence[ParsedMessage], new: set[int]) -> list[StreamEntry]
                 breaches = tuple(m for m in reading.out_of_range if m in metrics)
                 readings.append((reading.ts, metrics, breaches))
         if readings:
-            entries.append(telemetry_recorded_fields(device_id, readings, ingested_at))
+            entries.append(
+                telemetry_recorded_fields(device_id, readings, message.received_at, ingested_at)
+            )
     return entries
 
 

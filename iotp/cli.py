@@ -68,7 +68,9 @@ def migrate() -> None:
     typer.echo(f"mode: {mode} ({report.mode_reason})")
     for name in report.applied:
         typer.echo(f"applied {name}")
-    if not report.applied:
+    for name in report.read_store_applied:
+        typer.echo(f"applied read store {name}")
+    if not report.applied and not report.read_store_applied:
         typer.echo("schema up to date, nothing to apply")
     for policy in report.policies:
         typer.echo(f"policy: {policy}")
@@ -155,6 +157,28 @@ def ingest(
     with _clear_errors():
         _preflight(settings)
         run_ingest(settings, stop)
+
+
+@app.command()
+def aggregate(
+    instance: Annotated[
+        str | None,
+        typer.Option(help="Instance name, part of the consumer name (IOTP_AGGREGATOR_INSTANCE)."),
+    ] = None,
+) -> None:
+    """Build the read models from the event streams (consumer group iotp-aggregators)."""
+    import threading
+
+    from read_models.service import run_aggregator
+
+    settings = _settings()
+    if instance is not None:
+        settings = settings.model_copy(update={"aggregator_instance": instance})
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with _clear_errors():
+        run_aggregator(settings, stop)
 
 
 @app.command()

@@ -64,6 +64,7 @@ class TelemetryRecorded(Event):
 
     type: Literal["TelemetryRecorded"] = "TelemetryRecorded"
     readings: tuple[RecordedReading, ...]
+    received_at: AwareDatetime | None = None  # when the broker handed ingest the message
     ingested_at: AwareDatetime
 
 
@@ -96,6 +97,7 @@ def to_fields(event: Event) -> dict[str, str]:
 def telemetry_recorded_fields(
     device_id: str,
     readings: list[tuple[datetime, dict[str, float], tuple[str, ...]]],
+    received_at: datetime,
     ingested_at: datetime,
 ) -> dict[str, str]:
     """``to_fields(TelemetryRecorded(...))`` without building the model: ingest's hot path.
@@ -113,6 +115,7 @@ def telemetry_recorded_fields(
             {"ts": ts, "metrics": metrics, "out_of_range": out_of_range}
             for ts, metrics, out_of_range in readings
         ],
+        "received_at": received_at,
         "ingested_at": ingested_at,
     }
     return {

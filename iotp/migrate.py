@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -38,6 +40,7 @@ class Migration:
 @dataclass
 class MigrationReport:
     database_created: bool = False
+    read_store_applied: list[str] = field(default_factory=list)
     timescaledb: bool = False
     mode_reason: str = ""
     applied: list[str] = field(default_factory=list)
@@ -45,10 +48,16 @@ class MigrationReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_migrations() -> list[Migration]:
-    """Every migration shipped with the package, in version order."""
+WRITE_MIGRATIONS = "iotp.migrations"
+READ_MIGRATIONS = "read_models.migrations"
+WRITE_LEDGER = "schema_migrations"
+READ_LEDGER = "read_models.schema_migrations"
+
+
+def load_migrations(package: str = WRITE_MIGRATIONS) -> list[Migration]:
+    """Every migration shipped in ``package``, in version order."""
     found = []
-    for entry in resources.files("iotp.migrations").iterdir():
+    for entry in resources.files(package).iterdir():
         if not entry.name.endswith(".sql"):
             continue
         stem = entry.name.removesuffix(".sql")
@@ -64,45 +73,75 @@ def load_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def migrate(settings: Settings) -> MigrationReport:
-    """Create the database if needed, apply pending migrations, then the policies."""
+def migrate(settings: Settings, *, read_store: bool = True) -> MigrationReport:
+    """Create the databases if needed, apply pending migrations, then the policies."""
     report = MigrationReport()
     conn = _connect_creating(settings.database_url, report)
-    with conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.commit()
-        try:
-            _ensure_ledger(conn)
-            report.timescaledb, report.mode_reason = _choose_mode(conn, settings.timescaledb)
-            applied = _applied_versions(conn)
-            for migration in load_migrations():
-                if migration.version in applied:
-                    if applied[migration.version] != migration.checksum:
-                        report.warnings.append(
-                            f"migration {migration.version} changed after it was applied"
-                        )
-                    continue
-                if migration.timescale_only and not report.timescaledb:
-                    continue
-                _apply(conn, migration)
-                report.applied.append(f"{migration.version}_{migration.name}")
-            if report.timescaledb:
-                report.policies = apply_timescale_policies(conn, settings)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.commit()
+    with conn, _migration_lock(conn):
+        _ensure_ledger(conn, WRITE_LEDGER)
+        report.timescaledb, report.mode_reason = _choose_mode(conn, settings.timescaledb)
+        report.applied = _apply_pending(
+            conn, WRITE_MIGRATIONS, WRITE_LEDGER, report, timescaledb=report.timescaledb
+        )
+        if report.timescaledb:
+            report.policies = apply_timescale_policies(conn, settings)
+    if read_store:
+        read = _connect_creating(settings.read_url(), MigrationReport())
+        with read, _migration_lock(read):
+            read.execute("CREATE SCHEMA IF NOT EXISTS read_models")
+            _ensure_ledger(read, READ_LEDGER)
+            report.read_store_applied = _apply_pending(
+                read, READ_MIGRATIONS, READ_LEDGER, report, timescaledb=False
+            )
     return report
 
 
-def pending_migrations(conn: psycopg.Connection[Any]) -> list[str]:
+@contextmanager
+def _migration_lock(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    conn.commit()
+    try:
+        yield
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.commit()
+
+
+def _apply_pending(
+    conn: psycopg.Connection[Any],
+    package: str,
+    ledger: str,
+    report: MigrationReport,
+    *,
+    timescaledb: bool,
+) -> list[str]:
+    applied = _applied_versions(conn, ledger)
+    done = []
+    for migration in load_migrations(package):
+        if migration.version in applied:
+            if applied[migration.version] != migration.checksum:
+                report.warnings.append(
+                    f"{package} {migration.version} changed after it was applied"
+                )
+            continue
+        if migration.timescale_only and not timescaledb:
+            continue
+        _apply(conn, migration, ledger)
+        done.append(f"{migration.version}_{migration.name}")
+    return done
+
+
+def pending_migrations(
+    conn: psycopg.Connection[Any], package: str = WRITE_MIGRATIONS, ledger: str = WRITE_LEDGER
+) -> list[str]:
     """Versions not yet applied (TimescaleDB-only ones count only when the extension is on)."""
-    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,):
-        return [m.version for m in load_migrations() if not m.timescale_only]
-    applied = _applied_versions(conn)
+    if conn.execute("SELECT to_regclass(%s)", (ledger,)).fetchone() == (None,):
+        return [m.version for m in load_migrations(package) if not m.timescale_only]
+    applied = _applied_versions(conn, ledger)
     timescale = _extension_installed(conn)
     return [
         m.version
-        for m in load_migrations()
+        for m in load_migrations(package)
         if m.version not in applied and (timescale or not m.timescale_only)
     ]
 
@@ -126,10 +165,10 @@ def _connect_creating(url: str, report: MigrationReport) -> psycopg.Connection[A
     return connect(url)
 
 
-def _ensure_ledger(conn: psycopg.Connection[Any]) -> None:
+def _ensure_ledger(conn: psycopg.Connection[Any], ledger: str) -> None:
     conn.execute(
-        """
-        CREATE TABLE IF NOT EXISTS schema_migrations (
+        f"""
+        CREATE TABLE IF NOT EXISTS {ledger} (
             version    text PRIMARY KEY,
             name       text NOT NULL,
             checksum   text NOT NULL,
@@ -140,8 +179,8 @@ def _ensure_ledger(conn: psycopg.Connection[Any]) -> None:
     conn.commit()
 
 
-def _applied_versions(conn: psycopg.Connection[Any]) -> dict[str, str]:
-    rows = conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
+def _applied_versions(conn: psycopg.Connection[Any], ledger: str) -> dict[str, str]:
+    rows = conn.execute(f"SELECT version, checksum FROM {ledger}").fetchall()  # noqa: S608
     return {version: checksum for version, checksum in rows}
 
 
@@ -173,12 +212,12 @@ def _choose_mode(conn: psycopg.Connection[Any], wanted: str) -> tuple[bool, str]
     return False, reason
 
 
-def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:
-    logger.info("applying migration %s_%s", migration.version, migration.name)
+def _apply(conn: psycopg.Connection[Any], migration: Migration, ledger: str) -> None:
+    logger.info("applying migration %s_%s to %s", migration.version, migration.name, ledger)
     with conn.transaction():
         conn.execute(migration.sql.encode())
         conn.execute(
-            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+            f"INSERT INTO {ledger} (version, name, checksum) VALUES (%s, %s, %s)",  # noqa: S608
             (migration.version, migration.name, migration.checksum),
         )
 

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IOTP_", extra="ignore", frozen=True)
 
     database_url: str = "postgresql://localhost:5432/iotp"
+    read_database_url: str | None = None
     redis_url: str = "redis://localhost:6379/0"
     mqtt_url: str = "mqtt://localhost:1883"
 
@@ -60,7 +61,31 @@ class Settings(BaseSettings):
     deadletter_stream_maxlen: int = Field(default=100_000, ge=100)
     deadletter_payload_max_bytes: int = Field(default=1024, ge=16)
 
+    aggregator_instance: str = "0"
+    aggregator_batch_size: int = Field(default=2000, ge=1, le=100_000)
+    aggregator_block_ms: int = Field(default=500, ge=1)
+    aggregator_claim_idle_ms: int = Field(default=30_000, ge=100)
+    applied_events_keep_hours: int = Field(default=48, ge=1)
+    liveness_timeout_seconds: int = Field(default=300, ge=1)
+    liveness_timeouts: dict[str, int] = Field(default_factory=dict)
+    query_token: SecretStr | None = None
+    query_host: str = "127.0.0.1"
+    query_port: int = Field(default=8001, ge=1, le=65535)
+    query_max_page_size: int = Field(default=500, ge=1)
+
     log_level: str = "INFO"
+
+    def read_url(self) -> str:
+        """The read store's database: its own setting, else the write database."""
+        return self.read_database_url or self.database_url
+
+    def aggregator_consumer(self) -> str:
+        """The consumer name of this aggregator process in its group."""
+        return f"aggregator-{socket.gethostname()}-{self.aggregator_instance}"
+
+    def query_token_value(self) -> SecretStr | None:
+        """The query API's token: its own setting, else the command API's."""
+        return self.query_token or self.api_token
 
     def ingest_client_id(self) -> str:
         """A stable MQTT client id, so that the broker keeps this process's session."""

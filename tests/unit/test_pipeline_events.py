@@ -24,7 +24,7 @@ def test_a_reading_held_twice_is_reported_once_by_the_first_message() -> None:
     rows = _staged_rows(batch, [first, again])
     assert [r[0] for r in rows] == [0, 1, 2, 3]
     # seqs: 0 = first a@T0, 1 = first b@T0, 2 = again a@T0 (a duplicate), 3 = again a@T1
-    entries = _events([first, again], {0, 1, 3})
+    entries = _events(batch, [first, again], {0, 1, 3})
     events = [from_fields(e) for e in entries]
     assert all(isinstance(e, TelemetryRecorded) for e in events)
     first_event, second_event = events
@@ -38,7 +38,7 @@ def test_a_reading_held_twice_is_reported_once_by_the_first_message() -> None:
 
 def test_a_message_with_nothing_new_emits_nothing() -> None:
     parsed = ParsedMessage("d", (Reading(T0, {"a": 1.0}),), ())
-    assert _events([parsed], set()) == []
+    assert _events([_message()], [parsed], set()) == []
 
 
 def test_deadletters_keep_hostile_bytes_printable_and_truncated() -> None:
@@ -54,7 +54,7 @@ def test_fast_serialisation_equals_the_models() -> None:
     from iotp.events import RecordedReading, telemetry_recorded_fields
 
     fields = telemetry_recorded_fields(
-        "d", [(T0, {"a": 1.5, "b": -2.0}, ("b",)), (T1, {"a": 3.0}, ())], T1
+        "d", [(T0, {"a": 1.5, "b": -2.0}, ("b",)), (T1, {"a": 3.0}, ())], T0, T1
     )
     event = from_fields(fields)
     assert isinstance(event, TelemetryRecorded)
@@ -66,6 +66,7 @@ def test_fast_serialisation_equals_the_models() -> None:
             RecordedReading(ts=T0, metrics={"a": 1.5, "b": -2.0}, out_of_range=("b",)),
             RecordedReading(ts=T1, metrics={"a": 3.0}),
         ),
+        received_at=T0,
         ingested_at=T1,
     )
     assert event == expected

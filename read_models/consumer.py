@@ -1,0 +1,215 @@
+"""The aggregator: consumes the event streams in a consumer group and applies them.
+
+Reads a batch (XREADGROUP COUNT), folds it into deltas, applies them with the events' ids
+and the tracking row in one transaction, then XACKs. Entries a dead consumer left pending
+are claimed (XAUTOCLAIM) after an idle time. Every step is at-least-once; the event-id
+dedupe in the read store makes it exactly-once in effect.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import redis
+
+from iotp.events import AnyEvent, UndecodableEvent, from_fields
+from iotp.names import DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
+from read_models import store
+from read_models.projection import Deltas
+
+logger = logging.getLogger(__name__)
+
+AGGREGATOR_GROUP = "iotp-aggregators"
+STREAMS = (DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM)
+Entry = tuple[str, dict[bytes, bytes] | None]
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    group: str
+    consumer: str
+    batch_size: int
+    block_ms: int
+    claim_idle_ms: int
+    applied_events_keep_hours: int
+
+
+@dataclass
+class BatchOutcome:
+    entries: int
+    applied: int
+    skipped: int
+
+
+def ensure_groups(client: redis.Redis, group: str) -> None:
+    """Create the consumer group on both streams (from their beginning) if missing."""
+    for stream in STREAMS:
+        try:
+            client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+class Aggregator:
+    def __init__(
+        self,
+        client: redis.Redis,
+        connect: Callable[[], psycopg.Connection[Any]],
+        options: ConsumerOptions,
+    ) -> None:
+        self.client = client
+        self.connect = connect
+        self.options = options
+        self._conn: psycopg.Connection[Any] | None = None
+        self._last_claim = 0.0
+        self._last_prune = 0.0
+        self.applied_total = 0
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self.connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def run(self, stop: threading.Event) -> None:
+        ensure_groups(self.client, self.options.group)
+        self.drain_own_pending(stop)
+        backoff = 0.2
+        while not stop.is_set():
+            try:
+                self.step()
+                backoff = 0.2
+            except (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning("aggregator retrying in %.1fs: %s", backoff, exc)
+                self.close()
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def drain_own_pending(self, stop: threading.Event) -> None:
+        """Apply what this consumer read but did not acknowledge before it stopped."""
+        while not stop.is_set():
+            response: Any = self.client.xreadgroup(
+                self.options.group,
+                self.options.consumer,
+                dict.fromkeys(STREAMS, "0"),
+                count=self.options.batch_size,
+            )
+            batch = _by_stream(response)
+            if not any(batch.values()):
+                return
+            self.process(batch)
+
+    def step(self) -> BatchOutcome:
+        """One round: reclaim abandoned entries now and then, read new ones, apply them."""
+        now = time.monotonic()
+        if now - self._last_claim > self.options.claim_idle_ms / 1000:
+            self._last_claim = now
+            for stream in STREAMS:
+                claimed = self.claim_abandoned(stream)
+                if claimed:
+                    self.process({stream: claimed})
+        if now - self._last_prune > 600:
+            self._last_prune = now
+            with self._connection().transaction():
+                store.forget_applied(self._connection(), self.options.applied_events_keep_hours)
+        response: Any = self.client.xreadgroup(
+            self.options.group,
+            self.options.consumer,
+            dict.fromkeys(STREAMS, ">"),
+            count=self.options.batch_size,
+            block=self.options.block_ms,
+        )
+        return self.process(_by_stream(response))
+
+    def claim_abandoned(self, stream: str) -> list[Entry]:
+        entries: list[Entry] = []
+        cursor = "0-0"
+        while True:
+            result: Any = self.client.xautoclaim(
+                stream,
+                self.options.group,
+                self.options.consumer,
+                min_idle_time=self.options.claim_idle_ms,
+                start_id=cursor,
+                count=self.options.batch_size,
+            )
+            cursor = result[0].decode() if isinstance(result[0], bytes) else result[0]
+            entries += [(_text(i), f) for i, f in result[1]]
+            for deleted in result[2] if len(result) > 2 else []:
+                self.client.xack(stream, self.options.group, deleted)
+            if cursor == "0-0" or len(entries) >= self.options.batch_size:
+                break
+        if entries:
+            logger.info(
+                "claimed %s entries of %s left pending by another consumer", len(entries), stream
+            )
+        return entries
+
+    def process(self, batch: dict[str, list[Entry]]) -> BatchOutcome:
+        """Apply one batch in one transaction, then acknowledge it."""
+        events: list[AnyEvent] = []
+        newest: dict[str, Any] = {}
+        total = 0
+        for stream, entries in batch.items():
+            for entry_id, fields in entries:
+                total += 1
+                if fields is None:
+                    continue  # trimmed from the stream before it was applied: nothing to do
+                try:
+                    event = from_fields(fields)
+                except UndecodableEvent as exc:
+                    logger.error("skipping undecodable entry %s of %s: %s", entry_id, stream, exc)
+                    continue
+                events.append(event)
+                if stream not in newest or event.occurred_at > newest[stream]:
+                    newest[stream] = event.occurred_at
+        if total == 0:
+            return BatchOutcome(0, 0, 0)
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                store.lock_for_batch(conn)
+                new = store.claim_events(conn, [e.event_id for e in events])
+                fresh = [e for e in events if e.event_id in new]
+                store.apply_deltas(conn, _fold(fresh))
+                for stream, entries in batch.items():
+                    if entries:
+                        last = max((e for e, _ in entries), key=store.split_id)
+                        store.track(conn, stream, self.options.group, last, newest.get(stream))
+        except psycopg.OperationalError:
+            self.close()
+            raise
+        for stream, entries in batch.items():
+            if entries:
+                self.client.xack(stream, self.options.group, *[i for i, _ in entries])
+        self.applied_total += len(fresh)
+        return BatchOutcome(total, len(fresh), total - len(fresh))
+
+
+def _fold(events: list[AnyEvent]) -> Deltas:
+    deltas = Deltas()
+    for event in events:
+        deltas.add(event)
+    return deltas
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _by_stream(response: Any) -> dict[str, list[Entry]]:
+    batch: dict[str, list[Entry]] = {}
+    for stream, entries in response or ():
+        batch[_text(stream)] = [(_text(i), f or None) for i, f in entries]
+    return batch

@@ -1,0 +1,1 @@
+"""Versioned SQL migrations of the read store (schema read_models)."""

@@ -1,0 +1,144 @@
+"""Folding events into deltas of the read models: pure functions, no I/O.
+
+A batch of events becomes one delta per key (device and metric, minute, hour...), which the
+store merges with set-based upserts. Every merge is associative and commutative (counts and
+sums add, min and max compare, the last value goes to the newest timestamp), so batches may
+be applied in any order by any number of aggregators and still converge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from iotp.events import (
+    DeviceCredentialsRotated,
+    DeviceDecommissioned,
+    DeviceRegistered,
+    DeviceUpdated,
+    Event,
+    TelemetryRecorded,
+)
+
+DeviceEvent = DeviceRegistered | DeviceUpdated | DeviceDecommissioned | DeviceCredentialsRotated
+
+
+@dataclass(slots=True)
+class StatDelta:
+    count: int
+    sum: float
+    min: float
+    min_ts: datetime
+    max: float
+    max_ts: datetime
+    first_ts: datetime
+    last_ts: datetime
+    last_value: float
+    last_out_of_range: bool
+    breaches: int
+
+    def add(self, ts: datetime, value: float, out_of_range: bool) -> None:
+        self.count += 1
+        self.sum += value
+        # Ties keep the earliest timestamp, so that the result does not depend on arrival order.
+        if value < self.min or (value == self.min and ts < self.min_ts):
+            self.min, self.min_ts = value, ts
+        if value > self.max or (value == self.max and ts < self.max_ts):
+            self.max, self.max_ts = value, ts
+        self.first_ts = min(self.first_ts, ts)
+        if ts >= self.last_ts:
+            self.last_ts, self.last_value, self.last_out_of_range = ts, value, out_of_range
+        self.breaches += out_of_range
+
+
+@dataclass(slots=True)
+class BucketDelta:
+    count: int
+    sum: float
+    min: float
+    max: float
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+
+
+@dataclass(slots=True)
+class Activity:
+    last_seen: datetime
+    readings: int
+
+
+SeriesKey = tuple[str, str]
+BucketKey = tuple[str, str, datetime]
+
+
+@dataclass
+class Deltas:
+    stats: dict[SeriesKey, StatDelta] = field(default_factory=dict)
+    minute: dict[BucketKey, BucketDelta] = field(default_factory=dict)
+    hour: dict[BucketKey, BucketDelta] = field(default_factory=dict)
+    fleet: dict[datetime, int] = field(default_factory=dict)
+    activity: dict[str, Activity] = field(default_factory=dict)
+    device_events: list[DeviceEvent] = field(default_factory=list)
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, TelemetryRecorded):
+            self._add_telemetry(event)
+        elif isinstance(event, DeviceEvent):
+            self.device_events.append(event)
+
+    def _add_telemetry(self, event: TelemetryRecorded) -> None:
+        device = event.device_id
+        points = 0
+        for reading in event.readings:
+            ts = reading.ts
+            minute = minute_bucket(ts)
+            hour = hour_bucket(ts)
+            breaching = reading.out_of_range
+            for metric, value in reading.metrics.items():
+                points += 1
+                out = metric in breaching
+                stat = self.stats.get((device, metric))
+                if stat is None:
+                    self.stats[(device, metric)] = StatDelta(
+                        1, value, value, ts, value, ts, ts, ts, value, out, int(out)
+                    )
+                else:
+                    stat.add(ts, value, out)
+                _bucket(self.minute, (device, metric, minute), value)
+                _bucket(self.hour, (device, metric, hour), value)
+            self.fleet[minute] = self.fleet.get(minute, 0) + len(reading.metrics)
+        seen = event.received_at or event.ingested_at
+        activity = self.activity.get(device)
+        if activity is None:
+            self.activity[device] = Activity(seen, points)
+        else:
+            activity.last_seen = max(activity.last_seen, seen)
+            activity.readings += points
+
+
+def _bucket(buckets: dict[BucketKey, BucketDelta], key: BucketKey, value: float) -> None:
+    bucket = buckets.get(key)
+    if bucket is None:
+        buckets[key] = BucketDelta(1, value, value, value)
+    else:
+        bucket.add(value)
+
+
+def minute_bucket(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)
+
+
+def hour_bucket(ts: datetime) -> datetime:
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+def fold(events: Iterable[Event]) -> Deltas:
+    deltas = Deltas()
+    for event in events:
+        deltas.add(event)
+    return deltas

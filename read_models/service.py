@@ -1,0 +1,53 @@
+"""Wiring of one aggregator process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import psycopg
+import redis
+
+from iotp.db import connect
+from iotp.redis_client import redis_unavailable
+from iotp.settings import Settings
+from read_models.consumer import AGGREGATOR_GROUP, Aggregator, ConsumerOptions
+
+logger = logging.getLogger(__name__)
+
+READ_SETTING = "IOTP_READ_DATABASE_URL"
+
+
+def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
+    def read_store() -> psycopg.Connection[Any]:
+        return connect(settings.read_url(), setting=READ_SETTING)
+
+    return Aggregator(
+        client,
+        read_store,
+        ConsumerOptions(
+            group=AGGREGATOR_GROUP,
+            consumer=settings.aggregator_consumer(),
+            batch_size=settings.aggregator_batch_size,
+            block_ms=settings.aggregator_block_ms,
+            claim_idle_ms=settings.aggregator_claim_idle_ms,
+            applied_events_keep_hours=settings.applied_events_keep_hours,
+        ),
+    )
+
+
+def run_aggregator(settings: Settings, stop: threading.Event) -> None:
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise redis_unavailable(settings.redis_url, exc) from exc
+    connect(settings.read_url(), setting=READ_SETTING).close()
+    aggregator = aggregator_for(settings, client)
+    logger.info("aggregating as %s in group %s", settings.aggregator_consumer(), AGGREGATOR_GROUP)
+    try:
+        aggregator.run(stop)
+    finally:
+        aggregator.close()
+        client.close()

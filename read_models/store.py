@@ -1,0 +1,234 @@
+"""The read store: applying deltas with set-based upserts, tracking, and event dedupe.
+
+A batch is applied in one transaction together with its event ids (dedupe) and the
+consumer group's tracking row, so that a crash leaves either all of a batch or none of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated
+from read_models.projection import BucketDelta, Deltas, DeviceEvent
+
+# Taken shared by each aggregator batch and exclusively by `iotp rebuild`, which therefore
+# sees no batch half-applied and pauses the aggregators while it swaps the models in.
+REBUILD_LOCK_KEY = 0x10770004
+
+Conn = psycopg.Connection[Any]
+
+_UPSERT_STATS = """
+INSERT INTO read_models.metric_stats AS t (device_id, metric, count, sum, min, min_ts, max,
+    max_ts, first_ts, last_ts, last_value, last_out_of_range, breaches)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::float8[], %s::float8[],
+    %s::timestamptz[], %s::float8[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
+    %s::float8[], %s::bool[], %s::int8[])
+ON CONFLICT (device_id, metric) DO UPDATE SET
+    count = t.count + excluded.count,
+    sum = t.sum + excluded.sum,
+    min_ts = CASE WHEN excluded.min < t.min THEN excluded.min_ts
+                  WHEN excluded.min > t.min THEN t.min_ts
+                  ELSE LEAST(t.min_ts, excluded.min_ts) END,
+    min = LEAST(t.min, excluded.min),
+    max_ts = CASE WHEN excluded.max > t.max THEN excluded.max_ts
+                  WHEN excluded.max < t.max THEN t.max_ts
+                  ELSE LEAST(t.max_ts, excluded.max_ts) END,
+    max = GREATEST(t.max, excluded.max),
+    first_ts = LEAST(t.first_ts, excluded.first_ts),
+    last_value = CASE WHEN excluded.last_ts >= t.last_ts THEN excluded.last_value
+                      ELSE t.last_value END,
+    last_out_of_range = CASE WHEN excluded.last_ts >= t.last_ts THEN excluded.last_out_of_range
+                             ELSE t.last_out_of_range END,
+    last_ts = GREATEST(t.last_ts, excluded.last_ts),
+    breaches = t.breaches + excluded.breaches
+"""
+
+_UPSERT_ROLLUP = """
+INSERT INTO read_models.{table} AS t (device_id, metric, bucket, count, sum, min, max)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::int8[], %s::float8[],
+    %s::float8[], %s::float8[])
+ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
+    count = t.count + excluded.count,
+    sum = t.sum + excluded.sum,
+    min = LEAST(t.min, excluded.min),
+    max = GREATEST(t.max, excluded.max)
+"""
+
+_UPSERT_FLEET = """
+INSERT INTO read_models.fleet_minute AS t (bucket, readings)
+SELECT * FROM unnest(%s::timestamptz[], %s::int8[])
+ON CONFLICT (bucket) DO UPDATE SET readings = t.readings + excluded.readings
+"""
+
+_UPSERT_ACTIVITY = """
+INSERT INTO read_models.device_activity AS t (device_id, last_seen, readings)
+SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::int8[])
+ON CONFLICT (device_id) DO UPDATE SET
+    last_seen = GREATEST(t.last_seen, excluded.last_seen),
+    readings = t.readings + excluded.readings
+"""
+
+# Attributes move forward only (by event time), so two aggregators applying a device's
+# events out of order still end on the newest; decommissioning is final.
+_UPSERT_DEVICE = """
+INSERT INTO read_models.devices AS t (device_id, name, kind, lat, lon, metadata, metrics,
+    registered_at, updated_at)
+VALUES (%(device_id)s, %(name)s, %(kind)s, %(lat)s, %(lon)s, %(metadata)s, %(metrics)s,
+    %(registered_at)s, %(at)s)
+ON CONFLICT (device_id) DO UPDATE SET
+    name = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+                THEN excluded.name ELSE t.name END,
+    kind = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+                THEN excluded.kind ELSE t.kind END,
+    lat = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+               THEN excluded.lat ELSE t.lat END,
+    lon = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+               THEN excluded.lon ELSE t.lon END,
+    metadata = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+                    THEN excluded.metadata ELSE t.metadata END,
+    metrics = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+                   THEN excluded.metrics ELSE t.metrics END,
+    registered_at = COALESCE(LEAST(t.registered_at, excluded.registered_at),
+                             t.registered_at, excluded.registered_at),
+    updated_at = GREATEST(t.updated_at, excluded.updated_at)
+"""
+
+_DECOMMISSION = """
+INSERT INTO read_models.devices AS t (device_id, status, decommissioned_at)
+VALUES (%s, 'decommissioned', %s)
+ON CONFLICT (device_id) DO UPDATE SET status = 'decommissioned',
+    decommissioned_at = COALESCE(t.decommissioned_at, excluded.decommissioned_at)
+"""
+
+_TRACK = """
+INSERT INTO read_models.tracking AS t (stream, group_name, last_id_ms, last_id_seq,
+    last_event_at, updated_at)
+VALUES (%s, %s, %s, %s, %s, now())
+ON CONFLICT (stream, group_name) DO UPDATE SET
+    (last_id_ms, last_id_seq) = (SELECT ms, seq FROM (VALUES
+        (t.last_id_ms, t.last_id_seq), (excluded.last_id_ms, excluded.last_id_seq)) AS v(ms, seq)
+        ORDER BY ms DESC, seq DESC LIMIT 1),
+    last_event_at = GREATEST(t.last_event_at, excluded.last_event_at),
+    updated_at = now()
+"""
+
+
+def split_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def claim_events(conn: Conn, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Record ``event_ids`` as applied; the ones that were not applied before."""
+    if not event_ids:
+        return set()
+    rows = conn.execute(
+        "INSERT INTO read_models.applied_events (event_id) SELECT unnest(%s::uuid[])"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        (event_ids,),
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def apply_deltas(conn: Conn, deltas: Deltas) -> None:
+    """Merge ``deltas`` into the read models, in the caller's transaction."""
+    for event in deltas.device_events:
+        apply_device_event(conn, event)
+    if deltas.stats:
+        keys, values = zip(*deltas.stats.items(), strict=True)
+        conn.execute(
+            _UPSERT_STATS,
+            (
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [v.count for v in values],
+                [v.sum for v in values],
+                [v.min for v in values],
+                [v.min_ts for v in values],
+                [v.max for v in values],
+                [v.max_ts for v in values],
+                [v.first_ts for v in values],
+                [v.last_ts for v in values],
+                [v.last_value for v in values],
+                [v.last_out_of_range for v in values],
+                [v.breaches for v in values],
+            ),
+        )
+    _upsert_rollup(conn, "rollup_minute", deltas.minute)
+    _upsert_rollup(conn, "rollup_hour", deltas.hour)
+    if deltas.fleet:
+        conn.execute(_UPSERT_FLEET, (list(deltas.fleet), list(deltas.fleet.values())))
+    if deltas.activity:
+        conn.execute(
+            _UPSERT_ACTIVITY,
+            (
+                list(deltas.activity),
+                [a.last_seen for a in deltas.activity.values()],
+                [a.readings for a in deltas.activity.values()],
+            ),
+        )
+
+
+def _upsert_rollup(
+    conn: Conn, table: str, buckets: dict[tuple[str, str, datetime], BucketDelta]
+) -> None:
+    if not buckets:
+        return
+    keys, values = zip(*buckets.items(), strict=True)
+    conn.execute(
+        _UPSERT_ROLLUP.format(table=table).encode(),
+        (
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            [v.count for v in values],
+            [v.sum for v in values],
+            [v.min for v in values],
+            [v.max for v in values],
+        ),
+    )
+
+
+def apply_device_event(conn: Conn, event: DeviceEvent) -> None:
+    if isinstance(event, DeviceRegistered | DeviceUpdated):
+        conn.execute(
+            _UPSERT_DEVICE,
+            {
+                "device_id": event.device_id,
+                "name": event.name,
+                "kind": event.kind,
+                "lat": event.location.lat if event.location else None,
+                "lon": event.location.lon if event.location else None,
+                "metadata": Jsonb(event.metadata),
+                "metrics": Jsonb([m.model_dump(exclude_none=True) for m in event.metrics]),
+                "registered_at": (
+                    event.occurred_at if isinstance(event, DeviceRegistered) else None
+                ),
+                "at": event.occurred_at,
+            },
+        )
+    elif isinstance(event, DeviceDecommissioned):
+        conn.execute(_DECOMMISSION, (event.device_id, event.occurred_at))
+
+
+def track(
+    conn: Conn, stream: str, group: str, last_id: str, last_event_at: datetime | None
+) -> None:
+    ms, seq = split_id(last_id)
+    conn.execute(_TRACK, (stream, group, ms, seq, last_event_at))
+
+
+def lock_for_batch(conn: Conn) -> None:
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (REBUILD_LOCK_KEY,))
+
+
+def forget_applied(conn: Conn, hours: int) -> None:
+    conn.execute(
+        "DELETE FROM read_models.applied_events WHERE applied_at < now() - %s * INTERVAL '1 hour'",
+        (hours,),
+    )
