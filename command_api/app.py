@@ -19,12 +19,12 @@ from command_api.domain import (
     DeviceNotFound,
     IdempotencyKeyReused,
 )
-from command_api.middleware import BearerTokenMiddleware, BodySizeLimitMiddleware
 from command_api.relay import run_relay
 from command_api.routes import devices, health
 from iotp import __version__
 from iotp.db import open_pool
 from iotp.errors import ConfigurationError
+from iotp.http_middleware import BearerTokenMiddleware, BodySizeLimitMiddleware
 from iotp.settings import Settings, token_problem
 from iotp.tasks import stop_task
 

@@ -159,6 +159,30 @@ def ingest(
         run_ingest(settings, stop)
 
 
+@app.command("query-api")
+def query_api(
+    host: Annotated[str | None, typer.Option(help="Bind address (IOTP_QUERY_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (IOTP_QUERY_PORT).")] = None,
+) -> None:
+    """Run the query API (HTTP reads of the read models)."""
+    import uvicorn
+
+    from read_models.api import create_query_app
+
+    settings = _settings()
+    with _clear_errors():
+        from iotp.db import connect
+
+        connect(settings.read_url(), setting="IOTP_READ_DATABASE_URL").close()
+        application = create_query_app(settings)
+    uvicorn.run(
+        application,
+        host=host or settings.query_host,
+        port=port or settings.query_port,
+        log_level=settings.log_level.lower(),
+    )
+
+
 @app.command()
 def aggregate(
     instance: Annotated[
