@@ -64,8 +64,9 @@ Conn = psycopg.AsyncConnection[dict[str, Any]]
 _DEVICE_COLUMNS = "device_id, name, kind, lat, lon, metadata, metrics, status, credential_hash"
 _INSERT_DEVICE = (
     "INSERT INTO devices (device_id, name, kind, lat, lon, metadata, metrics, status,"
-    " credential_hash) VALUES (%(device_id)s, %(name)s, %(kind)s, %(lat)s, %(lon)s,"
-    " %(metadata)s, %(metrics)s, %(status)s, %(credential_hash)s)"
+    " credential_hash, created_at, updated_at) VALUES (%(device_id)s, %(name)s, %(kind)s,"
+    " %(lat)s, %(lon)s, %(metadata)s, %(metrics)s, %(status)s, %(credential_hash)s, %(at)s,"
+    " %(at)s)"
 )
 
 
@@ -84,7 +85,11 @@ def _device_from_row(row: dict[str, Any]) -> Device:
 
 
 def _device_params(device: Device) -> dict[str, Any]:
+    # Times are the events' own, so that read models rebuilt from this table match the ones
+    # built from the events to the microsecond.
+    at = device.events[-1].occurred_at if device.events else None
     return {
+        "at": at,
         "device_id": device.device_id,
         "name": device.name,
         "kind": device.kind,
@@ -129,9 +134,10 @@ class PostgresDeviceRepository:
             """
             UPDATE devices SET name = %(name)s, kind = %(kind)s, lat = %(lat)s, lon = %(lon)s,
                 metadata = %(metadata)s, metrics = %(metrics)s, status = %(status)s,
-                credential_hash = %(credential_hash)s, updated_at = now(),
+                credential_hash = %(credential_hash)s,
+                updated_at = coalesce(%(at)s, now()),
                 decommissioned_at = CASE WHEN %(status)s = 'decommissioned'
-                                         THEN coalesce(decommissioned_at, now()) END
+                                         THEN coalesce(decommissioned_at, %(at)s, now()) END
             WHERE device_id = %(device_id)s
             """,
             _device_params(device),

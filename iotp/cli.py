@@ -206,6 +206,27 @@ def aggregate(
 
 
 @app.command()
+def rebuild() -> None:
+    """Recompute every read model from the write store, then hand over to the aggregators."""
+    from rich.progress import Progress
+
+    from read_models.rebuild import rebuild as run_rebuild
+
+    settings = _settings()
+    with _clear_errors(), Progress() as bar:
+        task = bar.add_task("rebuilding read models", total=None)
+        report = run_rebuild(
+            settings, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    typer.echo(
+        f"rebuilt {report.devices} devices, {report.metric_series} metric series,"
+        f" {report.minute_buckets} minute and {report.hour_buckets} hour buckets;"
+        f" handed over {report.window_events} events published during the rebuild"
+        f" ({report.window_applied} applied)"
+    )
+
+
+@app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
