@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 import redis
+from psycopg.types.json import Jsonb
 
 from iotp.db import connect
 from iotp.events import AnyEvent, TelemetryRecorded, UndecodableEvent, from_fields
@@ -131,17 +132,9 @@ def _recompute(
     with read.cursor() as cur:
         cur.executemany(
             "INSERT INTO read_models.devices (device_id, name, kind, lat, lon, metadata,"
-            " metrics, status, registered_at, updated_at, decommissioned_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [
-                (
-                    *row[:5],
-                    psycopg.types.json.Jsonb(row[5]),
-                    psycopg.types.json.Jsonb(row[6]),
-                    *row[7:],
-                )
-                for row in devices
-            ],
+            " metrics, status, registered_at, updated_at, decommissioned_at, attrs_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [(*row[:5], Jsonb(row[5]), Jsonb(row[6]), *row[7:], row[9]) for row in devices],
         )
     ids = [row[0] for row in devices]
     fleet: dict[datetime, int] = defaultdict(int)

@@ -77,32 +77,39 @@ ON CONFLICT (device_id) DO UPDATE SET
 # events out of order still end on the newest; decommissioning is final.
 _UPSERT_DEVICE = """
 INSERT INTO read_models.devices AS t (device_id, name, kind, lat, lon, metadata, metrics,
-    registered_at, updated_at)
+    registered_at, updated_at, attrs_at)
 VALUES (%(device_id)s, %(name)s, %(kind)s, %(lat)s, %(lon)s, %(metadata)s, %(metrics)s,
-    %(registered_at)s, %(at)s)
+    %(registered_at)s, %(at)s, %(at)s)
 ON CONFLICT (device_id) DO UPDATE SET
-    name = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+    name = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
                 THEN excluded.name ELSE t.name END,
-    kind = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+    kind = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
                 THEN excluded.kind ELSE t.kind END,
-    lat = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+    lat = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
                THEN excluded.lat ELSE t.lat END,
-    lon = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+    lon = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
                THEN excluded.lon ELSE t.lon END,
-    metadata = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+    metadata = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
                     THEN excluded.metadata ELSE t.metadata END,
-    metrics = CASE WHEN t.updated_at IS NULL OR excluded.updated_at >= t.updated_at
+    metrics = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
                    THEN excluded.metrics ELSE t.metrics END,
     registered_at = COALESCE(LEAST(t.registered_at, excluded.registered_at),
                              t.registered_at, excluded.registered_at),
-    updated_at = GREATEST(t.updated_at, excluded.updated_at)
+    updated_at = GREATEST(t.updated_at, excluded.updated_at),
+    attrs_at = GREATEST(t.attrs_at, excluded.attrs_at)
 """
 
 _DECOMMISSION = """
-INSERT INTO read_models.devices AS t (device_id, status, decommissioned_at)
-VALUES (%s, 'decommissioned', %s)
+INSERT INTO read_models.devices AS t (device_id, status, decommissioned_at, updated_at)
+VALUES (%(device_id)s, 'decommissioned', %(at)s, %(at)s)
 ON CONFLICT (device_id) DO UPDATE SET status = 'decommissioned',
-    decommissioned_at = COALESCE(t.decommissioned_at, excluded.decommissioned_at)
+    decommissioned_at = COALESCE(t.decommissioned_at, excluded.decommissioned_at),
+    updated_at = GREATEST(t.updated_at, excluded.updated_at)
+"""
+
+_TOUCH = """
+INSERT INTO read_models.devices AS t (device_id, updated_at) VALUES (%(device_id)s, %(at)s)
+ON CONFLICT (device_id) DO UPDATE SET updated_at = GREATEST(t.updated_at, excluded.updated_at)
 """
 
 _TRACK = """
@@ -213,7 +220,9 @@ def apply_device_event(conn: Conn, event: DeviceEvent) -> None:
             },
         )
     elif isinstance(event, DeviceDecommissioned):
-        conn.execute(_DECOMMISSION, (event.device_id, event.occurred_at))
+        conn.execute(_DECOMMISSION, {"device_id": event.device_id, "at": event.occurred_at})
+    else:  # credentials rotated: nothing to show but that the device changed
+        conn.execute(_TOUCH, {"device_id": event.device_id, "at": event.occurred_at})
 
 
 def track(

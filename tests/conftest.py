@@ -57,7 +57,12 @@ def database_url() -> Iterator[str]:
 def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A connection to the test database, emptied before the test."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE devices, outbox, idempotency_keys, telemetry")
+        conn.execute(
+            "TRUNCATE devices, outbox, idempotency_keys, telemetry, ingest_ledger,"
+            " read_models.devices, read_models.device_activity, read_models.metric_stats,"
+            " read_models.rollup_minute, read_models.rollup_hour, read_models.fleet_minute,"
+            " read_models.tracking, read_models.applied_events"
+        )
         yield conn
 
 

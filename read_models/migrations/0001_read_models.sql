@@ -12,7 +12,8 @@ CREATE TABLE read_models.devices (
     metrics           jsonb NOT NULL DEFAULT '[]'::jsonb,
     status            text NOT NULL DEFAULT 'active',
     registered_at     timestamptz,
-    updated_at        timestamptz,
+    updated_at        timestamptz,  -- time of the device's latest event of any kind
+    attrs_at          timestamptz,  -- time of the event its attributes come from
     decommissioned_at timestamptz
 );
 CREATE INDEX devices_kind ON read_models.devices (kind, device_id);

@@ -9,10 +9,12 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 import psycopg
 import redis
@@ -23,6 +25,7 @@ from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import TELEMETRY_DEADLETTER_STREAM, TELEMETRY_EVENTS_STREAM
 from iotp.settings import Settings
 from tests.conftest import wait_for
+from tests.integration.api_helpers import AUTH, running_api
 
 ReadingKey = tuple[str, str, datetime]
 
@@ -144,3 +147,77 @@ def event_readings(events: Iterable[TelemetryRecorded]) -> Counter[ReadingKey]:
 
 def deadletters(client: redis.Redis) -> list[dict[str, str]]:
     return [fields for _, fields in client.xrange(TELEMETRY_DEADLETTER_STREAM)]  # type: ignore[union-attr]
+
+
+BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+METRICS = [
+    {"name": "temp", "min": -40, "max": 60},
+    {"name": "hum", "min": 0, "max": 100},
+    {"name": "bat"},
+]
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    mqtt_url: str
+    db: psycopg.Connection[Any]
+    redis: redis.Redis
+    tmp: Path
+
+    def ingest(self, instance: str = "0", **extra: str) -> IngestProcess:
+        env = ingest_env(self.settings, self.mqtt_url, **extra)
+        return IngestProcess(env, self.tmp / f"ingest-{instance}.log", instance).start()
+
+    def register(self, *device_ids: str, metrics: list[dict[str, Any]] | None = None) -> None:
+        with running_api(self.settings) as client:
+            for device_id in device_ids:
+                body = {
+                    "device_id": device_id,
+                    "name": device_id,
+                    "kind": "sensor",
+                    "metrics": METRICS if metrics is None else metrics,
+                }
+                assert client.post("/devices", json=body, headers=AUTH).status_code == 201
+            wait_for(
+                lambda: (
+                    self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+                    == (0,)
+                )
+            )
+
+
+def reading(i: int, *, temp: float | None = None) -> dict[str, Any]:
+    return {
+        "ts": (BASE + timedelta(seconds=i)).isoformat(),
+        "metrics": {"temp": 20.0 + i % 10 if temp is None else temp, "hum": 50.0, "bat": 99.0},
+    }
+
+
+def single_messages(device: str, start: int, count: int) -> list[tuple[str, bytes]]:
+    return [
+        (f"devices/{device}/telemetry", orjson.dumps(reading(i)))
+        for i in range(start, start + count)
+    ]
+
+
+def batched_messages(device: str, start: int, count: int, per: int) -> list[tuple[str, bytes]]:
+    return [
+        (
+            f"devices/{device}/telemetry",
+            orjson.dumps([reading(i) for i in range(first, min(first + per, start + count))]),
+        )
+        for first in range(start, start + count, per)
+    ]
+
+
+def expected_keys(device: str, start: int, count: int) -> set[tuple[str, str, datetime]]:
+    return {
+        (device, metric, BASE + timedelta(seconds=i))
+        for i in range(start, start + count)
+        for metric in ("temp", "hum", "bat")
+    }
+
+
+def wait_stored(platform: Platform, rows: int, timeout: float = 60) -> None:
+    wait_for(lambda: stored_count(platform.db) >= rows, timeout=timeout)

@@ -5,114 +5,31 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
 import orjson
-import psycopg
-import pytest
-import redis
 
-from iotp.settings import Settings
-from tests.broker import private_mosquitto
 from tests.conftest import wait_for
 from tests.integration.api_helpers import AUTH, running_api
 from tests.integration.ingest_harness import (
+    BASE,
     IngestProcess,
+    Platform,
+    batched_messages,
     deadletters,
     event_readings,
+    expected_keys,
     ingest_env,
     publish,
+    reading,
+    single_messages,
     stored,
     stored_count,
     telemetry_events,
+    wait_stored,
 )
 from tests.tcp_proxy import TcpProxy
-
-BASE = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-METRICS = [
-    {"name": "temp", "min": -40, "max": 60},
-    {"name": "hum", "min": 0, "max": 100},
-    {"name": "bat"},
-]
-
-
-@dataclass
-class Platform:
-    settings: Settings
-    mqtt_url: str
-    db: psycopg.Connection[Any]
-    redis: redis.Redis
-    tmp: Path
-
-    def ingest(self, instance: str = "0", **extra: str) -> IngestProcess:
-        env = ingest_env(self.settings, self.mqtt_url, **extra)
-        return IngestProcess(env, self.tmp / f"ingest-{instance}.log", instance).start()
-
-    def register(self, *device_ids: str, metrics: list[dict[str, Any]] | None = None) -> None:
-        with running_api(self.settings) as client:
-            for device_id in device_ids:
-                body = {
-                    "device_id": device_id,
-                    "name": device_id,
-                    "kind": "sensor",
-                    "metrics": METRICS if metrics is None else metrics,
-                }
-                assert client.post("/devices", json=body, headers=AUTH).status_code == 201
-            wait_for(
-                lambda: (
-                    self.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
-                    == (0,)
-                )
-            )
-
-
-@pytest.fixture
-def platform(
-    settings: Settings, db: psycopg.Connection[Any], redis_client: redis.Redis, tmp_path: Path
-) -> Iterator[Platform]:
-    db.execute("TRUNCATE ingest_ledger")
-    with private_mosquitto(tmp_path / "broker") as url:
-        yield Platform(settings, url, db, redis_client, tmp_path)
-
-
-def reading(i: int, *, temp: float | None = None) -> dict[str, Any]:
-    return {
-        "ts": (BASE + timedelta(seconds=i)).isoformat(),
-        "metrics": {"temp": 20.0 + i % 10 if temp is None else temp, "hum": 50.0, "bat": 99.0},
-    }
-
-
-def single_messages(device: str, start: int, count: int) -> list[tuple[str, bytes]]:
-    return [
-        (f"devices/{device}/telemetry", orjson.dumps(reading(i)))
-        for i in range(start, start + count)
-    ]
-
-
-def batched_messages(device: str, start: int, count: int, per: int) -> list[tuple[str, bytes]]:
-    return [
-        (
-            f"devices/{device}/telemetry",
-            orjson.dumps([reading(i) for i in range(first, min(first + per, start + count))]),
-        )
-        for first in range(start, start + count, per)
-    ]
-
-
-def expected_keys(device: str, start: int, count: int) -> set[tuple[str, str, datetime]]:
-    return {
-        (device, metric, BASE + timedelta(seconds=i))
-        for i in range(start, start + count)
-        for metric in ("temp", "hum", "bat")
-    }
-
-
-def wait_stored(platform: Platform, rows: int, timeout: float = 60) -> None:
-    wait_for(lambda: stored_count(platform.db) >= rows, timeout=timeout)
 
 
 def test_single_and_batched_payloads_store_exactly_and_emit_one_event_per_message(

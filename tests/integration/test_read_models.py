@@ -1,0 +1,232 @@
+"""Read models built by real aggregators from real ingest: they converge on the write store."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+from typing import Any
+
+import orjson
+
+from tests.conftest import wait_for
+from tests.integration.api_helpers import AUTH, running_api
+from tests.integration.ingest_harness import BASE, Platform, ingest_env, publish
+from tests.integration.read_model_harness import (
+    AggregatorProcess,
+    Models,
+    assert_models_equal,
+    from_write_store,
+    read_models,
+)
+
+DEVICES = [f"rm-{n}" for n in range(5)]
+DECLARED = [{"name": "temp", "min": -10, "max": 40}, {"name": "hum", "min": 0, "max": 100}]
+
+
+def workload(seed: int, devices: list[str], count: int) -> list[tuple[str, bytes]]:
+    """Readings with duplicates, out-of-order and late timestamps, breaches and bad input."""
+    rng = random.Random(seed)
+    messages: list[tuple[str, bytes]] = []
+    for _ in range(count):
+        device = rng.choice(devices)
+        topic = f"devices/{device}/telemetry"
+
+        def one() -> dict[str, Any]:
+            late = rng.random() < 0.1
+            ts = BASE - timedelta(days=2) if late else BASE
+            ts += timedelta(seconds=rng.randrange(0, 3 * 3600))
+            # Quarters add up exactly in binary floating point, so sums compare exactly.
+            metrics = {"temp": rng.randint(-80, 240) / 4}
+            if rng.random() < 0.7:
+                metrics["hum"] = rng.randint(0, 440) / 4
+            return {"ts": ts.isoformat(), "metrics": metrics}
+
+        payload = [one() for _ in range(rng.randint(2, 6))] if rng.random() < 0.3 else one()
+        messages.append((topic, orjson.dumps(payload)))
+        if rng.random() < 0.1:
+            messages.append((topic, orjson.dumps(payload)))  # a duplicate
+        if rng.random() < 0.03:
+            messages.append((topic, b"{broken"))
+    rng.shuffle(messages)
+    return messages
+
+
+def env(platform: Platform, **extra: str) -> dict[str, str]:
+    return ingest_env(
+        platform.settings,
+        platform.mqtt_url,
+        aggregator_claim_idle_ms="500",
+        aggregator_block_ms="100",
+        **extra,
+    )
+
+
+def aggregator(platform: Platform, instance: str = "0") -> AggregatorProcess:
+    return AggregatorProcess(
+        env(platform), platform.tmp / f"aggregator-{instance}.log", instance
+    ).start()
+
+
+def settled(platform: Platform) -> None:
+    """Wait until ingest has stored everything it was sent (no new rows for a while)."""
+    counts: list[int] = []
+
+    def quiet() -> bool:
+        row = platform.db.execute("SELECT count(*) FROM telemetry").fetchone()
+        counts.append(row[0] if row else 0)
+        return len(counts) >= 4 and len(set(counts[-4:])) == 1
+
+    wait_for(quiet, timeout=90, interval=0.5)
+
+
+def converged(platform: Platform) -> Models:
+    settled(platform)
+
+    def same() -> Models | None:
+        expected = from_write_store(platform.db)
+        try:
+            assert_models_equal(read_models(platform.db), expected)
+        except AssertionError:
+            return None
+        return expected
+
+    result: Models = wait_for(same, timeout=60, interval=0.2)
+    return result
+
+
+def iotp_rebuild(platform: Platform) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "iotp.cli", "rebuild"],
+        env=env(platform),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_randomised_workload_converges_exactly_and_rebuild_agrees(platform: Platform) -> None:
+    platform.register(*DEVICES[:4], metrics=DECLARED)
+    platform.register(DEVICES[4], metrics=[])
+    ingest = platform.ingest()
+    agg = aggregator(platform)
+    publish(platform.mqtt_url, workload(1, DEVICES, 300))
+    with running_api(platform.settings) as client:
+        assert client.post(f"/devices/{DEVICES[0]}/decommission", headers=AUTH).status_code == 200
+        assert (
+            client.patch(
+                f"/devices/{DEVICES[1]}", json={"name": "renamed"}, headers=AUTH
+            ).status_code
+            == 200
+        )
+        wait_for(
+            lambda: (
+                platform.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+                == (0,)
+            )
+        )
+    publish(platform.mqtt_url, workload(2, DEVICES, 300))
+    expected = converged(platform)
+    assert expected["metric_stats"], "the workload stored readings"
+    assert any(v[10] for v in expected["metric_stats"].values()), "and range breaches"
+    status = platform.db.execute(
+        "SELECT status FROM read_models.devices WHERE device_id = %s", (DEVICES[0],)
+    ).fetchone()
+    assert status == ("decommissioned",)
+
+    live = read_models(platform.db)
+    iotp_rebuild(platform)
+    assert_models_equal(read_models(platform.db), live)
+    iotp_rebuild(platform)
+    assert_models_equal(read_models(platform.db), live)
+    agg.stop()
+    ingest.stop()
+
+
+def test_redelivered_and_resent_events_change_nothing(platform: Platform) -> None:
+    from read_models.service import aggregator_for
+
+    platform.register(*DEVICES[:3], metrics=DECLARED)
+    ingest = platform.ingest()
+    agg = aggregator(platform)
+    publish(platform.mqtt_url, workload(3, DEVICES[:3], 100))
+    converged(platform)
+    before = read_models(platform.db)
+    agg.stop()
+    ingest.stop()
+
+    import redis
+
+    client = redis.Redis.from_url(platform.settings.redis_url)
+    in_process = aggregator_for(platform.settings, client)
+    entries: Any = client.xrange("iotp:events:telemetry")
+    devices: Any = client.xrange("iotp:events:devices")
+    # The same entries delivered again, as after a crash before XACK...
+    in_process.process(
+        {
+            "iotp:events:telemetry": [(i.decode(), f) for i, f in entries],
+            "iotp:events:devices": [(i.decode(), f) for i, f in devices],
+        }
+    )
+    # ...and the same events re-sent under new stream ids, as a republished ledger does.
+    for _, fields in entries[:20]:
+        client.xadd("iotp:events:telemetry", fields)
+    outcome = in_process.step()
+    in_process.close()
+    assert outcome.entries >= 20 and outcome.applied == 0
+    assert_models_equal(read_models(platform.db), before)
+
+
+def test_killed_and_side_by_side_aggregators_converge(platform: Platform) -> None:
+    platform.register(*DEVICES, metrics=DECLARED)
+    ingest = platform.ingest()
+    first, second = aggregator(platform, "a"), aggregator(platform, "b")
+    stop = threading.Event()
+    publisher = threading.Thread(
+        target=publish, args=(platform.mqtt_url, workload(4, DEVICES, 1500)), kwargs={"stop": stop}
+    )
+    publisher.start()
+    wait_for(
+        lambda: (
+            platform.db.execute("SELECT count(*) FROM read_models.applied_events").fetchone()[0]
+            > 100
+        ),  # type: ignore[index]
+        timeout=60,
+        interval=0.01,
+    )
+    first.kill()
+    publisher.join(timeout=120)
+    converged(platform)  # the survivor claims what the dead one left pending
+    first.start()  # and a restarted one drains its own pending entries harmlessly
+    publish(platform.mqtt_url, workload(5, DEVICES, 200))
+    converged(platform)
+    for process in (first, second):
+        assert process.stop() == 0
+    ingest.stop()
+    assert (
+        "claimed"
+        in (platform.tmp / "aggregator-b.log").read_text()
+        + (platform.tmp / "aggregator-a.log").read_text()
+    )
+
+
+def test_rebuild_on_a_live_system_hands_over_exactly(platform: Platform) -> None:
+    platform.register(*DEVICES, metrics=DECLARED)
+    ingest = platform.ingest()
+    agg = aggregator(platform)
+    publish(platform.mqtt_url, workload(6, DEVICES, 400))
+    publisher = threading.Thread(
+        target=publish, args=(platform.mqtt_url, workload(7, DEVICES, 1500))
+    )
+    publisher.start()
+    iotp_rebuild(platform)
+    iotp_rebuild(platform)
+    publisher.join(timeout=120)
+    converged(platform)
+    agg.stop()
+    ingest.stop()
