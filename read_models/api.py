@@ -1,7 +1,5 @@
 """The query API (`iotp query-api`): read models over HTTP, never the write store."""
 
-from __future__ import annotations
-
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
