@@ -26,7 +26,7 @@ import psycopg
 import redis
 from pydantic import SecretStr
 
-from benchmarks.processes import CpuMeter, by_name, peak_rss_mb
+from benchmarks.processes import CpuMeter, peak_rss_mb
 from benchmarks.workload import DECLARED, Workload, combine, publish_all, start_publishers
 from iotp.local_broker import local_mosquitto
 from iotp.migrate import migrate
@@ -36,6 +36,7 @@ from iotp.settings import Settings
 BENCH_DATABASE = "iotp_bench"
 BENCH_REDIS_DB = 14
 INSTANCE = "bench"
+BENCH_TOKEN = "bench-token-not-for-production"  # noqa: S105 - a throw-away local database
 
 
 @dataclass
@@ -65,7 +66,7 @@ def bench_settings(settings: Settings) -> Settings:
         update={
             "database_url": urlunsplit(db._replace(path=f"/{BENCH_DATABASE}")),
             "redis_url": urlunsplit(rd._replace(path=f"/{BENCH_REDIS_DB}")),
-            "api_token": SecretStr("bench-token-not-for-production"),
+            "api_token": SecretStr(BENCH_TOKEN),
             "ingest_instance": INSTANCE,
             "ingest_metrics_port": 0,
         }
@@ -177,8 +178,8 @@ def _meter(child: IngestChild, broker_pid: int) -> CpuMeter:
     meter = CpuMeter()
     meter.add("ingest", [child.ps])
     meter.add("broker", [psutil.Process(broker_pid)])
-    meter.add("postgresql", by_name("postgres", "postgresql"))
-    meter.add("redis", by_name("redis-server"))
+    meter.add_named("postgresql", "postgres", "postgresql")
+    meter.add_named("redis", "redis-server")
     return meter
 
 

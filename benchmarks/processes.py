@@ -7,35 +7,53 @@ from dataclasses import dataclass, field
 import psutil
 
 
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system + times.children_user + times.children_system
+
+
 @dataclass
 class CpuMeter:
-    """CPU seconds used by groups of processes between ``start()`` and ``stop()``."""
+    """CPU seconds used by groups of processes between ``start()`` and ``stop()``.
+
+    A group is fixed processes, or every process with given names: those are looked up
+    again at the end, so that a server's per-connection processes started meanwhile (one
+    PostgreSQL backend per client) count in full.
+    """
 
     groups: dict[str, list[psutil.Process]] = field(default_factory=dict)
-    _start: dict[str, float] = field(default_factory=dict)
+    named: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _start: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def add(self, name: str, processes: list[psutil.Process]) -> None:
         self.groups.setdefault(name, []).extend(processes)
 
-    def _used(self, name: str) -> float:
-        total = 0.0
-        for process in self.groups[name]:
-            try:
-                times = process.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system + times.children_user + times.children_system
-        return total
+    def add_named(self, name: str, *process_names: str) -> None:
+        self.named[name] = process_names
+
+    def _processes(self, name: str) -> list[psutil.Process]:
+        if name in self.named:
+            return by_name(*self.named[name])
+        return self.groups[name]
 
     def start(self) -> None:
-        self._start = {name: self._used(name) for name in self.groups}
+        self._start = {
+            name: {p.pid: _cpu(p) for p in self._processes(name)}
+            for name in (*self.groups, *self.named)
+        }
 
     def stop(self, seconds: float) -> dict[str, float]:
         """Cores used by each group over the ``seconds`` since start()."""
-        return {
-            name: round((self._used(name) - self._start.get(name, 0.0)) / seconds, 2)
-            for name in self.groups
-        }
+        used: dict[str, float] = {}
+        for name, before in self._start.items():
+            total = 0.0
+            for process in self._processes(name):
+                total += _cpu(process) - before.get(process.pid, 0.0)
+            used[name] = round(total / seconds, 2)
+        return used
 
 
 def by_name(*names: str) -> list[psutil.Process]:

@@ -274,6 +274,50 @@ def bench_ingest(
         print_ingest_report(report)
 
 
+@bench.command("aggregate")
+def bench_aggregate(
+    events: Annotated[int, typer.Option(help="TelemetryRecorded events to apply.")] = 50_000,
+    devices: Annotated[int, typer.Option(help="Devices the events spread over.")] = 1000,
+    timeout: Annotated[float, typer.Option(help="Give up after this many s.")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Events/s applied to the read models by one aggregator, and the lag left."""
+    from benchmarks.read_models import run_aggregate_bench
+
+    settings = _settings()
+    with _clear_errors():
+        report = run_aggregate_bench(settings, events, devices, timeout)
+    _print_report(report, as_json)
+
+
+@bench.command("query")
+def bench_query(
+    devices: Annotated[int, typer.Option(help="Devices in the read store.")] = 10_000,
+    days: Annotated[int, typer.Option(help="Days of minute rollups for the shown device.")] = 30,
+    requests: Annotated[int, typer.Option(help="Requests per endpoint.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Latency (p50/p95) of every query API endpoint over a large read store."""
+    from benchmarks.read_models import run_query_bench
+
+    settings = _settings()
+    with _clear_errors():
+        report = run_query_bench(settings, devices, days, requests)
+    _print_report(report, as_json)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> None:
+    import orjson
+
+    if as_json:
+        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    from rich.console import Console
+    from rich.pretty import Pretty
+
+    Console().print(Pretty(report))
+
+
 def _preflight(settings: Settings) -> None:
     """Fail with one clear line when the database is unreachable or not migrated."""
     from iotp.db import connect

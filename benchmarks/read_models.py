@@ -1,0 +1,296 @@
+"""`iotp bench aggregate` and `iotp bench query`: the read side's throughput and latency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+import redis
+
+from benchmarks.ingest import BENCH_TOKEN, bench_settings
+from benchmarks.processes import CpuMeter, peak_rss_mb
+from ingest.publisher import StreamPublisher
+from iotp.events import telemetry_recorded_fields
+from iotp.local_broker import free_port
+from iotp.migrate import migrate
+from iotp.names import TELEMETRY_EVENTS_STREAM
+from iotp.settings import Settings
+
+READ_TABLES = (
+    "devices",
+    "device_activity",
+    "metric_stats",
+    "rollup_minute",
+    "rollup_hour",
+    "fleet_minute",
+    "tracking",
+    "applied_events",
+)
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
+    env.update(
+        IOTP_DATABASE_URL=settings.database_url,
+        IOTP_REDIS_URL=settings.redis_url,
+        IOTP_API_TOKEN=BENCH_TOKEN,
+    )
+    env.update({f"IOTP_{k.upper()}": v for k, v in extra.items()})
+    return env
+
+
+def _reset_read_store(settings: Settings) -> None:
+    migrate(settings)
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        conn.execute("TRUNCATE " + ", ".join(f"read_models.{t}" for t in READ_TABLES))
+    redis.Redis.from_url(settings.redis_url).flushdb()
+
+
+def run_aggregate_bench(
+    settings: Settings, events: int, devices: int, timeout: float
+) -> dict[str, Any]:
+    """Fill the telemetry stream with ``events`` events, then time one aggregator on it."""
+    settings = bench_settings(settings)
+    _reset_read_store(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    publisher = StreamPublisher(client, 10 * events, 1000)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    chunk: list[dict[str, str]] = []
+    for n in range(events):
+        ts = start + timedelta(seconds=n // devices)
+        chunk.append(
+            telemetry_recorded_fields(
+                f"bench-{n % devices:05d}",
+                [(ts, {"temperature": 20 + n % 7, "humidity": 40 + n % 11, "battery": 90.0}, ())],
+                ts,
+                ts,
+            )
+        )
+        if len(chunk) == 5000:
+            publisher.publish(chunk)
+            chunk = []
+    publisher.publish(chunk)
+    with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
+        log = Path(tmp) / "aggregate.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "iotp.cli", "aggregate"],
+            env=_env(settings),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        ps = psutil.Process(process.pid)
+        meter = CpuMeter()
+        meter.add("aggregator", [ps])
+        meter.add_named("postgresql", "postgres", "postgresql")
+        meter.add_named("redis", "redis-server")
+        meter.start()
+        started = time.perf_counter()
+        applied = 0
+        with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+            while time.perf_counter() - started < timeout:
+                row = conn.execute("SELECT count(*) FROM read_models.applied_events").fetchone()
+                applied = int(row[0]) if row else 0
+                if applied >= events:
+                    break
+                if process.poll() is not None:
+                    raise RuntimeError(f"aggregator died:\n{log.read_text()[-3000:]}")
+                time.sleep(0.05)
+        seconds = time.perf_counter() - started
+        cpu = meter.stop(seconds)
+        rss = peak_rss_mb(ps)
+        info: Any = client.xinfo_groups(TELEMETRY_EVENTS_STREAM)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    group = info[0] if info else {}
+    return {
+        "events": events,
+        "events_applied": applied,
+        "data_points_applied": applied * 3,
+        "seconds": round(seconds, 3),
+        "events_per_s_applied": round(applied / seconds, 1),
+        "data_points_per_s_applied": round(applied * 3 / seconds, 1),
+        "lag_at_end": group.get("lag"),
+        "pending_at_end": group.get("pending"),
+        "peak_rss_mb": rss,
+        "cpu_cores": cpu,
+        "note": "aggregator started after the stream was filled; time includes its start",
+    }
+
+
+def seed_query_store(settings: Settings, devices: int, days: int) -> str:
+    """``devices`` devices with stats, and ``days`` of minute rollups for one of them."""
+    _reset_read_store(settings)
+    shown = "bench-00000"
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO read_models.devices (device_id, name, kind, status, registered_at,
+                updated_at, attrs_at, metrics)
+            SELECT format('bench-%%s', lpad(n::text, 5, '0')), format('Sensor %%s', n),
+                   (ARRAY['thermostat', 'tracker', 'meter'])[1 + n %% 3],
+                   CASE WHEN n %% 50 = 49 THEN 'decommissioned' ELSE 'active' END,
+                   now() - interval '40 days', now(), now(), '[]'::jsonb
+            FROM generate_series(0, %s - 1) AS n
+            """,
+            (devices,),
+        )
+        conn.execute(
+            """
+            INSERT INTO read_models.device_activity (device_id, last_seen, readings)
+            SELECT device_id, now() - (random() * interval '20 minutes'), 1000
+            FROM read_models.devices WHERE random() < 0.9
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO read_models.metric_stats (device_id, metric, count, sum, min, min_ts,
+                max, max_ts, first_ts, last_ts, last_value, last_out_of_range, breaches)
+            SELECT d.device_id, m, 1000, 20000, 1, now(), 40, now(), now() - interval '30 days',
+                   now(), 20, random() < 0.01, 3
+            FROM read_models.devices d, unnest(ARRAY['temperature', 'humidity', 'battery']) m
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO read_models.rollup_minute (device_id, metric, bucket, count, sum, min,
+                max)
+            SELECT %s, m, b, 4, 80, 19, 21
+            FROM unnest(ARRAY['temperature', 'humidity', 'battery']) m,
+                 generate_series(date_trunc('minute', now()) - %s * interval '1 day',
+                                 date_trunc('minute', now()), interval '1 minute') b
+            """,
+            (shown, days),
+        )
+        conn.execute(
+            """
+            INSERT INTO read_models.rollup_hour (device_id, metric, bucket, count, sum, min, max)
+            SELECT device_id, metric, date_trunc('hour', bucket), sum(count), sum(sum),
+                   min(min), max(max)
+            FROM read_models.rollup_minute GROUP BY 1, 2, 3
+            """
+        )
+        conn.execute(
+            """
+            INSERT INTO read_models.fleet_minute (bucket, readings)
+            SELECT b, 30000 FROM generate_series(date_trunc('minute', now()) - interval '1 hour',
+                date_trunc('minute', now()), interval '1 minute') b
+            """
+        )
+        conn.execute("ANALYZE")
+    return shown
+
+
+def run_query_bench(settings: Settings, devices: int, days: int, requests: int) -> dict[str, Any]:
+    settings = bench_settings(settings)
+    shown = seed_query_store(settings, devices, days)
+    port = free_port()
+    now = datetime.now(UTC)
+    endpoints: dict[str, tuple[str, dict[str, Any]]] = {
+        "GET /devices": ("/devices", {}),
+        "GET /devices (filtered, sorted)": (
+            "/devices",
+            {
+                "status": "active",
+                "kind": "tracker",
+                "sort": "last_seen",
+                "order": "desc",
+                "limit": 100,
+            },
+        ),
+        "GET /devices (page 50)": ("/devices", {"offset": 2500, "limit": 50}),
+        "GET /devices/{id}": (f"/devices/{shown}", {}),
+        "GET /devices/{id}/stats": (f"/devices/{shown}/stats", {}),
+        "GET /devices/{id}/series 1h@1m": (
+            f"/devices/{shown}/series",
+            {
+                "metric": "temperature",
+                "from": (now - timedelta(hours=1)).isoformat(),
+                "to": now.isoformat(),
+                "bucket": "1m",
+            },
+        ),
+        "GET /devices/{id}/series 24h@1m": (
+            f"/devices/{shown}/series",
+            {
+                "metric": "temperature",
+                "from": (now - timedelta(days=1)).isoformat(),
+                "to": now.isoformat(),
+                "bucket": "1m",
+            },
+        ),
+        "GET /devices/{id}/series 7d@1h": (
+            f"/devices/{shown}/series",
+            {
+                "metric": "temperature",
+                "from": (now - timedelta(days=7)).isoformat(),
+                "to": now.isoformat(),
+                "bucket": "1h",
+            },
+        ),
+        "GET /devices/{id}/series 30d@1h": (
+            f"/devices/{shown}/series",
+            {
+                "metric": "temperature",
+                "from": (now - timedelta(days=30)).isoformat(),
+                "to": now.isoformat(),
+                "bucket": "1h",
+            },
+        ),
+        "GET /fleet": ("/fleet", {}),
+        "GET /pipeline": ("/pipeline", {}),
+    }
+    with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
+        log = Path(tmp) / "query.log"
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and command
+            [sys.executable, "-m", "iotp.cli", "query-api", "--port", str(port)],
+            env=_env(settings, log_level="WARNING"),
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+        try:
+            with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        if http.get("/healthz").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise RuntimeError(f"query API did not start:\n{log.read_text()}")
+                    time.sleep(0.1)
+                results = {}
+                for name, (path, params) in endpoints.items():
+                    for _ in range(5):  # warm the pool and the caches
+                        http.get(path, params=params).raise_for_status()
+                    timings = []
+                    for _ in range(requests):
+                        started = time.perf_counter()
+                        response = http.get(path, params=params)
+                        timings.append((time.perf_counter() - started) * 1000)
+                        response.raise_for_status()
+                    timings.sort()
+                    results[name] = {
+                        "p50_ms": round(statistics.median(timings), 2),
+                        "p95_ms": round(timings[int(0.95 * (len(timings) - 1))], 2),
+                        "max_ms": round(timings[-1], 2),
+                        "requests": requests,
+                        "bytes": len(response.content),
+                    }
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+    return {"devices": devices, "rollup_days": days, "endpoints": results}
