@@ -22,4 +22,8 @@ def platform(
     """A private broker beside the test database and Redis, ready for ingest."""
     db.execute("TRUNCATE ingest_ledger")
     with private_mosquitto(tmp_path / "broker") as url:
-        yield Platform(settings, url, db, redis_client, tmp_path)
+        platform = Platform(settings, url, db, redis_client, tmp_path)
+        try:
+            yield platform
+        finally:
+            platform.stop_children()

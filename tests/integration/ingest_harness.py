@@ -9,7 +9,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -164,10 +164,21 @@ class Platform:
     db: psycopg.Connection[Any]
     redis: redis.Redis
     tmp: Path
+    children: list[Any] = field(default_factory=list)
 
     def ingest(self, instance: str = "0", **extra: str) -> IngestProcess:
         env = ingest_env(self.settings, self.mqtt_url, **extra)
-        return IngestProcess(env, self.tmp / f"ingest-{instance}.log", instance).start()
+        process = IngestProcess(env, self.tmp / f"ingest-{instance}.log", instance)
+        self.children.append(process)
+        return process.start()
+
+    def stop_children(self) -> None:
+        """Stop whatever a test started, even when it failed half-way."""
+        for child in self.children:
+            process = getattr(child, "process", None)
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
 
     def register(self, *device_ids: str, metrics: list[dict[str, Any]] | None = None) -> None:
         with running_api(self.settings) as client:
