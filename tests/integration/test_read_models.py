@@ -216,13 +216,23 @@ def test_rebuild_on_a_live_system_hands_over_exactly(platform: Platform) -> None
     ingest = platform.ingest()
     agg = aggregator(platform)
     publish(platform.mqtt_url, workload(6, DEVICES, 400))
-    publisher = threading.Thread(
-        target=publish, args=(platform.mqtt_url, workload(7, DEVICES, 1500))
-    )
+    stop = threading.Event()
+
+    def keep_publishing() -> None:
+        seed = 100
+        while not stop.is_set():
+            publish(platform.mqtt_url, workload(seed, DEVICES, 50))
+            seed += 1
+
+    publisher = threading.Thread(target=keep_publishing)
     publisher.start()
-    iotp_rebuild(platform)
-    iotp_rebuild(platform)
-    publisher.join(timeout=120)
+    try:
+        reports = [iotp_rebuild(platform) for _ in range(3)]
+    finally:
+        stop.set()
+        publisher.join(timeout=120)
+    handed_over = [int(r.split("handed over ")[1].split()[0]) for r in reports]
+    assert any(n > 0 for n in handed_over), reports
     converged(platform)
     agg.stop()
     ingest.stop()
