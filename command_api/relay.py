@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from command_api.unit_of_work import Conn
+from iotp.names import RELAY_STATS_KEY
 from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 RELAY_LOCK_KEY = 0x10770002  # one active relay at a time keeps the stream in outbox order
 NOTIFY_CHANNEL = "iotp_outbox"
 HOUSEKEEPING_SECONDS = 600.0
+REPORT_SECONDS = 2.0
 MAX_BACKOFF_SECONDS = 30.0
 
 
@@ -79,6 +81,18 @@ async def drain(conn: Conn, client: aioredis.Redis, limit: int) -> int:
     return total
 
 
+async def report_backlog(conn: Conn, client: aioredis.Redis) -> None:
+    """Publish the outbox backlog where the query side can read it (not the write tables)."""
+    cur = await conn.execute("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")
+    row = await cur.fetchone()
+    await conn.commit()
+    await client.hset(
+        RELAY_STATS_KEY,
+        mapping={"outbox_backlog": row["n"] if row else 0, "updated_at": time.time()},
+    )
+    await client.expire(RELAY_STATS_KEY, 120)
+
+
 async def housekeeping(conn: Conn, settings: Settings) -> None:
     """Forget sent events and idempotency keys older than their retention."""
     async with conn.transaction():
@@ -131,6 +145,7 @@ async def run_relay(
     """
     backoff = 0.5
     last_housekeeping = 0.0
+    last_report = 0.0
     wake = asyncio.Event()
     connection: psycopg.AsyncConnection[Any] | None = None
     listener: asyncio.Task[None] | None = None
@@ -147,6 +162,9 @@ async def run_relay(
                     moved = await drain(conn, client, settings.relay_batch_size)
                     if moved:
                         logger.debug("relayed %s events", moved)
+                    if time.monotonic() - last_report > REPORT_SECONDS:
+                        await report_backlog(conn, client)
+                        last_report = time.monotonic()
                     if time.monotonic() - last_housekeeping > HOUSEKEEPING_SECONDS:
                         await housekeeping(conn, settings)
                         last_housekeeping = time.monotonic()

@@ -25,3 +25,6 @@ def ingest_stats_key(client_id: str) -> str:
 def shared_telemetry_subscription(group: str) -> str:
     """The MQTT v5 shared subscription that splits telemetry across ingest processes."""
     return f"$share/{group}/{TELEMETRY_TOPIC_FILTER}"
+
+
+RELAY_STATS_KEY = "iotp:relay:stats"  # outbox backlog, for the read side's pipeline view

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from iotp.names import INGEST_STATS_KEY_PREFIX, TELEMETRY_DEADLETTER_STREAM
+from iotp.names import INGEST_STATS_KEY_PREFIX, RELAY_STATS_KEY, TELEMETRY_DEADLETTER_STREAM
 from read_models import queries
 from read_models.consumer import STREAMS
 
@@ -33,6 +33,7 @@ class PipelineHealth(BaseModel):
     ingest: dict[str, dict[str, float]]
     deadletters: int
     latest_deadletters: list[dict[str, str]]
+    outbox_backlog: int | None
 
 
 def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
@@ -73,6 +74,7 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
             _text(k): float(v) for k, v in values.items()
         }
     latest: Any = client.xrevrange(TELEMETRY_DEADLETTER_STREAM, count=LATEST_DEADLETTERS)
+    backlog: Any = client.hget(RELAY_STATS_KEY, "outbox_backlog")
     return PipelineHealth(
         streams=lengths,
         groups=groups,
@@ -81,6 +83,7 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
         latest_deadletters=[
             {"id": _text(i), **{_text(k): _text(v) for k, v in f.items()}} for i, f in latest
         ],
+        outbox_backlog=None if backlog is None else int(backlog),
     )
 
 
