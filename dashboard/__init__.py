@@ -1,1 +1,1 @@
-"""iotp dashboard: built by a later issue."""
+"""The Streamlit dashboard: pages over the read models (through read_models.queries only)."""

@@ -184,6 +184,39 @@ def query_api(
 
 
 @app.command()
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="Bind address (IOTP_DASHBOARD_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (IOTP_DASHBOARD_PORT).")] = None,
+) -> None:
+    """Run the Streamlit dashboard over the read models."""
+    import os
+    from pathlib import Path
+
+    import dashboard
+
+    settings = _settings()
+    app_path = Path(dashboard.__file__).parent / "app.py"
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_path),
+        "--server.headless",
+        "true",
+        "--server.address",
+        host or settings.dashboard_host,
+        "--server.port",
+        str(port or settings.dashboard_port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+    os.execv(sys.executable, command)  # noqa: S606 - our interpreter, our app
+
+
+@app.command()
 def aggregate(
     instance: Annotated[
         str | None,

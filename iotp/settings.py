@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     query_port: int = Field(default=8001, ge=1, le=65535)
     query_max_page_size: int = Field(default=500, ge=1)
 
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = Field(default=8501, ge=1, le=65535)
+    dashboard_refresh_seconds: float = Field(default=5.0, ge=0)
+    dashboard_timezone: str = "UTC"
+    dashboard_page_size: int = Field(default=50, ge=5, le=500)
+
     log_level: str = "INFO"
 
     def read_url(self) -> str:

@@ -1,0 +1,88 @@
+"""The dashboard's access to the read side: one cached pool per server process, clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import psycopg
+import redis
+import streamlit as st
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from iotp.errors import redact_url
+from iotp.settings import Settings, get_settings
+from read_models import queries
+
+T = TypeVar("T")
+
+
+@st.cache_resource
+def _pool(url: str) -> ConnectionPool[psycopg.Connection[Any]]:
+    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        name="iotp-dashboard",
+        kwargs={"connect_timeout": 3},
+    )
+    pool.open(wait=False)
+    return pool
+
+
+@st.cache_resource
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def liveness_rule() -> queries.LivenessRule:
+    config = settings()
+    return queries.LivenessRule(
+        default_seconds=config.liveness_timeout_seconds, per_kind=config.liveness_timeouts
+    )
+
+
+def redis_client() -> redis.Redis:
+    return _redis(settings().redis_url)
+
+
+@contextmanager
+def _connection() -> Iterator[queries.Conn]:
+    with _pool(settings().read_url()).connection(timeout=5) as conn:
+        yield conn
+
+
+def read(query: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Run a read-model query; on a dead backing service show one clear message, not a trace."""
+    try:
+        with _connection() as conn:
+            return query(conn, *args, **kwargs)
+    except (psycopg.OperationalError, psycopg.errors.UndefinedTable, PoolTimeout) as exc:
+        config = settings()
+        st.error(
+            f"The read store does not answer at {redact_url(config.read_url())}"
+            f" (IOTP_READ_DATABASE_URL): {str(exc).splitlines()[0] if str(exc) else exc}."
+            " Is PostgreSQL running and `iotp migrate` applied?"
+        )
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        st.error(
+            f"Redis does not answer at {redact_url(settings().redis_url)} (IOTP_REDIS_URL): {exc}"
+        )
+    return None
+
+
+def local_times(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """Timestamps are stored in UTC; show them in IOTP_DASHBOARD_TIMEZONE."""
+    zone = ZoneInfo(settings().dashboard_timezone)
+    for column in columns:
+        if column in frame and not frame.empty:
+            frame[column] = pd.to_datetime(frame[column], utc=True).dt.tz_convert(zone)
+    return frame

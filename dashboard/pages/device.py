@@ -1,0 +1,111 @@
+"""Device: attributes, per-metric statistics, and a chart per metric from the rollups."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, time, timedelta
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard.data import liveness_rule, local_times, read
+from read_models import queries
+
+RANGES = {"1 h": timedelta(hours=1), "24 h": timedelta(days=1), "7 d": timedelta(days=7)}
+
+st.title("Device")
+device_id = st.text_input("Device id", value=st.query_params.get("device", ""), key="device_id")
+if not device_id:
+    st.info("Enter a device id, or open one from the Fleet page.")
+    st.stop()
+st.query_params["device"] = device_id
+device = read(queries.get_device, liveness_rule(), device_id)
+if device is None:
+    st.warning(f"Unknown device: {device_id!r} is not in the read models (yet).")
+    st.stop()
+
+st.header(device.name or device.device_id)
+cols = st.columns(4)
+cols[0].metric("Status", device.status)
+cols[1].metric("Liveness", device.liveness.replace("_", " "))
+cols[2].metric("Kind", device.kind or "?")
+cols[3].metric("Values received", f"{device.readings:,}")
+seen = local_times(pd.DataFrame({"t": [device.last_seen]}), "t")["t"][0]
+st.caption(f"Last seen: {seen if device.last_seen else 'never'} · id `{device.device_id}`")
+with st.expander("Metadata and declared metrics"):
+    st.json(
+        {
+            "metadata": device.metadata,
+            "metrics": device.metrics,
+            "location": {"lat": device.lat, "lon": device.lon},
+        }
+    )
+
+stats = read(queries.device_stats, device.device_id) or []
+if stats:
+    frame = pd.DataFrame([s.model_dump() for s in stats])
+    st.dataframe(
+        local_times(frame, "min_ts", "max_ts", "first_ts", "last_ts")[
+            [
+                "metric",
+                "count",
+                "mean",
+                "min",
+                "max",
+                "last_value",
+                "last_ts",
+                "breaches",
+                "last_out_of_range",
+            ]
+        ],
+        hide_index=True,
+        width="stretch",
+    )
+else:
+    st.info("No readings yet.")
+    st.stop()
+
+choice = st.radio("Range", [*RANGES, "custom"], horizontal=True, key="range")
+end = datetime.now(UTC)
+if choice == "custom":
+    picked = st.date_input(
+        "From / to", value=(end.date() - timedelta(days=3), end.date()), key="custom_range"
+    )
+    if isinstance(picked, tuple) and len(picked) == 2:
+        start = datetime.combine(picked[0], time.min, tzinfo=UTC)
+        end = datetime.combine(picked[1], time.max, tzinfo=UTC)
+    else:
+        st.stop()
+else:
+    start = end - RANGES[choice]
+bucket = "1m" if end - start <= timedelta(days=1) else "1h"
+declared = {m["name"]: m for m in device.metrics}
+for stat in stats:
+    points = read(queries.series, device.device_id, stat.metric, start, end, bucket) or []
+    st.subheader(f"{stat.metric} ({'minute' if bucket == '1m' else 'hour'} buckets)")
+    if not points:
+        st.caption("No readings in this range.")
+        continue
+    data = local_times(pd.DataFrame([p.model_dump() for p in points]), "bucket")
+    spec = declared.get(stat.metric, {})
+    low, high = spec.get("min"), spec.get("max")
+    data["breach"] = ((low is not None) & (data["min"] < (low if low is not None else 0))) | (
+        (high is not None) & (data["max"] > (high if high is not None else 0))
+    )
+    base = alt.Chart(data).encode(x=alt.X("bucket:T", title=None))
+    chart = base.mark_area(opacity=0.25).encode(y="min:Q", y2="max:Q") + base.mark_line().encode(
+        y=alt.Y("mean:Q", title=stat.metric)
+    )
+    breaches = data[data["breach"]]
+    if not breaches.empty:
+        chart += (
+            alt.Chart(breaches)
+            .mark_point(color="red", filled=True)
+            .encode(x="bucket:T", y="max:Q", tooltip=["bucket:T", "min:Q", "max:Q"])
+        )
+    st.altair_chart(chart, width="stretch")
+    st.caption(
+        f"Last value {stat.last_value:g}"
+        + (" (out of range)" if stat.last_out_of_range else "")
+        + f" · {stat.breaches} range breaches"
+    )
