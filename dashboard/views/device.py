@@ -93,9 +93,10 @@ for stat in stats:
         (high is not None) & (data["max"] > (high if high is not None else 0))
     )
     base = alt.Chart(data).encode(x=alt.X("bucket:T", title=None))
-    chart = base.mark_area(opacity=0.25).encode(y="min:Q", y2="max:Q") + base.mark_line().encode(
-        y=alt.Y("mean:Q", title=stat.metric)
+    band = base.mark_area(opacity=0.25).encode(
+        y=alt.Y("min:Q", title=stat.metric, scale=alt.Scale(zero=False)), y2="max:Q"
     )
+    chart = band + base.mark_line().encode(y="mean:Q")
     breaches = data[data["breach"]]
     if not breaches.empty:
         chart += (
