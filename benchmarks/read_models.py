@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -293,4 +294,51 @@ def run_query_bench(settings: Settings, devices: int, days: int, requests: int) 
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
-    return {"devices": devices, "rollup_days": days, "endpoints": results}
+    return {
+        "devices": devices,
+        "rollup_days": days,
+        "endpoints": results,
+        "dashboard_pages": _time_pages(settings, shown, requests),
+    }
+
+
+def _time_pages(settings: Settings, shown: str, requests: int) -> dict[str, Any]:
+    """The read-model queries behind each dashboard page, called as the pages call them."""
+    from read_models import queries
+    from read_models.pipeline import pipeline_health
+
+    rule = queries.LivenessRule(default_seconds=settings.liveness_timeout_seconds)
+    client = redis.Redis.from_url(settings.redis_url)
+    now = datetime.now(UTC)
+
+    def fleet(conn: queries.Conn) -> None:
+        queries.fleet(conn, rule)
+        pipeline_health(conn, client)
+        queries.fleet(conn, rule)  # the kind filter's choices
+        queries.list_devices(conn, rule, sort="name", limit=settings.dashboard_page_size)
+
+    def device(conn: queries.Conn, span: timedelta, bucket: str) -> None:
+        queries.get_device(conn, rule, shown)
+        for stat in queries.device_stats(conn, shown):
+            queries.series(conn, shown, stat.metric, now - span, now, bucket)  # type: ignore[arg-type]
+
+    pages: dict[str, Callable[[queries.Conn], object]] = {
+        "Fleet": fleet,
+        "Device (24 h, minute buckets)": lambda c: device(c, timedelta(days=1), "1m"),
+        "Device (7 d, hour buckets)": lambda c: device(c, timedelta(days=7), "1h"),
+        "Pipeline": lambda c: pipeline_health(c, client),
+    }
+    results = {}
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        for name, load in pages.items():
+            timings = []
+            for _ in range(requests):
+                started = time.perf_counter()
+                load(conn)
+                timings.append((time.perf_counter() - started) * 1000)
+            timings.sort()
+            results[name] = {
+                "p50_ms": round(statistics.median(timings), 2),
+                "p95_ms": round(timings[int(0.95 * (len(timings) - 1))], 2),
+            }
+    return results
