@@ -1,1 +1,1 @@
-"""iotp device simulator: built by a later issue."""
+"""Simulated devices: registration through the command API, realistic signals, MQTT publishing."""

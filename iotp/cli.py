@@ -217,6 +217,86 @@ def dashboard(
 
 
 @app.command()
+def simulate(
+    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 10,
+    rate: Annotated[float, typer.Option(help="Readings per second per device.")] = 1.0,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to run (default 60 unless --count).")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many readings.")] = None,
+    profile: Annotated[str, typer.Option(help="thermostat, tracker, or mixed.")] = "mixed",
+    batch: Annotated[int, typer.Option(help="Readings per message (1: one per message).")] = 1,
+    qos: Annotated[int, typer.Option(help="MQTT QoS, 0 or 1.")] = 1,
+    connections: Annotated[
+        int | None,
+        typer.Option(help="Multiplex devices over this many connections (default: one each)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for reproducible runs.")] = 42,
+    prefix: Annotated[str, typer.Option(help="Device id prefix (ids are PREFIX-00000...).")] = (
+        "sim"
+    ),
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Fault rates, e.g. malformed=0.01,out_of_range=0.02,unknown_device="
+            "0.01,duplicate=0.05,out_of_order=0.05,late=0.02,silence=0.001"
+        ),
+    ] = "",
+    api_url: Annotated[
+        str | None, typer.Option(help="Command API (default http://IOTP_API_HOST:IOTP_API_PORT).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Simulated devices: register through the API, then publish readings over MQTT."""
+    import threading
+
+    from device_simulator.faults import FaultRates
+    from device_simulator.progress import run_with_progress
+    from device_simulator.runner import SimulationConfig
+
+    settings = _settings()
+    if profile not in ("thermostat", "tracker", "mixed"):
+        raise typer.BadParameter("profile must be thermostat, tracker or mixed")
+    if qos not in (0, 1) or batch < 1 or devices < 1 or rate <= 0:
+        raise typer.BadParameter("need qos 0 or 1, batch >= 1, devices >= 1, rate > 0")
+    problem = token_problem(settings.api_token)
+    if problem is not None or settings.api_token is None:
+        typer.echo(f"error: {problem}: the simulator registers devices through the API", err=True)
+        raise typer.Exit(2)
+    try:
+        rates = FaultRates.parse(faults)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    config = SimulationConfig(
+        api_url=api_url or f"http://{settings.api_host}:{settings.api_port}",
+        api_token=settings.api_token.get_secret_value(),
+        mqtt_url=settings.mqtt_url,
+        devices=devices,
+        rate=rate,
+        duration=duration if duration is not None or count is not None else 60.0,
+        count=count,
+        profile=profile,
+        batch=batch,
+        qos=qos,
+        connections=connections,
+        seed=seed,
+        prefix=prefix,
+        faults=rates,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with _clear_errors():
+        summary = run_with_progress(config, stop, quiet=as_json)
+    if as_json:
+        import orjson
+
+        typer.echo(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    if summary.failures:
+        raise typer.Exit(1)
+
+
+@app.command()
 def aggregate(
     instance: Annotated[
         str | None,

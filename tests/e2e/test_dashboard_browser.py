@@ -1,4 +1,4 @@
-"""The whole platform, driven by MQTT devices, seen in a real headless Chromium."""
+"""The whole platform, driven by the device simulator, seen in a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,11 @@ import pytest
 
 from iotp.local_broker import free_port
 from tests.conftest import TEST_TOKEN, wait_for
-from tests.integration.ingest_harness import Platform, ingest_env, publish
+from tests.integration.ingest_harness import Platform, ingest_env
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DEVICES = [f"e2e-{n}" for n in range(8)]
+DEVICES = [f"e2e-{n:05d}" for n in range(8)]
 
 
 @pytest.fixture
@@ -72,38 +71,36 @@ def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -
     _serve(platform, env, "dashboard", "--port", str(dashboard_port))
     api = f"http://127.0.0.1:{api_port}"
     wait_for(lambda: _answers(f"{api}/healthz"), timeout=30)
-    for device in DEVICES:
-        created = httpx.post(
-            f"{api}/devices",
-            headers={"Authorization": f"Bearer {TEST_TOKEN}"},
-            json={
-                "device_id": device,
-                "name": device.upper(),
-                "kind": "thermostat",
-                "metrics": [{"name": "temp", "min": -20, "max": 60}],
-            },
-        )
-        assert created.status_code == 201, created.text
-    now = datetime.now(UTC)
-    publish(
-        platform.mqtt_url,
+    simulated = subprocess.run(
         [
-            (
-                f"devices/{device}/telemetry",
-                orjson.dumps(
-                    {
-                        "ts": (now - timedelta(minutes=m)).isoformat(),
-                        "metrics": {"temp": 20 + m % 7},
-                    }
-                ),
-            )
-            for device in DEVICES
-            for m in range(40)
+            sys.executable,
+            "-m",
+            "iotp.cli",
+            "simulate",
+            "--devices",
+            str(len(DEVICES)),
+            "--rate",
+            "4",
+            "--duration",
+            "6",
+            "--prefix",
+            "e2e",
+            "--api-url",
+            api,
+            "--json",
         ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+    assert simulated.returncode == 0, simulated.stderr[-3000:]
+    summary = orjson.loads(simulated.stdout)
+    assert summary["devices"] == len(DEVICES) and summary["failures"] == 0
     wait_for(
         lambda: (
-            platform.db.execute("SELECT count(*) FROM read_models.metric_stats").fetchone()
+            platform.db.execute("SELECT count(*) FROM read_models.device_activity").fetchone()
             == (len(DEVICES),)
         ),
         timeout=60,
@@ -113,7 +110,7 @@ def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     base = f"http://127.0.0.1:{dashboard_port}"
-    page.goto(f"{base}/fleet")
+    page.goto(f"{base}/")  # Fleet is the default page
     registered = page.locator('[data-testid="stMetric"]', has_text="Registered")
     registered.wait_for(timeout=30_000)
     wait_for(lambda: str(len(DEVICES)) in registered.inner_text(), timeout=20)
@@ -125,14 +122,14 @@ def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -
     assert page.get_by_text(f"{len(DEVICES)} devices, page 1 of 1").count() == 1
     page.screenshot(path=str(ARTIFACTS / "fleet.png"), full_page=True)
 
-    page.goto(f"{base}/device?device=e2e-0")
+    page.goto(f"{base}/device?device={DEVICES[0]}")
     chart = page.locator(
         '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg'
     ).first
     chart.wait_for(timeout=30_000)
     box = chart.bounding_box()
     assert box is not None and box["width"] > 200 and box["height"] > 100
-    assert page.get_by_text("E2E-0").count() >= 1
+    assert page.get_by_text(f"Simulated thermostat {DEVICES[0]}").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "device.png"), full_page=True)
 
     page.goto(f"{base}/pipeline")

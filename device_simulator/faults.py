@@ -1,0 +1,112 @@
+"""Fault injection: turn good messages into the bad and odd ones real fleets send."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+FAULTS = (
+    "malformed",
+    "out_of_range",
+    "unknown_device",
+    "duplicate",
+    "out_of_order",
+    "late",
+    "silence",
+)
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """Probability per message of each fault (silence: per device and second)."""
+
+    malformed: float = 0.0
+    out_of_range: float = 0.0
+    unknown_device: float = 0.0
+    duplicate: float = 0.0
+    out_of_order: float = 0.0
+    late: float = 0.0
+    silence: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> FaultRates:
+        """``"malformed=0.01,late=0.05"``; unnamed faults are off."""
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, rate = part.partition("=")
+            if name not in FAULTS:
+                raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+            number = float(rate)
+            if not 0 <= number <= 1:
+                raise ValueError(f"fault rate {name}={rate} is not between 0 and 1")
+            values[name] = number
+        return cls(**values)
+
+    def any(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass
+class Outgoing:
+    topic: str
+    payload: bytes
+    readings: int
+    fault: str | None = None
+
+
+class FaultInjector:
+    def __init__(self, rates: FaultRates, rng: random.Random) -> None:
+        self.rates, self.rng = rates, rng
+        self.injected: Counter[str] = Counter()
+        self.silent_until: dict[str, float] = {}
+
+    def silent(self, device_id: str, now: float, interval: float) -> bool:
+        """Whether the device is in a silent spell (and maybe start one)."""
+        if self.silent_until.get(device_id, 0.0) > now:
+            return True
+        if self.rates.silence and self.rng.random() < self.rates.silence * interval:
+            self.silent_until[device_id] = now + self.rng.uniform(30, 180)
+            self.injected["silence"] += 1
+            return True
+        return False
+
+    def shift_time(self, ts: datetime) -> tuple[datetime, str | None]:
+        if self.rates.late and self.rng.random() < self.rates.late:
+            self.injected["late"] += 1
+            return ts - timedelta(seconds=self.rng.uniform(3600, 86_400)), "late"
+        if self.rates.out_of_order and self.rng.random() < self.rates.out_of_order:
+            self.injected["out_of_order"] += 1
+            return ts - timedelta(seconds=self.rng.uniform(1, 60)), "out_of_order"
+        return ts, None
+
+    def distort(self, metrics: dict[str, float], declared: list[dict[str, Any]]) -> str | None:
+        if self.rates.out_of_range and self.rng.random() < self.rates.out_of_range:
+            spec = self.rng.choice([m for m in declared if m.get("max") is not None] or declared)
+            metrics[spec["name"]] = float(spec.get("max", 0) or 0) * 2 + 100
+            self.injected["out_of_range"] += 1
+            return "out_of_range"
+        return None
+
+    def mangle(self, message: Outgoing) -> list[Outgoing]:
+        """The messages actually sent for ``message``: one, two, or a broken one."""
+        if self.rates.malformed and self.rng.random() < self.rates.malformed:
+            self.injected["malformed"] += 1
+            return [
+                Outgoing(
+                    message.topic,
+                    message.payload[: len(message.payload) // 2] + b"}{",
+                    0,
+                    "malformed",
+                )
+            ]
+        if self.rates.unknown_device and self.rng.random() < self.rates.unknown_device:
+            self.injected["unknown_device"] += 1
+            ghost = f"devices/ghost-{self.rng.randrange(10**6)}/telemetry"
+            return [Outgoing(ghost, message.payload, 0, "unknown_device")]
+        if self.rates.duplicate and self.rng.random() < self.rates.duplicate:
+            self.injected["duplicate"] += 1
+            return [message, Outgoing(message.topic, message.payload, 0, "duplicate")]
+        return [message]
