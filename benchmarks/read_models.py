@@ -27,17 +27,9 @@ from iotp.local_broker import free_port
 from iotp.migrate import migrate
 from iotp.names import TELEMETRY_EVENTS_STREAM
 from iotp.settings import Settings
+from read_models.rebuild import MODEL_TABLES
 
-READ_TABLES = (
-    "devices",
-    "device_activity",
-    "metric_stats",
-    "rollup_minute",
-    "rollup_hour",
-    "fleet_minute",
-    "tracking",
-    "applied_events",
-)
+READ_TABLES = (*MODEL_TABLES, "tracking")
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -96,6 +96,13 @@ _LIVENESS = """
          THEN 'online' ELSE 'offline' END
 """
 
+_FILTER = f"""
+    WHERE (%(status)s::text IS NULL OR d.status = %(status)s)
+      AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)
+      AND (%(search)s::text IS NULL OR d.name ILIKE %(search)s OR d.device_id ILIKE %(search)s)
+      AND (%(liveness)s::text IS NULL OR {_LIVENESS} = %(liveness)s)
+"""
+
 _LAST_VALUES = """
     COALESCE((SELECT jsonb_object_agg(s.metric, s.last_value)
               FROM read_models.metric_stats s WHERE s.device_id = d.device_id), '{}'::jsonb)
@@ -142,11 +149,7 @@ def list_devices(
                    {_LIVENESS} AS liveness, count(*) OVER () AS total
             FROM read_models.devices d
             LEFT JOIN read_models.device_activity a USING (device_id)
-            WHERE (%(status)s::text IS NULL OR d.status = %(status)s)
-              AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)
-              AND (%(search)s::text IS NULL OR d.name ILIKE %(search)s
-                   OR d.device_id ILIKE %(search)s)
-              AND (%(liveness)s::text IS NULL OR {_LIVENESS} = %(liveness)s)
+            {_FILTER}
             ORDER BY {order}
             LIMIT %(limit)s OFFSET %(offset)s
         )
@@ -184,11 +187,7 @@ def _count(
         f"""
         SELECT count(*) FROM read_models.devices d
         LEFT JOIN read_models.device_activity a USING (device_id)
-        WHERE (%(status)s::text IS NULL OR d.status = %(status)s)
-          AND (%(kind)s::text IS NULL OR d.kind = %(kind)s)
-          AND (%(search)s::text IS NULL OR d.name ILIKE %(search)s
-               OR d.device_id ILIKE %(search)s)
-          AND (%(liveness)s::text IS NULL OR {_LIVENESS} = %(liveness)s)
+        {_FILTER}
         """.encode(),  # noqa: S608
         params,
     ).fetchone()
