@@ -55,6 +55,59 @@ def main(
 
 
 @app.command()
+def up(
+    simulate: Annotated[
+        int | None, typer.Option(help="Also run a simulator with this many devices.")
+    ] = None,
+    api_port: Annotated[int | None, typer.Option(help="Command API port (8000).")] = None,
+    query_port: Annotated[int | None, typer.Option(help="Query API port (8001).")] = None,
+    dashboard_port: Annotated[int | None, typer.Option(help="Dashboard port (8501).")] = None,
+    state_dir: Annotated[
+        str | None, typer.Option(help="Data of embedded services (IOTP_STATE_DIR, .iotp).")
+    ] = None,
+    embedded: Annotated[
+        bool, typer.Option("--embedded", help="Start embedded services even if others answer.")
+    ] = False,
+) -> None:
+    """Run the whole platform (migrate, APIs, ingest, aggregators, dashboard), supervised."""
+    import threading
+    from pathlib import Path
+
+    from iotp import up as platform
+    from iotp.migrate import migrate as run_migrations
+
+    settings = _settings()
+    state = Path(state_dir or settings.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    ports = (
+        api_port or settings.api_port,
+        query_port or settings.query_port,
+        dashboard_port or settings.dashboard_port,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with _clear_errors(), platform.services(settings, state, embedded) as resolved:
+        for started in resolved.started:
+            typer.echo(f"started {started}")
+        token = platform.api_token(settings, state)
+        env = platform.child_env(settings, resolved, token, *ports)
+        run_migrations(
+            settings.model_copy(
+                update={"database_url": resolved.database_url, "read_database_url": None}
+            )
+        )
+        typer.echo(f"command API  http://127.0.0.1:{ports[0]}/docs")
+        typer.echo(f"query API    http://127.0.0.1:{ports[1]}/docs")
+        typer.echo(f"dashboard    http://127.0.0.1:{ports[2]}/")
+        typer.echo(f"API token    {token}")
+        typer.echo(f"MQTT         {resolved.mqtt_url} (topic devices/<id>/telemetry)")
+        typer.echo(f"logs         {state / 'logs'}  (Ctrl-C stops everything)")
+        platform.supervise(platform.children(*ports, simulate), env, state / "logs", stop)
+    typer.echo("stopped")
+
+
+@app.command()
 def migrate() -> None:
     """Create the database if needed and apply schema migrations (idempotent)."""
     from iotp.migrate import migrate as run_migrations

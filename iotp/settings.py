@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     dashboard_timezone: str = "UTC"
     dashboard_page_size: int = Field(default=50, ge=5, le=500)
 
+    state_dir: str = ".iotp"
+
     log_level: str = "INFO"
 
     def read_url(self) -> str:

