@@ -26,7 +26,9 @@ def _iotp_services() -> dict[str, dict[str, Any]]:
 def test_every_iotp_service_runs_a_real_iotp_command() -> None:
     commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
     services = _iotp_services()
-    assert {"migrate", "api"} <= set(services)
+    assert {"migrate", "api", "query-api", "ingest-a", "ingest-b", "aggregate", "dashboard"} <= set(
+        services
+    )
     for name, service in services.items():
         assert service["command"][0] in commands, name
 
@@ -56,3 +58,32 @@ def test_dockerfile_installs_the_package_with_its_entry_point() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install --no-cache-dir ." in dockerfile
     assert 'ENTRYPOINT ["iotp"]' in dockerfile
+
+
+def test_compose_ports_match_the_settings_defaults() -> None:
+    services = _compose()["services"]
+    defaults = Settings()
+    for name, port in (
+        ("api", defaults.api_port),
+        ("query-api", defaults.query_port),
+        ("dashboard", defaults.dashboard_port),
+    ):
+        assert f"{port}:{port}" in services[name]["ports"], name
+        assert str(port) in services[name]["command"], name
+        assert str(port) in " ".join(services[name]["healthcheck"]["test"]), name
+    assert str(defaults.ingest_metrics_port) in " ".join(
+        services["ingest-a"]["healthcheck"]["test"]
+    )
+
+
+def test_every_service_waits_for_what_it_needs() -> None:
+    services = _iotp_services()
+    for name, service in services.items():
+        if name == "migrate":
+            assert service["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+        else:
+            assert service["depends_on"]["migrate"]["condition"] == (
+                "service_completed_successfully"
+            ), name
+    instances = {s["command"][2] for n, s in services.items() if n.startswith("ingest-")}
+    assert len(instances) == 2, "each ingest process needs its own instance name"
