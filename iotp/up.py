@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import psycopg
 import redis
 
@@ -51,6 +52,7 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
+    needs: str | None = None  # an URL that must answer before this child starts
 
 
 def _answers_postgres(url: str) -> bool:
@@ -215,7 +217,7 @@ def supervise(found: list[Child], env: dict[str, str], logs: Path, stop: Any) ->
                     child.process = None
                     child.restarts += 1
                     child.next_start = now + delay
-                if child.process is None and now >= child.next_start:
+                if child.process is None and now >= child.next_start and _ready(child):
                     child.process = subprocess.Popen(  # noqa: S603 - our interpreter and CLI
                         [sys.executable, "-m", "iotp.cli", *child.args],
                         env=env,
@@ -226,6 +228,15 @@ def supervise(found: list[Child], env: dict[str, str], logs: Path, stop: Any) ->
             stop.wait(0.5)
     finally:
         shutdown(found)
+
+
+def _ready(child: Child) -> bool:
+    if child.needs is None:
+        return True
+    try:
+        return httpx.get(child.needs, timeout=1).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
 def shutdown(found: list[Child], grace: float = 15.0) -> None:
