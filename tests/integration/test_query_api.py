@@ -154,7 +154,7 @@ def test_fleet_summary(api: TestClient) -> None:
     assert (fleet["online"], fleet["offline"], fleet["never_seen"]) == (6, 1, 1)
     assert fleet["by_kind"] == {"thermostat": 8, "tracker": 1}
     assert fleet["breaching_devices"] == 1
-    assert len(fleet["readings_per_minute"]) >= 60
+    assert len(fleet["readings_per_minute"]) >= 55  # the seeded 90 minutes, cut to the last hour
     assert fleet["readings_per_minute"][-1][1] == 6 * 2 + 1
 
 
