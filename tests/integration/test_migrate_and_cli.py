@@ -17,7 +17,8 @@ import redis
 
 from iotp.events import from_fields
 from iotp.names import DEVICE_EVENTS_STREAM
-from tests.conftest import TEST_PG_SERVER, TEST_REDIS_URL, TEST_TOKEN, free_port, wait_for
+from tests import conftest
+from tests.conftest import TEST_TOKEN, free_port, wait_for
 from tests.integration.api_helpers import AUTH, THERMOSTAT
 
 IOTP = [sys.executable, "-m", "iotp.cli"]
@@ -39,8 +40,8 @@ def _env(**settings: str) -> dict[str, str]:
 def fresh_database() -> Iterator[str]:
     """The URL of a database that does not exist yet."""
     name = f"iotp_cli_{uuid.uuid4().hex[:10]}"
-    yield TEST_PG_SERVER.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(TEST_PG_SERVER, autocommit=True) as admin:
+    yield conftest.database_url_named(name)
+    with psycopg.connect(conftest.TEST_PG_SERVER, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -113,8 +114,9 @@ def test_api_refuses_to_start_without_a_real_token(database_url: str, token: str
 
 
 def test_api_refuses_to_start_on_an_unmigrated_database(fresh_database: str) -> None:
-    with psycopg.connect(TEST_PG_SERVER, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{fresh_database.rsplit("/", 1)[1]}"')
+    with psycopg.connect(conftest.TEST_PG_SERVER, autocommit=True) as admin:
+        name = psycopg.conninfo.conninfo_to_dict(fresh_database)["dbname"]
+        admin.execute(f'CREATE DATABASE "{name}"')
     result = _iotp("api", env=_env(database_url=fresh_database, api_token=TEST_TOKEN))
     assert result.returncode == 2
     assert "iotp migrate" in result.stderr
@@ -149,7 +151,7 @@ def test_dev_api_and_standalone_relay_serve_for_real(
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE devices, outbox, idempotency_keys")
     port = free_port()
-    env = _env(database_url=database_url, redis_url=TEST_REDIS_URL)
+    env = _env(database_url=database_url, redis_url=conftest.TEST_REDIS_URL)
     api = _serve(["api", "--dev", "--port", str(port), "--no-relay"], env)
     relay = _serve(["relay"], env)
     try:
