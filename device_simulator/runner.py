@@ -39,6 +39,7 @@ class SimulationConfig:
     seed: int = 42
     prefix: str = "sim"
     faults: FaultRates = field(default_factory=FaultRates)
+    protocol: str = "5"  # "3.1.1" for brokers without MQTT v5
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Connections:
         per_device: bool,
         count: int | None,
         qos: int,
+        protocol: str = "5",
     ) -> None:
         self.acked = 0
         self._lock = threading.Lock()
@@ -78,7 +80,7 @@ class Connections:
             client = mqtt.Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=f"iotp-sim-{identity.device_id}",
-                protocol=mqtt.MQTTv5,
+                protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
             )
             client.username_pw_set(identity.username, identity.password)
             client.max_inflight_messages_set(1000)
@@ -130,6 +132,7 @@ def run_simulation(
         config.connections is None,
         config.connections,
         config.qos,
+        config.protocol,
     )
     period = config.batch / config.rate
     started = time.monotonic()

@@ -68,6 +68,9 @@ def up(
     embedded: Annotated[
         bool, typer.Option("--embedded", help="Start embedded services even if others answer.")
     ] = False,
+    mqtt_broker: Annotated[
+        str, typer.Option(help="Embedded broker: auto (mosquitto if on PATH), mosquitto, amqtt.")
+    ] = "auto",
 ) -> None:
     """Run the whole platform (migrate, APIs, ingest, aggregators, dashboard), supervised."""
     import threading
@@ -87,7 +90,9 @@ def up(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with _clear_errors(), platform.services(settings, state, embedded) as resolved:
+    if mqtt_broker not in ("auto", "mosquitto", "amqtt"):
+        raise typer.BadParameter("--mqtt-broker must be auto, mosquitto or amqtt")
+    with _clear_errors(), platform.services(settings, state, embedded, mqtt_broker) as resolved:
         for started in resolved.started:
             typer.echo(f"started {started}")
         token = platform.api_token(settings, state)
@@ -335,6 +340,7 @@ def simulate(
         seed=seed,
         prefix=prefix,
         faults=rates,
+        protocol=settings.mqtt_protocol,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

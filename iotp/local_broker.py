@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,6 +74,60 @@ def local_mosquitto(data_dir: Path, extra: str = "") -> Iterator[LocalBroker]:
                     raise RuntimeError(f"mosquitto did not start: {errors!r}") from None
                 time.sleep(0.05)
         yield LocalBroker(f"mqtt://127.0.0.1:{port}", port, process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+AMQTT_CONFIG = """\
+listeners:
+  default:
+    type: tcp
+    bind: 127.0.0.1:{port}
+plugins:
+  # Clients must give a user name: amqtt keeps offline QoS 1 messages only for
+  # authenticated sessions, and ingest relies on its session keeping them.
+  amqtt.plugins.authentication.AnonymousAuthPlugin:
+    allow_anonymous: false
+"""
+
+
+@contextmanager
+def local_amqtt(data_dir: Path) -> Iterator[LocalBroker]:
+    """The pure-Python amqtt broker (MQTT 3.1.1 only, no shared subscriptions)."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "amqtt.yaml"
+    config.write_text(AMQTT_CONFIG.format(port=port))
+    log = (data_dir / "amqtt.log").open("ab")
+    process = subprocess.Popen(  # noqa: S603 - our interpreter, amqtt's own entry point
+        [
+            sys.executable,
+            "-c",
+            "from amqtt.scripts.broker_script import main; main()",
+            "-c",
+            str(config),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"amqtt did not start (log: {data_dir / 'amqtt.log'})"
+                    ) from None
+                time.sleep(0.1)
+        yield LocalBroker(f"mqtt://iotp:local@127.0.0.1:{port}", port, process.pid)
     finally:
         process.terminate()
         try:

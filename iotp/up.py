@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +29,7 @@ import psycopg
 import redis
 
 from iotp.errors import ConfigurationError, redact_url
-from iotp.local_broker import free_port, local_mosquitto
+from iotp.local_broker import free_port, local_amqtt, local_mosquitto
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.settings import Settings, token_problem
 
@@ -43,6 +44,7 @@ class Services:
     redis_url: str
     mqtt_url: str
     started: list[str] = field(default_factory=list)
+    reduced: bool = False  # amqtt: MQTT 3.1.1 without shared subscriptions
 
 
 @dataclass
@@ -83,7 +85,9 @@ def _answers_tcp(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def services(settings: Settings, state: Path, embedded: bool) -> Iterator[Services]:
+def services(
+    settings: Settings, state: Path, embedded: bool, broker: str = "auto"
+) -> Iterator[Services]:
     """The services to use, starting embedded ones where none is configured or answering."""
     configured = {
         name: f"IOTP_{name.upper()}" in os.environ
@@ -131,10 +135,18 @@ def services(settings: Settings, state: Path, embedded: bool) -> Iterator[Servic
                 "IOTP_MQTT_URL",
                 settings.mqtt_url,
             )
+        elif broker == "mosquitto" or (broker == "auto" and shutil.which("mosquitto")):
+            local = stack.enter_context(local_mosquitto(state / "mosquitto"))
+            resolved.mqtt_url = local.url
+            resolved.started.append(f"Mosquitto on port {local.port} (iotp/mosquitto.conf)")
         else:
-            broker = stack.enter_context(local_mosquitto(state / "mosquitto"))
-            resolved.mqtt_url = broker.url
-            resolved.started.append(f"Mosquitto on port {broker.port} (iotp/mosquitto.conf)")
+            local = stack.enter_context(local_amqtt(state / "amqtt"))
+            resolved.mqtt_url = local.url
+            resolved.reduced = True
+            resolved.started.append(
+                f"amqtt on port {local.port}: REDUCED MODE (no mosquitto on PATH): MQTT 3.1.1,"
+                " no shared subscription, one ingest process"
+            )
         yield resolved
 
 
@@ -272,6 +284,8 @@ def child_env(
         IOTP_QUERY_PORT=str(query_port),
         IOTP_DASHBOARD_PORT=str(dashboard_port),
     )
+    if resolved.reduced:
+        env.update(IOTP_MQTT_PROTOCOL="3.1.1", IOTP_INGEST_SHARED_SUBSCRIPTION="false")
     if settings.read_database_url is None:
         env.pop("IOTP_READ_DATABASE_URL", None)
     return env

