@@ -16,6 +16,9 @@ from psycopg.types.json import Jsonb
 from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated
 from read_models.projection import BucketDelta, Deltas, DeviceEvent
 
+# The upserts take their arrays as binary parameters (%b): psycopg dumps a list several
+# times faster in binary than as array text, and that dumping bounded the aggregator.
+
 # Taken shared by each aggregator batch and exclusively by `iotp rebuild`, which therefore
 # sees no batch half-applied and pauses the aggregators while it swaps the models in.
 REBUILD_LOCK_KEY = 0x10770004
@@ -25,9 +28,9 @@ Conn = psycopg.Connection[Any]
 _UPSERT_STATS = """
 INSERT INTO read_models.metric_stats AS t (device_id, metric, count, sum, min, min_ts, max,
     max_ts, first_ts, last_ts, last_value, last_out_of_range, breaches)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::int8[], %s::float8[], %s::float8[],
-    %s::timestamptz[], %s::float8[], %s::timestamptz[], %s::timestamptz[], %s::timestamptz[],
-    %s::float8[], %s::bool[], %s::int8[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::int8[], %b::float8[], %b::float8[],
+    %b::timestamptz[], %b::float8[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[],
+    %b::float8[], %b::bool[], %b::int8[])
 ON CONFLICT (device_id, metric) DO UPDATE SET
     count = t.count + excluded.count,
     sum = t.sum + excluded.sum,
@@ -50,8 +53,8 @@ ON CONFLICT (device_id, metric) DO UPDATE SET
 
 _UPSERT_ROLLUP = """
 INSERT INTO read_models.{table} AS t (device_id, metric, bucket, count, sum, min, max)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::int8[], %s::float8[],
-    %s::float8[], %s::float8[])
+SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::int8[], %b::float8[],
+    %b::float8[], %b::float8[])
 ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
     count = t.count + excluded.count,
     sum = t.sum + excluded.sum,
@@ -61,13 +64,13 @@ ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
 
 _UPSERT_FLEET = """
 INSERT INTO read_models.fleet_minute AS t (bucket, readings)
-SELECT * FROM unnest(%s::timestamptz[], %s::int8[])
+SELECT * FROM unnest(%b::timestamptz[], %b::int8[])
 ON CONFLICT (bucket) DO UPDATE SET readings = t.readings + excluded.readings
 """
 
 _UPSERT_ACTIVITY = """
 INSERT INTO read_models.device_activity AS t (device_id, last_seen, readings)
-SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::int8[])
+SELECT * FROM unnest(%b::text[], %b::timestamptz[], %b::int8[])
 ON CONFLICT (device_id) DO UPDATE SET
     last_seen = GREATEST(t.last_seen, excluded.last_seen),
     readings = t.readings + excluded.readings
@@ -135,7 +138,7 @@ def claim_events(conn: Conn, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     if not event_ids:
         return set()
     rows = conn.execute(
-        "INSERT INTO read_models.applied_events (event_id) SELECT unnest(%s::uuid[])"
+        "INSERT INTO read_models.applied_events (event_id) SELECT unnest(%b::uuid[])"
         " ON CONFLICT DO NOTHING RETURNING event_id",
         (event_ids,),
     ).fetchall()
