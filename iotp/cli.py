@@ -478,6 +478,22 @@ def bench_query(
     _print_report(report, as_json)
 
 
+@bench.command("freshness")
+def bench_freshness(
+    rate: Annotated[float, typer.Option(help="Readings per second, in all.")] = 2000,
+    seconds: Annotated[float, typer.Option(help="How long to publish.")] = 20,
+    devices: Annotated[int, typer.Option(help="Devices the readings spread over.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Publish-to-visible latency in the read models at a steady rate (p50/p95/p99/max)."""
+    from benchmarks.freshness import run_freshness_bench
+
+    settings = _settings()
+    with _clear_errors():
+        report = run_freshness_bench(settings, rate, seconds, devices)
+    _print_report(report, as_json)
+
+
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
     import orjson
 

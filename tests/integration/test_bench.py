@@ -33,3 +33,12 @@ def test_tiny_read_side_benches(settings: Settings) -> None:
     query = run_query_bench(settings, devices=50, days=1, requests=3)
     assert set(query["endpoints"]) >= {"GET /devices", "GET /fleet", "GET /pipeline"}
     assert all(v["p95_ms"] >= v["p50_ms"] > 0 for v in query["endpoints"].values())
+
+
+def test_tiny_freshness_bench_sees_every_reading(settings: Settings) -> None:
+    from benchmarks.freshness import run_freshness_bench
+
+    report = run_freshness_bench(settings, rate=50, seconds=2, devices=5)
+    assert report["readings_published"] >= 90
+    assert report["readings_seen"] == report["readings_published"]
+    assert 0 < report["p50_ms"] <= report["p95_ms"] <= report["p99_ms"] <= report["max_ms"]

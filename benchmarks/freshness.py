@@ -1,0 +1,171 @@
+"""`iotp bench freshness`: time from publish to the reading being visible in the read models."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+import redis
+from paho.mqtt.enums import CallbackAPIVersion
+
+from benchmarks.ingest import INSTANCE, IngestChild, bench_settings
+from iotp.local_broker import local_mosquitto
+from iotp.migrate import migrate
+from iotp.mqtt_url import parse_mqtt_url
+from iotp.names import telemetry_topic
+from iotp.settings import Settings
+from read_models.rebuild import MODEL_TABLES
+
+POLL_SECONDS = 0.01
+
+
+def _prepare(settings: Settings, devices: list[str]) -> None:
+    migrate(settings)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE devices, outbox, idempotency_keys, telemetry, ingest_ledger")
+        conn.execute(
+            "TRUNCATE " + ", ".join(f"read_models.{t}" for t in (*MODEL_TABLES, "tracking"))
+        )
+    redis.Redis.from_url(settings.redis_url).flushdb()
+    asyncio.run(_register(settings, devices))
+
+
+async def _register(settings: Settings, devices: list[str]) -> None:
+    from command_api.handlers import register_device
+    from command_api.unit_of_work import PostgresUnitOfWork
+    from iotp.commands import RegisterDevice
+    from iotp.db import open_pool
+
+    pool = await open_pool(settings.database_url, max_size=2)
+    try:
+        for device_id in devices:
+            cmd = RegisterDevice.model_validate(
+                {"device_id": device_id, "name": device_id, "kind": "counter"}
+            )
+            await register_device(cmd, PostgresUnitOfWork(pool), b"bench")
+    finally:
+        await pool.close()
+
+
+def run_freshness_bench(
+    settings: Settings, rate: float, seconds: float, devices: int
+) -> dict[str, Any]:
+    """Publish ``rate`` readings/s for ``seconds``; poll the read models for each one."""
+    settings = bench_settings(settings)
+    ids = [f"fresh-{n:04d}" for n in range(devices)]
+    _prepare(settings, ids)
+    published: dict[tuple[str, int], float] = {}
+    seen: dict[tuple[str, int], float] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
+        local_mosquitto(Path(tmp) / "broker") as broker,
+    ):
+        ingest = IngestChild(settings, broker.url, Path(tmp) / "ingest.log")
+        ingest.wait_subscribed()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
+        env.update(
+            IOTP_DATABASE_URL=settings.database_url,
+            IOTP_REDIS_URL=settings.redis_url,
+            IOTP_AGGREGATOR_INSTANCE=INSTANCE,
+            IOTP_AGGREGATOR_BLOCK_MS="20",
+        )
+        aggregator = subprocess.Popen(
+            [sys.executable, "-m", "iotp.cli", "aggregate"],
+            env=env,
+            stdout=(Path(tmp) / "aggregate.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        done = threading.Event()
+        poller = threading.Thread(target=_poll, args=(settings, published, seen, done))
+        poller.start()
+        try:
+            sent, elapsed = _publish(broker.url, ids, rate, seconds, published)
+            deadline = time.monotonic() + 30
+            while len(seen) < len(published) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            done.set()
+            poller.join()
+            aggregator.send_signal(signal.SIGTERM)
+            aggregator.wait(timeout=30)
+            ingest.stop()
+    latencies = sorted((seen[key] - published[key]) * 1000 for key in seen if key in published)
+
+    def pct(q: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
+
+    return {
+        "rate_asked": rate,
+        "rate_published": round(sent / elapsed, 1),
+        "readings_published": sent,
+        "readings_seen": len(latencies),
+        "p50_ms": pct(0.50) if latencies else None,
+        "p95_ms": pct(0.95) if latencies else None,
+        "p99_ms": pct(0.99) if latencies else None,
+        "max_ms": round(latencies[-1], 1) if latencies else None,
+        "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None,
+        "poll_interval_ms": POLL_SECONDS * 1000,
+    }
+
+
+def _publish(
+    url: str, ids: list[str], rate: float, seconds: float, published: dict[tuple[str, int], float]
+) -> tuple[int, float]:
+    broker = parse_mqtt_url(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    counters = dict.fromkeys(ids, 0)
+    started = time.monotonic()
+    sent = 0
+    while (now := time.monotonic()) - started < seconds:
+        due = int((now - started) * rate) + 1
+        while sent < due:
+            device = ids[sent % len(ids)]
+            counters[device] += 1
+            seq = counters[device]
+            published[(device, seq)] = time.time()
+            payload = orjson.dumps(
+                {"ts": int(time.time() * 1000) * 1000 // 1000, "metrics": {"seq": seq}}
+            )
+            client.publish(telemetry_topic(device), payload, qos=1)
+            sent += 1
+        time.sleep(0.001)
+    elapsed = time.monotonic() - started
+    client.disconnect()
+    client.loop_stop()
+    return sent, elapsed
+
+
+def _poll(
+    settings: Settings,
+    published: dict[tuple[str, int], float],
+    seen: dict[tuple[str, int], float],
+    done: threading.Event,
+) -> None:
+    last: dict[str, int] = {}
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        while not done.is_set():
+            rows = conn.execute(
+                "SELECT device_id, max::int8 FROM read_models.metric_stats WHERE metric = 'seq'"
+            ).fetchall()
+            now = time.time()
+            for device, highest in rows:
+                for seq in range(last.get(device, 0) + 1, highest + 1):
+                    if (device, seq) in published:
+                        seen[(device, seq)] = now
+                last[device] = max(last.get(device, 0), highest)
+            time.sleep(POLL_SECONDS)
