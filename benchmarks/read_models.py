@@ -334,3 +334,45 @@ def _time_pages(settings: Settings, shown: str, requests: int) -> dict[str, Any]
                 "p95_ms": round(timings[int(0.95 * (len(timings) - 1))], 2),
             }
     return results
+
+
+def run_rebuild_bench(settings: Settings, devices: int, rows_per_device: int) -> dict[str, Any]:
+    """Rows of the write store recomputed into the read models per second by `iotp rebuild`."""
+    from benchmarks.freshness import _prepare
+    from read_models.rebuild import rebuild
+
+    settings = bench_settings(settings)
+    ids = [f"rebuild-{n:05d}" for n in range(devices)]
+    _prepare(settings, ids)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
+    with psycopg.connect(settings.database_url) as conn:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY telemetry (device_id, ts, metric, value, received_at) FROM STDIN"
+            ) as copy,
+        ):
+            for device in ids:
+                for n in range(rows_per_device // 3):
+                    ts = start + timedelta(seconds=10 * n)
+                    for metric, value in (
+                        ("temperature", 20 + n % 9),
+                        ("humidity", 40 + n % 5),
+                        ("battery", 90.0),
+                    ):
+                        copy.write_row((device, ts, metric, value, ts))
+        conn.commit()
+        row = conn.execute("SELECT count(*) FROM telemetry").fetchone()
+        rows = int(row[0]) if row else 0
+    started = time.perf_counter()
+    report = rebuild(settings)
+    seconds = time.perf_counter() - started
+    return {
+        "devices": devices,
+        "rows": rows,
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(rows / seconds, 1),
+        "metric_series": report.metric_series,
+        "minute_buckets": report.minute_buckets,
+        "hour_buckets": report.hour_buckets,
+    }

@@ -494,6 +494,21 @@ def bench_freshness(
     _print_report(report, as_json)
 
 
+@bench.command("rebuild")
+def bench_rebuild(
+    devices: Annotated[int, typer.Option(help="Devices in the write store.")] = 200,
+    rows: Annotated[int, typer.Option(help="Telemetry rows per device.")] = 3000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Rows/s `iotp rebuild` recomputes from the write store into the read models."""
+    from benchmarks.read_models import run_rebuild_bench
+
+    settings = _settings()
+    with _clear_errors():
+        report = run_rebuild_bench(settings, devices, rows)
+    _print_report(report, as_json)
+
+
 def _print_report(report: dict[str, Any], as_json: bool) -> None:
     import orjson
 

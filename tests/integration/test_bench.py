@@ -42,3 +42,11 @@ def test_tiny_freshness_bench_sees_every_reading(settings: Settings) -> None:
     assert report["readings_published"] >= 90
     assert report["readings_seen"] == report["readings_published"]
     assert 0 < report["p50_ms"] <= report["p95_ms"] <= report["p99_ms"] <= report["max_ms"]
+
+
+def test_tiny_rebuild_bench_rebuilds_every_row(settings: Settings) -> None:
+    from benchmarks.read_models import run_rebuild_bench
+
+    report = run_rebuild_bench(settings, devices=3, rows_per_device=30)
+    assert report["rows"] == 90
+    assert report["metric_series"] == 9 and report["rows_per_s"] > 0
