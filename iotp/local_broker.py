@@ -59,28 +59,9 @@ def local_mosquitto(data_dir: Path, extra: str = "") -> Iterator[LocalBroker]:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "mosquitto.conf"
     config.write_text(mosquitto_config(port, data_dir, extra))
-    process = subprocess.Popen(  # noqa: S603 - our own binary path and config file
-        [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    errors = process.stderr.read() if process.stderr else b""
-                    raise RuntimeError(f"mosquitto did not start: {errors!r}") from None
-                time.sleep(0.05)
-        yield LocalBroker(f"mqtt://127.0.0.1:{port}", port, process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    command = [binary, "-c", str(config)]
+    with _serving(command, port, data_dir / "mosquitto.stderr", "mosquitto", 10) as pid:
+        yield LocalBroker(f"mqtt://127.0.0.1:{port}", port, pid)
 
 
 AMQTT_CONFIG = """\
@@ -103,31 +84,37 @@ def local_amqtt(data_dir: Path) -> Iterator[LocalBroker]:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "amqtt.yaml"
     config.write_text(AMQTT_CONFIG.format(port=port))
-    log = (data_dir / "amqtt.log").open("ab")
-    process = subprocess.Popen(  # noqa: S603 - our interpreter, amqtt's own entry point
-        [
-            sys.executable,
-            "-c",
-            "from amqtt.scripts.broker_script import main; main()",
-            "-c",
-            str(config),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [
+        sys.executable,
+        "-c",
+        "from amqtt.scripts.broker_script import main; main()",
+        "-c",
+        str(config),
+    ]
+    with _serving(command, port, data_dir / "amqtt.log", "amqtt", 20) as pid:
+        yield LocalBroker(f"mqtt://iotp:local@127.0.0.1:{port}", port, pid)
+
+
+@contextmanager
+def _serving(
+    command: list[str], port: int, log: Path, name: str, start_timeout: float
+) -> Iterator[int]:
+    """Run a broker until the block ends: wait for it to listen, then stop it."""
+    with log.open("ab") as output:
+        process = subprocess.Popen(  # noqa: S603 - our own binaries and config files
+            command, stdout=output, stderr=subprocess.STDOUT
+        )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"amqtt did not start (log: {data_dir / 'amqtt.log'})"
-                    ) from None
-                time.sleep(0.1)
-        yield LocalBroker(f"mqtt://iotp:local@127.0.0.1:{port}", port, process.pid)
+                    raise RuntimeError(f"{name} did not start (log: {log})") from None
+                time.sleep(0.05)
+        yield process.pid
     finally:
         process.terminate()
         try:
