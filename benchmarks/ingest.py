@@ -30,7 +30,11 @@ from benchmarks.processes import CpuMeter, peak_rss_mb
 from benchmarks.workload import DECLARED, Workload, combine, publish_all, start_publishers
 from iotp.local_broker import local_mosquitto
 from iotp.migrate import migrate
-from iotp.names import TELEMETRY_DEADLETTER_STREAM, TELEMETRY_EVENTS_STREAM
+from iotp.names import (
+    INGEST_STATS_KEY_PREFIX,
+    TELEMETRY_DEADLETTER_STREAM,
+    TELEMETRY_EVENTS_STREAM,
+)
 from iotp.settings import Settings
 
 BENCH_DATABASE = "iotp_bench"
@@ -109,7 +113,7 @@ def _reset(settings: Settings) -> None:
         conn.execute("TRUNCATE telemetry, ingest_ledger")
     client = redis.Redis.from_url(settings.redis_url)
     client.delete(TELEMETRY_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM)
-    for key in client.scan_iter("iotp:ingest:stats:*"):
+    for key in client.scan_iter(f"{INGEST_STATS_KEY_PREFIX}*"):
         client.delete(key)
 
 

@@ -25,6 +25,7 @@ from command_api.schemas import (
 )
 from command_api.unit_of_work import PostgresUnitOfWork
 from iotp.commands import DecommissionDevice, RegisterDevice, RotateCredentials, UpdateDevice
+from iotp.errors import first_line
 from iotp.model import DEVICE_ID_PATTERN
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -138,20 +139,15 @@ async def healthz(request: Request, response: Response) -> HealthOut:
             row = await cur.fetchone()
             backlog = row["n"] if row else None
     except Exception as exc:  # any failure here is the answer, not an error
-        database = ServiceHealth(reachable=False, error=_first_line(exc))
+        database = ServiceHealth(reachable=False, error=first_line(exc))
     cache = ServiceHealth(reachable=True)
     try:
         await state.redis.ping()
     except (redis.RedisError, OSError) as exc:
-        cache = ServiceHealth(reachable=False, error=_first_line(exc))
+        cache = ServiceHealth(reachable=False, error=first_line(exc))
     ok = database.reachable and cache.reachable
     if not ok:
         response.status_code = 503
     return HealthOut(
         status="ok" if ok else "degraded", database=database, redis=cache, outbox_backlog=backlog
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

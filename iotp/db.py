@@ -8,7 +8,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from iotp.errors import ServiceUnavailable, redact_url
+from iotp.errors import ServiceUnavailable, first_line, redact_url
 
 DATABASE_SETTING = "IOTP_DATABASE_URL"
 
@@ -18,7 +18,7 @@ def connect(url: str, *, setting: str = DATABASE_SETTING, **kwargs: Any) -> psyc
     try:
         return psycopg.connect(url, connect_timeout=5, **kwargs)
     except psycopg.OperationalError as exc:
-        raise ServiceUnavailable("PostgreSQL", setting, redact_url(url), _first_line(exc)) from exc
+        raise ServiceUnavailable("PostgreSQL", setting, redact_url(url), first_line(exc)) from exc
 
 
 async def open_pool(
@@ -38,16 +38,11 @@ async def open_pool(
         await pool.open(wait=True, timeout=10)
     except Exception as exc:
         await pool.close()
-        reason = _first_line(exc)
+        reason = first_line(exc)
         try:  # the pool's timeout hides why; one direct attempt says it
             conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
             await conn.close()
         except psycopg.OperationalError as direct:
-            reason = _first_line(direct)
+            reason = first_line(direct)
         raise ServiceUnavailable("PostgreSQL", setting, redact_url(url), reason) from exc
     return pool
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]

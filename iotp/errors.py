@@ -17,6 +17,12 @@ class ServiceUnavailable(Exception):
         super().__init__(f"cannot reach {service} at {address} (from {setting}): {reason.strip()}")
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (or its type), for one-line reports."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
 def redact_url(url: str) -> str:
     """``url`` without its password, for messages and logs."""
     parts = urlsplit(url)

@@ -12,11 +12,10 @@ from rich.table import Table
 from iotp.db import connect
 from iotp.names import (
     DEVICE_EVENTS_STREAM,
-    INGEST_STATS_KEY_PREFIX,
     TELEMETRY_DEADLETTER_STREAM,
     TELEMETRY_EVENTS_STREAM,
 )
-from iotp.redis_client import redis_unavailable
+from iotp.redis_client import ingest_stats, redis_unavailable
 from iotp.settings import Settings
 
 STREAMS = (DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM)
@@ -27,12 +26,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         settings.redis_url, socket_connect_timeout=5, decode_responses=True
     )
     try:
-        ingest = {}
-        for key in client.scan_iter(match=f"{INGEST_STATS_KEY_PREFIX}*", count=100):
-            values: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
-            ingest[key.removeprefix(INGEST_STATS_KEY_PREFIX)] = {
-                k: float(v) if "." in v else int(v) for k, v in values.items()
-            }
+        ingest = ingest_stats(client)
         streams = {name: client.xlen(name) for name in STREAMS}
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise redis_unavailable(settings.redis_url, exc) from exc

@@ -20,8 +20,9 @@ import redis
 
 from iotp.events import AnyEvent, UndecodableEvent, from_fields
 from iotp.names import DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
+from iotp.redis_client import text
 from read_models import store
-from read_models.projection import Deltas
+from read_models.projection import fold
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class Aggregator:
                 count=self.options.batch_size,
             )
             cursor = result[0].decode() if isinstance(result[0], bytes) else result[0]
-            entries += [(_text(i), f) for i, f in result[1]]
+            entries += [(text(i), f) for i, f in result[1]]
             for deleted in result[2] if len(result) > 2 else []:
                 self.client.xack(stream, self.options.group, deleted)
             if cursor == "0-0" or len(entries) >= self.options.batch_size:
@@ -182,7 +183,7 @@ class Aggregator:
                 store.lock_for_batch(conn)
                 new = store.claim_events(conn, [e.event_id for e in events])
                 fresh = [e for e in events if e.event_id in new]
-                store.apply_deltas(conn, _fold(fresh))
+                store.apply_deltas(conn, fold(fresh))
                 for stream, entries in batch.items():
                     if entries:
                         last = max((e for e, _ in entries), key=store.split_id)
@@ -197,19 +198,8 @@ class Aggregator:
         return BatchOutcome(total, len(fresh), total - len(fresh))
 
 
-def _fold(events: list[AnyEvent]) -> Deltas:
-    deltas = Deltas()
-    for event in events:
-        deltas.add(event)
-    return deltas
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _by_stream(response: Any) -> dict[str, list[Entry]]:
     batch: dict[str, list[Entry]] = {}
     for stream, entries in response or ():
-        batch[_text(stream)] = [(_text(i), f or None) for i, f in entries]
+        batch[text(stream)] = [(text(i), f or None) for i, f in entries]
     return batch

@@ -8,7 +8,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel
 
-from iotp.names import INGEST_STATS_KEY_PREFIX, RELAY_STATS_KEY, TELEMETRY_DEADLETTER_STREAM
+from iotp.names import RELAY_STATS_KEY, TELEMETRY_DEADLETTER_STREAM
+from iotp.redis_client import ingest_stats, text
 from read_models import queries
 from read_models.consumer import STREAMS
 
@@ -49,7 +50,7 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
         except redis.ResponseError:
             infos = []  # the stream does not exist yet
         for info in infos:
-            name = _text(info["name"])
+            name = text(info["name"])
             track = tracked.get((stream, name))
             last_event_at = track["last_event_at"] if track else None
             groups.append(
@@ -59,7 +60,7 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
                     consumers=int(info["consumers"]),
                     pending=int(info["pending"]),
                     lag=None if info.get("lag") is None else int(info["lag"]),
-                    last_delivered_id=_text(info["last-delivered-id"]),
+                    last_delivered_id=text(info["last-delivered-id"]),
                     last_applied_id=track["last_applied_id"] if track else None,
                     last_event_at=last_event_at,
                     newest_event_age_seconds=(
@@ -67,12 +68,7 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
                     ),
                 )
             )
-    ingest: dict[str, dict[str, float]] = {}
-    for key in client.scan_iter(match=f"{INGEST_STATS_KEY_PREFIX}*", count=100):
-        values: Any = client.hgetall(key)
-        ingest[_text(key).removeprefix(INGEST_STATS_KEY_PREFIX)] = {
-            _text(k): float(v) for k, v in values.items()
-        }
+    ingest = ingest_stats(client)
     latest: Any = client.xrevrange(TELEMETRY_DEADLETTER_STREAM, count=LATEST_DEADLETTERS)
     backlog: Any = client.hget(RELAY_STATS_KEY, "outbox_backlog")
     return PipelineHealth(
@@ -81,11 +77,7 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
         ingest=ingest,
         deadletters=lengths[TELEMETRY_DEADLETTER_STREAM],
         latest_deadletters=[
-            {"id": _text(i), **{_text(k): _text(v) for k, v in f.items()}} for i, f in latest
+            {"id": text(i), **{text(k): text(v) for k, v in f.items()}} for i, f in latest
         ],
         outbox_backlog=None if backlog is None else int(backlog),
     )
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)

@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 
 from iotp.db import connect
 from iotp.events import AnyEvent, TelemetryRecorded, UndecodableEvent, from_fields
+from iotp.redis_client import text
 from iotp.settings import Settings
 from read_models import store
 from read_models.consumer import AGGREGATOR_GROUP, STREAMS, ensure_groups
@@ -236,14 +237,14 @@ def _hand_over(
 def _oldest_redeliverable(client: redis.Redis, stream: str) -> str:
     """The first entry the aggregators' group may still be given (pending or undelivered)."""
     groups: Any = client.xinfo_groups(stream)
-    group = next((g for g in groups if _text(g["name"]) == AGGREGATOR_GROUP), None)
+    group = next((g for g in groups if text(g["name"]) == AGGREGATOR_GROUP), None)
     if group is None:
         return "0-0"
-    start = store.split_id(_text(group["last-delivered-id"]))
+    start = store.split_id(text(group["last-delivered-id"]))
     start = (start[0], start[1] + 1)
     pending: Any = client.xpending(stream, AGGREGATOR_GROUP)
     if pending and pending.get("min"):
-        start = min(start, store.split_id(_text(pending["min"])))
+        start = min(start, store.split_id(text(pending["min"])))
     return f"{start[0]}-{start[1]}"
 
 
@@ -255,10 +256,10 @@ def _events(client: redis.Redis, stream: str, start: str) -> Iterator[tuple[str,
             return
         for entry_id, fields in entries:
             try:
-                yield _text(entry_id), from_fields(fields)
+                yield text(entry_id), from_fields(fields)
             except UndecodableEvent as exc:
-                logger.error("skipping undecodable entry %s: %s", _text(entry_id), exc)
-        last = store.split_id(_text(entries[-1][0]))
+                logger.error("skipping undecodable entry %s: %s", text(entry_id), exc)
+        last = store.split_id(text(entries[-1][0]))
         cursor = f"{last[0]}-{last[1] + 1}"
 
 
@@ -279,7 +280,3 @@ def _present(write: psycopg.Connection[Any], events: list[TelemetryRecorded]) ->
         ),
     ).fetchall()
     return {keyed[i][0].event_id for (i,) in rows}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
