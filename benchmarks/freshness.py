@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import statistics
 import subprocess
@@ -17,46 +15,16 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 import psycopg
-import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.ingest import INSTANCE, IngestChild, bench_settings
+from benchmarks.stores import child_env, register, reset
 from iotp.local_broker import local_mosquitto
-from iotp.migrate import migrate
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import telemetry_topic
 from iotp.settings import Settings
-from read_models.rebuild import MODEL_TABLES
 
 POLL_SECONDS = 0.01
-
-
-def _prepare(settings: Settings, devices: list[str]) -> None:
-    migrate(settings)
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE devices, outbox, idempotency_keys, telemetry, ingest_ledger")
-        conn.execute(
-            "TRUNCATE " + ", ".join(f"read_models.{t}" for t in (*MODEL_TABLES, "tracking"))
-        )
-    redis.Redis.from_url(settings.redis_url).flushdb()
-    asyncio.run(_register(settings, devices))
-
-
-async def _register(settings: Settings, devices: list[str]) -> None:
-    from command_api.handlers import register_device
-    from command_api.unit_of_work import PostgresUnitOfWork
-    from iotp.commands import RegisterDevice
-    from iotp.db import open_pool
-
-    pool = await open_pool(settings.database_url, max_size=2)
-    try:
-        for device_id in devices:
-            cmd = RegisterDevice.model_validate(
-                {"device_id": device_id, "name": device_id, "kind": "counter"}
-            )
-            await register_device(cmd, PostgresUnitOfWork(pool), b"bench")
-    finally:
-        await pool.close()
 
 
 def run_freshness_bench(
@@ -65,7 +33,8 @@ def run_freshness_bench(
     """Publish ``rate`` readings/s for ``seconds``; poll the read models for each one."""
     settings = bench_settings(settings)
     ids = [f"fresh-{n:04d}" for n in range(devices)]
-    _prepare(settings, ids)
+    reset(settings)
+    register(settings, ids, "counter", [])
     published: dict[tuple[str, int], float] = {}
     seen: dict[tuple[str, int], float] = {}
     with (
@@ -74,13 +43,7 @@ def run_freshness_bench(
     ):
         ingest = IngestChild(settings, broker.url, Path(tmp) / "ingest.log")
         ingest.wait_subscribed()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
-        env.update(
-            IOTP_DATABASE_URL=settings.database_url,
-            IOTP_REDIS_URL=settings.redis_url,
-            IOTP_AGGREGATOR_INSTANCE=INSTANCE,
-            IOTP_AGGREGATOR_BLOCK_MS="20",
-        )
+        env = child_env(settings, aggregator_instance=INSTANCE, aggregator_block_ms="20")
         aggregator = subprocess.Popen(
             [sys.executable, "-m", "iotp.cli", "aggregate"],
             env=env,

@@ -9,7 +9,6 @@ Two ways of running, each for one-reading and batched messages:
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -27,9 +26,9 @@ import redis
 from pydantic import SecretStr
 
 from benchmarks.processes import CpuMeter, peak_rss_mb
+from benchmarks.stores import BENCH_TOKEN, child_env, register, reset
 from benchmarks.workload import DECLARED, Workload, combine, publish_all, start_publishers
 from iotp.local_broker import local_mosquitto
-from iotp.migrate import migrate
 from iotp.names import (
     INGEST_STATS_KEY_PREFIX,
     TELEMETRY_DEADLETTER_STREAM,
@@ -40,7 +39,6 @@ from iotp.settings import Settings
 BENCH_DATABASE = "iotp_bench"
 BENCH_REDIS_DB = 14
 INSTANCE = "bench"
-BENCH_TOKEN = "bench-token-not-for-production"  # noqa: S105 - a throw-away local database
 
 
 @dataclass
@@ -78,34 +76,9 @@ def bench_settings(settings: Settings) -> Settings:
 
 
 def prepare(settings: Settings, workload: Workload) -> None:
-    """Migrate, empty, and register the workload's devices through the command handlers."""
-    migrate(settings)
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE devices, outbox, idempotency_keys, telemetry, ingest_ledger")
-    redis.Redis.from_url(settings.redis_url).flushdb()
-    asyncio.run(_register(settings, workload))
-
-
-async def _register(settings: Settings, workload: Workload) -> None:
-    from command_api.handlers import register_device
-    from command_api.unit_of_work import PostgresUnitOfWork
-    from iotp.commands import RegisterDevice
-    from iotp.db import open_pool
-
-    pool = await open_pool(settings.database_url, max_size=4)
-    try:
-        for device_id in workload.device_ids():
-            cmd = RegisterDevice.model_validate(
-                {
-                    "device_id": device_id,
-                    "name": device_id,
-                    "kind": "thermostat",
-                    "metrics": DECLARED,
-                }
-            )
-            await register_device(cmd, PostgresUnitOfWork(pool), b"bench")
-    finally:
-        await pool.close()
+    """Empty the bench's stores and register the workload's devices."""
+    reset(settings)
+    register(settings, workload.device_ids(), "thermostat", DECLARED)
 
 
 def _reset(settings: Settings) -> None:
@@ -119,15 +92,13 @@ def _reset(settings: Settings) -> None:
 
 class IngestChild:
     def __init__(self, settings: Settings, mqtt_url: str, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
-        env.update(
-            IOTP_DATABASE_URL=settings.database_url,
-            IOTP_REDIS_URL=settings.redis_url,
-            IOTP_MQTT_URL=mqtt_url,
-            IOTP_INGEST_INSTANCE=INSTANCE,
-            IOTP_INGEST_METRICS_PORT="0",
+        env = child_env(
+            settings,
+            mqtt_url=mqtt_url,
+            ingest_instance=INSTANCE,
+            ingest_metrics_port="0",
+            log_level=os.environ.get("IOTP_BENCH_INGEST_LOG_LEVEL", "INFO"),
         )
-        env["IOTP_LOG_LEVEL"] = os.environ.get("IOTP_BENCH_INGEST_LOG_LEVEL", "INFO")
         self.log = log
         handle = log.open("ab")
         self.before = log.read_text().count("subscribed to")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
 import subprocess
@@ -19,35 +18,14 @@ import psutil
 import psycopg
 import redis
 
-from benchmarks.ingest import BENCH_TOKEN, bench_settings
+from benchmarks.ingest import bench_settings
 from benchmarks.processes import CpuMeter, peak_rss_mb
+from benchmarks.stores import BENCH_TOKEN, child_env, register, reset
 from ingest.publisher import StreamPublisher
 from iotp.events import telemetry_recorded_fields
 from iotp.local_broker import free_port
-from iotp.migrate import migrate
 from iotp.names import TELEMETRY_EVENTS_STREAM
 from iotp.settings import Settings
-from read_models.rebuild import MODEL_TABLES
-
-READ_TABLES = (*MODEL_TABLES, "tracking")
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
-    env.update(
-        IOTP_DATABASE_URL=settings.database_url,
-        IOTP_REDIS_URL=settings.redis_url,
-        IOTP_API_TOKEN=BENCH_TOKEN,
-    )
-    env.update({f"IOTP_{k.upper()}": v for k, v in extra.items()})
-    return env
-
-
-def _reset_read_store(settings: Settings) -> None:
-    migrate(settings)
-    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(f"read_models.{t}" for t in READ_TABLES))
-    redis.Redis.from_url(settings.redis_url).flushdb()
 
 
 def run_aggregate_bench(
@@ -55,7 +33,7 @@ def run_aggregate_bench(
 ) -> dict[str, Any]:
     """Fill the telemetry stream with ``events`` events, then time one aggregator on it."""
     settings = bench_settings(settings)
-    _reset_read_store(settings)
+    reset(settings)
     client = redis.Redis.from_url(settings.redis_url)
     publisher = StreamPublisher(client, 10 * events, 1000)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
@@ -78,7 +56,7 @@ def run_aggregate_bench(
         log = Path(tmp) / "aggregate.log"
         process = subprocess.Popen(
             [sys.executable, "-m", "iotp.cli", "aggregate"],
-            env=_env(settings),
+            env=child_env(settings),
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
@@ -123,7 +101,7 @@ def run_aggregate_bench(
 
 def seed_query_store(settings: Settings, devices: int, days: int) -> str:
     """``devices`` devices with stats, and ``days`` of minute rollups for one of them."""
-    _reset_read_store(settings)
+    reset(settings)
     shown = "bench-00000"
     with psycopg.connect(settings.read_url(), autocommit=True) as conn:
         conn.execute(
@@ -247,7 +225,7 @@ def run_query_bench(settings: Settings, devices: int, days: int, requests: int) 
         log = Path(tmp) / "query.log"
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and command
             [sys.executable, "-m", "iotp.cli", "query-api", "--port", str(port)],
-            env=_env(settings, log_level="WARNING"),
+            env=child_env(settings, log_level="WARNING"),
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
@@ -338,12 +316,12 @@ def _time_pages(settings: Settings, shown: str, requests: int) -> dict[str, Any]
 
 def run_rebuild_bench(settings: Settings, devices: int, rows_per_device: int) -> dict[str, Any]:
     """Rows of the write store recomputed into the read models per second by `iotp rebuild`."""
-    from benchmarks.freshness import _prepare
     from read_models.rebuild import rebuild
 
     settings = bench_settings(settings)
     ids = [f"rebuild-{n:05d}" for n in range(devices)]
-    _prepare(settings, ids)
+    reset(settings)
+    register(settings, ids, "counter", [])
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
     with psycopg.connect(settings.database_url) as conn:
         with (
