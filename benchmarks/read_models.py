@@ -284,7 +284,7 @@ def _time_pages(settings: Settings, shown: str, requests: int) -> dict[str, Any]
     def fleet(conn: queries.Conn) -> None:
         queries.fleet(conn, rule)
         pipeline_health(conn, client)
-        queries.fleet(conn, rule)  # the kind filter's choices
+        queries.kinds(conn)  # the kind filter's choices
         queries.list_devices(conn, rule, sort="name", limit=settings.dashboard_page_size)
 
     def device(conn: queries.Conn, span: timedelta, bucket: str) -> None:

@@ -288,6 +288,14 @@ def fleet(conn: Conn, rule: LivenessRule) -> FleetSummary:
     )
 
 
+def kinds(conn: Conn) -> list[str]:
+    """The device kinds in the directory, for a filter's choices."""
+    rows = conn.execute(
+        "SELECT DISTINCT kind FROM read_models.devices WHERE kind IS NOT NULL ORDER BY kind"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 def tracking(conn: Conn) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(

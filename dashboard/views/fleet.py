@@ -64,8 +64,7 @@ status = filters[1].selectbox("Status", ["all", "active", "decommissioned"], key
 liveness = filters[2].selectbox(
     "Liveness", ["all", "online", "offline", "never_seen"], key="liveness"
 )
-kinds = read(queries.fleet, rule)
-kind = filters[3].selectbox("Kind", ["all", *(sorted(kinds.by_kind) if kinds else [])], key="kind")
+kind = filters[3].selectbox("Kind", ["all", *(read(queries.kinds) or [])], key="kind")
 sort = filters[4].selectbox("Sort by", sorted(queries.SORTABLE), index=1, key="sort")
 page_size = settings().dashboard_page_size
 page = read(
