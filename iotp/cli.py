@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -73,7 +74,6 @@ def up(
     ] = "auto",
 ) -> None:
     """Run the whole platform (migrate, APIs, ingest, aggregators, dashboard), supervised."""
-    import threading
     from pathlib import Path
 
     from iotp import up as platform
@@ -87,9 +87,7 @@ def up(
         query_port or settings.query_port,
         dashboard_port or settings.dashboard_port,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     if mqtt_broker not in ("auto", "mosquitto", "amqtt"):
         raise typer.BadParameter("--mqtt-broker must be auto, mosquitto or amqtt")
     with _clear_errors(), platform.services(settings, state, embedded, mqtt_broker) as resolved:
@@ -202,16 +200,12 @@ def ingest(
     ] = None,
 ) -> None:
     """Ingest MQTT telemetry into the telemetry table and TelemetryRecorded events."""
-    import threading
-
     from ingest.service import run_ingest
 
     settings = _settings()
     if instance is not None:
         settings = settings.model_copy(update={"ingest_instance": instance})
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     with _clear_errors():
         _preflight(settings)
         run_ingest(settings, stop)
@@ -306,8 +300,6 @@ def simulate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Simulated devices: register through the API, then publish readings over MQTT."""
-    import threading
-
     from device_simulator.faults import FaultRates
     from device_simulator.progress import run_with_progress
     from device_simulator.runner import SimulationConfig
@@ -342,9 +334,7 @@ def simulate(
         faults=rates,
         protocol=settings.mqtt_protocol,
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     with _clear_errors():
         summary = run_with_progress(config, stop, quiet=as_json)
     if as_json:
@@ -363,16 +353,12 @@ def aggregate(
     ] = None,
 ) -> None:
     """Build the read models from the event streams (consumer group iotp-aggregators)."""
-    import threading
-
     from read_models.service import run_aggregator
 
     settings = _settings()
     if instance is not None:
         settings = settings.model_copy(update={"aggregator_instance": instance})
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = _stop_on_signals()
     with _clear_errors():
         run_aggregator(settings, stop)
 
@@ -519,6 +505,14 @@ def _print_report(report: dict[str, Any], as_json: bool) -> None:
     from rich.pretty import Pretty
 
     Console().print(Pretty(report))
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event that SIGINT and SIGTERM set, for commands that stop cleanly between steps."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
 
 
 def _preflight(settings: Settings) -> None:
