@@ -112,14 +112,14 @@ def create_query_app(settings: Settings) -> FastAPI:
         """One device: attributes, status, liveness, last values."""
         device = queries.get_device(db, rule, device_id)
         if device is None:
-            raise HTTPException(404, f"device {device_id!r} is not known to the read models")
+            raise _unknown(device_id)
         return device
 
     @app.get("/devices/{device_id}/stats", response_model=list[queries.MetricStats])
     def get_stats(db: Db, device_id: DeviceIdPath) -> list[queries.MetricStats]:
         """Per-metric statistics of one device."""
-        if queries.get_device(db, rule, device_id) is None:
-            raise HTTPException(404, f"device {device_id!r} is not known to the read models")
+        if not queries.device_exists(db, device_id):
+            raise _unknown(device_id)
         return queries.device_stats(db, device_id)
 
     @app.get("/devices/{device_id}/series", response_model=list[queries.SeriesPoint])
@@ -136,8 +136,8 @@ def create_query_app(settings: Settings) -> FastAPI:
         start = _aware(start) if start else end - timedelta(hours=1)
         if start >= end:
             raise HTTPException(422, "from must be before to")
-        if queries.get_device(db, rule, device_id) is None:
-            raise HTTPException(404, f"device {device_id!r} is not known to the read models")
+        if not queries.device_exists(db, device_id):
+            raise _unknown(device_id)
         try:
             return queries.series(db, device_id, metric, start, end, bucket)
         except ValueError as exc:
@@ -162,6 +162,10 @@ def create_query_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _unknown(device_id: str) -> HTTPException:
+    return HTTPException(404, f"device {device_id!r} is not known to the read models")
 
 
 def _aware(value: datetime) -> datetime:

@@ -213,6 +213,13 @@ def get_device(conn: Conn, rule: LivenessRule, device_id: str) -> DeviceDetail |
     return None if row is None else DeviceDetail.model_validate(row)
 
 
+def device_exists(conn: Conn, device_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM read_models.devices WHERE device_id = %s", (device_id,)
+    ).fetchone()
+    return row is not None
+
+
 def device_stats(conn: Conn, device_id: str) -> list[MetricStats]:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
