@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -17,8 +14,9 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.ingest import INSTANCE, IngestChild, bench_settings
-from benchmarks.stores import child_env, register, reset
+from benchmarks.ingest import bench_settings
+from benchmarks.platform import start_aggregator, start_ingest
+from benchmarks.stores import register, reset
 from iotp.local_broker import local_mosquitto
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import telemetry_topic
@@ -41,14 +39,9 @@ def run_freshness_bench(
         tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
         local_mosquitto(Path(tmp) / "broker") as broker,
     ):
-        ingest = IngestChild(settings, broker.url, Path(tmp) / "ingest.log")
-        ingest.wait_subscribed()
-        env = child_env(settings, aggregator_instance=INSTANCE, aggregator_block_ms="20")
-        aggregator = subprocess.Popen(
-            [sys.executable, "-m", "iotp.cli", "aggregate"],
-            env=env,
-            stdout=(Path(tmp) / "aggregate.log").open("wb"),
-            stderr=subprocess.STDOUT,
+        ingest = start_ingest(settings, broker.url, Path(tmp) / "ingest.log")
+        aggregator = start_aggregator(
+            settings, Path(tmp) / "aggregate.log", aggregator_block_ms="20"
         )
         done = threading.Event()
         poller = threading.Thread(target=_poll, args=(settings, published, seen, done))
@@ -61,8 +54,7 @@ def run_freshness_bench(
         finally:
             done.set()
             poller.join()
-            aggregator.send_signal(signal.SIGTERM)
-            aggregator.wait(timeout=30)
+            aggregator.stop()
             ingest.stop()
     latencies = sorted((seen[key] - published[key]) * 1000 for key in seen if key in published)
 

@@ -9,12 +9,9 @@ Two ways of running, each for one-reading and batched messages:
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +22,25 @@ import psycopg
 import redis
 from pydantic import SecretStr
 
-from benchmarks.processes import CpuMeter, peak_rss_mb
-from benchmarks.stores import BENCH_TOKEN, child_env, register, reset
-from benchmarks.workload import DECLARED, Workload, combine, publish_all, start_publishers
+from benchmarks.platform import (
+    INSTANCE,
+    Child,
+    Progress,
+    event_counts,
+    start_aggregator,
+    start_ingest,
+)
+from benchmarks.processes import CpuMeter, machine
+from benchmarks.stores import BENCH_TOKEN, READ_TABLES, register, reset
+from benchmarks.workload import (
+    DECLARED,
+    METRICS,
+    PublishResult,
+    Workload,
+    combine,
+    publish_all,
+    start_publishers,
+)
 from iotp.local_broker import local_mosquitto
 from iotp.names import (
     INGEST_STATS_KEY_PREFIX,
@@ -38,7 +51,6 @@ from iotp.settings import Settings
 
 BENCH_DATABASE = "iotp_bench"
 BENCH_REDIS_DB = 14
-INSTANCE = "bench"
 
 
 @dataclass
@@ -52,12 +64,17 @@ class RunResult:
     readings_stored: int
     readings_lost: int
     events_published: int
-    seconds: float
+    events_applied: int
+    seconds_stored: float | None  # None: not everything was stored within the timeout
+    seconds_applied: float | None
     readings_per_s_stored: float
     data_points_per_s_stored: float
-    readings_per_s_applied: float | None  # needs the aggregators (read models)
-    peak_rss_mb: float
+    readings_per_s_applied: float
+    peak_rss_mb: float  # ingest
+    aggregator_peak_rss_mb: float
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    # (seconds, readings stored, readings applied), sampled every SAMPLE_SECONDS
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 def bench_settings(settings: Settings) -> Settings:
@@ -81,162 +98,151 @@ def prepare(settings: Settings, workload: Workload) -> None:
     register(settings, workload.device_ids(), "thermostat", DECLARED)
 
 
-def _reset(settings: Settings) -> None:
+def reset_telemetry(settings: Settings) -> None:
+    """Forget the previous run's readings, events and read models; keep the devices."""
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE telemetry, ingest_ledger")
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        kept = {"devices"}
+        conn.execute(
+            "TRUNCATE " + ", ".join(f"read_models.{t}" for t in READ_TABLES if t not in kept)
+        )
     client = redis.Redis.from_url(settings.redis_url)
     client.delete(TELEMETRY_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM)
     for key in client.scan_iter(f"{INGEST_STATS_KEY_PREFIX}*"):
         client.delete(key)
 
 
-class IngestChild:
-    def __init__(self, settings: Settings, mqtt_url: str, log: Path) -> None:
-        env = child_env(
-            settings,
-            mqtt_url=mqtt_url,
-            ingest_instance=INSTANCE,
-            ingest_metrics_port="0",
-            log_level=os.environ.get("IOTP_BENCH_INGEST_LOG_LEVEL", "INFO"),
-        )
-        self.log = log
-        handle = log.open("ab")
-        self.before = log.read_text().count("subscribed to")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "iotp.cli", "ingest"],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-        self.ps = psutil.Process(self.process.pid)
-
-    def wait_subscribed(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.log.read_text().count("subscribed to") <= self.before:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ingest did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def _counts(settings: Settings) -> tuple[int, int]:
+def stored_data_points(settings: Settings) -> int:
     with psycopg.connect(settings.database_url) as conn:
         row = conn.execute("SELECT count(*) FROM telemetry").fetchone()
-    events = redis.Redis.from_url(settings.redis_url).xlen(TELEMETRY_EVENTS_STREAM)
-    return (int(row[0]) if row else 0), int(events)
+    return int(row[0]) if row else 0
 
 
-def _wait_until_stored(
-    settings: Settings, data_points: int, messages: int, timeout: float, child: IngestChild
-) -> float:
-    """Seconds until every data point is stored and every message's event is published."""
-    started = time.perf_counter()
-    while True:
-        stored, events = _counts(settings)
-        if stored >= data_points and events >= messages:
-            return time.perf_counter() - started
-        if child.process.poll() is not None:
-            raise RuntimeError(f"ingest died:\n{child.log.read_text()[-3000:]}")
-        if time.perf_counter() - started > timeout:
-            return time.perf_counter() - started
-        time.sleep(0.02)
-
-
-def _meter(child: IngestChild, broker_pid: int) -> CpuMeter:
+def meter_for(children: dict[str, Child], broker_pid: int) -> CpuMeter:
     meter = CpuMeter()
-    meter.add("ingest", [child.ps])
+    for name, child in children.items():
+        meter.add(name, [child.ps])
     meter.add("broker", [psutil.Process(broker_pid)])
     meter.add_named("postgresql", "postgres", "postgresql")
     meter.add_named("redis", "redis-server")
     return meter
 
 
-def _result(
-    mode: str,
-    workload: Workload,
-    settings: Settings,
-    published: int,
-    publish_rate: float,
-    seconds: float,
-    rss: float,
-    cpu: dict[str, float],
-) -> RunResult:
-    stored, events = _counts(settings)
-    readings_stored = stored // 3
+@dataclass
+class Measured:
+    """What a run saw, before it is turned into a RunResult."""
+
+    published: PublishResult
+    stored_at: float | None
+    applied_at: float | None
+    cpu: dict[str, float]
+    rss: dict[str, float]
+    samples: list[tuple[float, int, int]]
+
+
+def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -> RunResult:
+    stored = stored_data_points(settings)
+    events, applied = event_counts(redis.Redis.from_url(settings.redis_url))
+    readings_stored = stored // len(METRICS)
+    end = seen.samples[-1][0] if seen.samples else 1.0
+    stored_seconds = seen.stored_at or end
+    applied_seconds = seen.applied_at or end
+    per = workload.per_message
     return RunResult(
         mode=mode,
-        per_message=workload.per_message,
-        messages_published=published,
+        per_message=per,
+        messages_published=seen.published.messages,
         readings_published=workload.readings,
         data_points_published=workload.data_points,
-        publish_rate_msgs_per_s=round(publish_rate, 1),
+        publish_rate_msgs_per_s=round(seen.published.rate, 1),
         readings_stored=readings_stored,
         readings_lost=workload.readings - readings_stored,
         events_published=events,
-        seconds=round(seconds, 3),
-        readings_per_s_stored=round(readings_stored / seconds, 1),
-        data_points_per_s_stored=round(stored / seconds, 1),
-        readings_per_s_applied=None,
-        peak_rss_mb=rss,
-        cpu_cores=cpu,
+        events_applied=applied,
+        seconds_stored=None if seen.stored_at is None else round(seen.stored_at, 3),
+        seconds_applied=None if seen.applied_at is None else round(seen.applied_at, 3),
+        readings_per_s_stored=round(readings_stored / stored_seconds, 1),
+        data_points_per_s_stored=round(stored / stored_seconds, 1),
+        readings_per_s_applied=round(applied * per / applied_seconds, 1),
+        peak_rss_mb=seen.rss.get("ingest", 0.0),
+        aggregator_peak_rss_mb=seen.rss.get("aggregator", 0.0),
+        cpu_cores=seen.cpu,
+        timeline=[(round(t, 2), s * per, a * per) for t, s, a in seen.samples],
     )
+
+
+def _measure(
+    settings: Settings,
+    workload: Workload,
+    children: dict[str, Child],
+    broker_pid: int,
+    publish: Callable[[], PublishResult],
+    timeout: float,
+) -> Measured:
+    """From now: run ``publish``, then wait until every message is stored and applied."""
+    meter = meter_for(children, broker_pid)
+    progress = Progress(settings.redis_url, children)
+    meter.start()
+    progress.start()
+    published = publish()
+    messages = published.messages
+    stored_at, applied_at = progress.wait(messages, messages, timeout, list(children.values()))
+    seconds = applied_at or stored_at or timeout
+    cpu = meter.stop(seconds)
+    samples = progress.stop()
+    return Measured(published, stored_at, applied_at, cpu, progress.rss_mb, samples)
 
 
 def run_drain(
     settings: Settings, workload: Workload, publishers: int, timeout: float, workdir: Path
 ) -> RunResult:
-    _reset(settings)
-    with local_mosquitto(workdir / f"broker-drain-{workload.per_message}") as broker:
-        log = workdir / f"ingest-drain-{workload.per_message}.log"
-        first = IngestChild(settings, broker.url, log)
-        first.wait_subscribed()  # creates the persistent session and its subscription
-        first.stop()
+    """Queue the workload for ingest's session while it is stopped, then time the catch-up.
+
+    The clock starts once ingest has connected (its interpreter start-up is not counted);
+    the aggregator is already running.
+    """
+    reset_telemetry(settings)
+    name = f"drain-{workload.per_message}"
+    with local_mosquitto(workdir / f"broker-{name}") as broker:
+        log = workdir / f"ingest-{name}.log"
+        start_ingest(settings, broker.url, log).stop()  # creates the persistent session
         published = publish_all(broker.url, workload, publishers)
-        child = IngestChild(settings, broker.url, log)
-        meter = _meter(child, broker.pid)
-        meter.start()
-        seconds = _wait_until_stored(
-            settings, workload.data_points, published.messages, timeout, child
-        )
-        cpu = meter.stop(seconds)
-        rss = peak_rss_mb(child.ps)
-        child.stop()
-    return _result(
-        "drain", workload, settings, published.messages, published.rate, seconds, rss, cpu
-    )
+        aggregator = start_aggregator(settings, workdir / f"aggregate-{name}.log")
+        ingest = start_ingest(settings, broker.url, log)
+        children = {"ingest": ingest, "aggregator": aggregator}
+        try:
+            seen = _measure(settings, workload, children, broker.pid, lambda: published, timeout)
+        finally:
+            ingest.stop()
+            aggregator.stop()
+    return _result("drain", workload, settings, seen)
 
 
 def run_live(
     settings: Settings, workload: Workload, publishers: int, timeout: float, workdir: Path
 ) -> RunResult:
-    _reset(settings)
-    with local_mosquitto(workdir / f"broker-live-{workload.per_message}") as broker:
-        child = IngestChild(
-            settings, broker.url, workdir / f"ingest-live-{workload.per_message}.log"
-        )
-        child.wait_subscribed()
-        meter = _meter(child, broker.pid)
-        meter.start()
-        started = time.perf_counter()
-        pending = start_publishers(broker.url, workload, publishers)
-        results = pending.get(timeout=timeout)
-        published = combine(results, time.perf_counter() - started)
-        _wait_until_stored(settings, workload.data_points, published.messages, timeout, child)
-        seconds = time.perf_counter() - started
-        cpu = meter.stop(seconds)
-        cpu["publishers"] = round(published.cpu_seconds / seconds, 2)
-        rss = peak_rss_mb(child.ps)
-        child.stop()
-    return _result(
-        "live", workload, settings, published.messages, published.rate, seconds, rss, cpu
-    )
+    """Publishers and the platform at once; the clock starts with the publishers."""
+    reset_telemetry(settings)
+    name = f"live-{workload.per_message}"
+    with local_mosquitto(workdir / f"broker-{name}") as broker:
+        aggregator = start_aggregator(settings, workdir / f"aggregate-{name}.log")
+        ingest = start_ingest(settings, broker.url, workdir / f"ingest-{name}.log")
+        children = {"ingest": ingest, "aggregator": aggregator}
+
+        def publish() -> PublishResult:
+            started = time.perf_counter()
+            results = start_publishers(broker.url, workload, publishers).get(timeout=timeout)
+            return combine(results, time.perf_counter() - started)
+
+        try:
+            seen = _measure(settings, workload, children, broker.pid, publish, timeout)
+        finally:
+            ingest.stop()
+            aggregator.stop()
+    seconds = seen.applied_at or seen.stored_at or timeout
+    seen.cpu["publishers"] = round(seen.published.cpu_seconds / seconds, 2)
+    return _result("live", workload, settings, seen)
 
 
 def run_ingest_bench(
@@ -254,10 +260,7 @@ def run_ingest_bench(
             "live": run_live(settings, single, publishers, timeout, workdir),
         }
     return {
-        "machine": {
-            "cores": os.cpu_count(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        },
+        "machine": machine(),
         "workload": {"devices": devices, "metrics_per_reading": 3, "batch": batch},
         **{name: asdict(run) for name, run in runs.items()},
     }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -74,3 +76,7 @@ def peak_rss_mb(process: psutil.Process) -> float:
     except OSError:
         pass
     return round(process.memory_info().rss / 2**20, 1)
+
+
+def machine() -> dict[str, Any]:
+    return {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}

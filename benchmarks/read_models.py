@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import psycopg
 import redis
 
 from benchmarks.ingest import bench_settings
+from benchmarks.platform import Child
 from benchmarks.processes import CpuMeter, peak_rss_mb
 from benchmarks.stores import BENCH_TOKEN, child_env, register, reset
 from ingest.publisher import StreamPublisher
@@ -53,14 +53,8 @@ def run_aggregate_bench(
             chunk = []
     publisher.publish(chunk)
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
-        log = Path(tmp) / "aggregate.log"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "iotp.cli", "aggregate"],
-            env=child_env(settings),
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        ps = psutil.Process(process.pid)
+        child = Child("aggregate", child_env(settings), Path(tmp) / "aggregate.log")
+        ps = child.ps
         meter = CpuMeter()
         meter.add("aggregator", [ps])
         meter.add_named("postgresql", "postgres", "postgresql")
@@ -74,15 +68,13 @@ def run_aggregate_bench(
                 applied = int(row[0]) if row else 0
                 if applied >= events:
                     break
-                if process.poll() is not None:
-                    raise RuntimeError(f"aggregator died:\n{log.read_text()[-3000:]}")
+                child.check()
                 time.sleep(0.05)
         seconds = time.perf_counter() - started
         cpu = meter.stop(seconds)
         rss = peak_rss_mb(ps)
         info: Any = client.xinfo_groups(TELEMETRY_EVENTS_STREAM)
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+        child.stop()
     group = info[0] if info else {}
     return {
         "events": events,

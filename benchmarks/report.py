@@ -27,10 +27,14 @@ def print_ingest_report(report: dict[str, Any]) -> None:
         ("readings stored", "readings_stored"),
         ("readings lost", "readings_lost"),
         ("events published", "events_published"),
-        ("seconds", "seconds"),
+        ("events applied", "events_applied"),
+        ("seconds to store all", "seconds_stored"),
+        ("seconds to apply all", "seconds_applied"),
         ("readings/s stored", "readings_per_s_stored"),
         ("data points/s stored", "data_points_per_s_stored"),
+        ("readings/s applied", "readings_per_s_applied"),
         ("ingest peak RSS, MB", "peak_rss_mb"),
+        ("aggregator peak RSS, MB", "aggregator_peak_rss_mb"),
     ]
     for label, key in rows:
         table.add_row(
@@ -49,3 +53,36 @@ def print_ingest_report(report: dict[str, Any]) -> None:
             *(str(report[name]["cpu_cores"].get(process, "")) for name in RUNS),
         )
     console.print(table)
+
+
+def print_limits_report(report: dict[str, Any]) -> None:
+    table = Table(
+        title=f"iotp bench limits ({report['machine']['cores']} cores, "
+        f"{report['workload']['devices']} devices): drain throughput, readings/s"
+    )
+    table.add_column("consumer")
+    table.add_column("single (1/msg)", justify="right")
+    table.add_column(f"batched ({report['workload']['batch']}/msg)", justify="right")
+    database = report["database_copy"]
+    rows = [
+        ("iotp, stored", "iotp", "readings_per_s_stored"),
+        ("iotp, applied to read models", "iotp", "readings_per_s_applied"),
+        ("broker: mosquitto_sub counting", "broker_mosquitto_sub", "readings_per_s"),
+        ("broker: paho counting", "broker_paho", "readings_per_s"),
+    ]
+    for label, part, key in rows:
+        table.add_row(label, *(f"{report[name][part][key]:,.0f}" for name in ("single", "batched")))
+    for label, part in (("no index", "no_index"), ("unique key", "unique_key")):
+        value = f"{database[part]['readings_per_s']:,.0f}"
+        table.add_row(f"database: binary COPY, {label}", value, value)
+    for key in (
+        "fraction_of_broker_mosquitto_sub",
+        "fraction_of_broker_paho",
+        "fraction_of_database_copy_no_index",
+        "fraction_of_database_copy_unique_key",
+    ):
+        table.add_row(
+            f"iotp stored / {key.removeprefix('fraction_of_').replace('_', ' ')}",
+            *(f"{report[name][key]:.1%}" for name in ("single", "batched")),
+        )
+    Console().print(table)

@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -406,15 +407,25 @@ bench = typer.Typer(help="Reproducible measurements on this machine.", no_args_i
 app.add_typer(bench, name="bench", help="Benchmarks: throughput and latency on this machine.")
 
 
+# Options that the ingest and limits benches share: the same workload, the same publishers.
+DevicesOption = Annotated[int, typer.Option(help="Simulated devices.")]
+ReadingsOption = Annotated[
+    int, typer.Option(help="Readings of the one-reading-per-message runs (x5 batched).")
+]
+BatchOption = Annotated[int, typer.Option(help="Readings per message in the batched run.")]
+PublishersOption = Annotated[int, typer.Option(help="Publisher processes.")]
+
+
 @bench.command("ingest")
 def bench_ingest(
-    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 100,
-    readings: Annotated[
-        int, typer.Option(help="Readings of the one-reading-per-message runs (x5 batched).")
-    ] = 60_000,
-    batch: Annotated[int, typer.Option(help="Readings per message in the batched run.")] = 50,
-    publishers: Annotated[int, typer.Option(help="Publisher processes.")] = 2,
+    devices: DevicesOption = 100,
+    readings: ReadingsOption = 60_000,
+    batch: BatchOption = 50,
+    publishers: PublishersOption = 2,
     timeout: Annotated[float, typer.Option(help="Give up on a run after this many s.")] = 300,
+    chart: Annotated[
+        Path | None, typer.Option(help="Also draw throughput over time into this PNG.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Ingest throughput with zero loss: drain (single, batched) and live runs."""
@@ -424,12 +435,71 @@ def bench_ingest(
     settings = _settings()
     with _clear_errors():
         report = run_ingest_bench(settings, devices, readings, batch, publishers, timeout)
-    if as_json:
-        import orjson
+    if chart is not None:
+        from benchmarks.chart import ingest_chart
 
-        typer.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        ingest_chart(report, chart)
+    if as_json:
+        _print_report(report, as_json)
     else:
         print_ingest_report(report)
+
+
+@bench.command("limits")
+def bench_limits(
+    devices: DevicesOption = 100,
+    readings: ReadingsOption = 60_000,
+    batch: BatchOption = 50,
+    publishers: PublishersOption = 2,
+    timeout: Annotated[float, typer.Option(help="Give up on a run after this many s.")] = 300,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """iotp's drain throughput as a fraction of the broker's and the database's ceilings."""
+    from benchmarks.limits import run_limits_bench
+    from benchmarks.report import print_limits_report
+
+    settings = _settings()
+    with _clear_errors():
+        report = run_limits_bench(settings, devices, readings, batch, publishers, timeout)
+    if as_json:
+        _print_report(report, as_json)
+    else:
+        print_limits_report(report)
+
+
+@bench.command("burst")
+def bench_burst(
+    rate: Annotated[float, typer.Option(help="Sustained rate, readings/s (1 a message).")] = 1000,
+    factor: Annotated[float, typer.Option(help="The burst is this many times the rate.")] = 10,
+    burst_seconds: Annotated[float, typer.Option("--burst-seconds")] = 30,
+    before_seconds: Annotated[float, typer.Option("--before-seconds")] = 5,
+    after_seconds: Annotated[
+        float, typer.Option("--after-seconds", help="Sustained rate after the burst.")
+    ] = 30,
+    devices: DevicesOption = 100,
+    publishers: PublishersOption = 2,
+    timeout: Annotated[float, typer.Option(help="Give up after this many s.")] = 600,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """A burst against a running platform: loss, peak memory, backlog and drain time."""
+    from benchmarks.burst import run_burst_bench
+
+    settings = _settings()
+    with _clear_errors():
+        report = run_burst_bench(
+            settings,
+            devices,
+            rate,
+            factor,
+            burst_seconds,
+            before_seconds,
+            after_seconds,
+            publishers,
+            timeout,
+        )
+    if not as_json:
+        report = {k: v for k, v in report.items() if k != "timeline"}
+    _print_report(report, as_json)
 
 
 @bench.command("aggregate")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from benchmarks.chart import ingest_chart
 from benchmarks.ingest import run_ingest_bench
 from benchmarks.read_models import run_aggregate_bench, run_query_bench
 from iotp.settings import Settings
 
 
-def test_tiny_ingest_bench_counts_every_reading(settings: Settings) -> None:
+def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Path) -> None:
     report: dict[str, Any] = run_ingest_bench(
         settings, devices=4, readings=200, batch=10, publishers=1, timeout=60
     )
@@ -23,8 +25,58 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings) -> None:
         assert run["messages_published"] == messages, name
         assert run["readings_stored"] == readings and run["readings_lost"] == 0, name
         assert run["events_published"] == messages, name
+        assert run["events_applied"] == messages, name
         assert run["readings_per_s_stored"] > 0 and run["peak_rss_mb"] > 0, name
-        assert set(run["cpu_cores"]) >= {"ingest", "broker", "postgresql", "redis"}
+        assert run["readings_per_s_applied"] > 0 and run["aggregator_peak_rss_mb"] > 0, name
+        assert run["seconds_stored"] <= run["seconds_applied"], name
+        assert set(run["cpu_cores"]) >= {"ingest", "aggregator", "broker", "postgresql", "redis"}
+        # The timeline counts up to everything stored and applied, never past it.
+        seconds, stored, applied = zip(*run["timeline"], strict=True)
+        assert list(seconds) == sorted(seconds) and max(stored) <= readings, name
+        assert all(a <= readings for a in applied), name
+    chart = tmp_path / "ingest.png"
+    ingest_chart(report, chart)
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tiny_limits_bench_counts_what_each_ceiling_received(settings: Settings) -> None:
+    from benchmarks.limits import run_limits_bench
+
+    report = run_limits_bench(settings, devices=4, readings=400, batch=10, publishers=1, timeout=60)
+    assert report["database_copy"]["data_points"] == 2000 * 3
+    for part in ("no_index", "unique_key"):
+        assert report["database_copy"][part]["readings_per_s"] > 0
+    for name, messages in (("single", 400), ("batched", 200)):
+        run = report[name]
+        assert run["iotp"]["readings_lost"] == 0, name
+        for broker in ("broker_mosquitto_sub", "broker_paho"):
+            assert run[broker]["messages"] == messages, (name, broker)
+        expected = run["iotp"]["readings_per_s_stored"] / run["broker_paho"]["readings_per_s"]
+        assert abs(run["fraction_of_broker_paho"] - expected) < 0.001
+
+
+def test_tiny_burst_bench_loses_nothing_and_measures_the_drain(settings: Settings) -> None:
+    from benchmarks.burst import run_burst_bench
+
+    report = run_burst_bench(
+        settings,
+        devices=4,
+        rate=50,
+        factor=10,
+        burst_seconds=1,
+        before_seconds=0.5,
+        after_seconds=1,
+        publishers=1,
+        timeout=60,
+    )
+    messages = report["messages_published"]
+    assert 500 <= messages <= 700  # 25 + 500 + 50 asked
+    assert report["readings_stored"] == messages and report["readings_lost"] == 0
+    assert report["events_applied"] == messages
+    assert report["drain_seconds_after_burst"] is not None
+    assert report["peak_rss_mb"]["ingest"] > 0 and report["peak_rss_mb"]["aggregator"] > 0
+    published = [sample[1] for sample in report["timeline"]]
+    assert published == sorted(published) and published[-1] == messages
 
 
 def test_tiny_read_side_benches(settings: Settings) -> None:

@@ -1,0 +1,258 @@
+"""`iotp bench limits`: iotp's drain throughput beside the ceilings of its broker and database.
+
+In one run, with the same workload and the same publishers as `iotp bench ingest`:
+- broker ceiling: the workload queued for a persistent session, then drained by a
+  subscriber that only counts: Mosquitto's own C client (``mosquitto_sub``), and a paho-mqtt
+  subscriber (the ceiling of any single-process Python consumer);
+- database ceiling: binary COPY of the same data points, pre-encoded so that only
+  PostgreSQL's work is timed, into a table shaped like ``telemetry`` without and with its
+  unique key;
+- iotp: the drain runs of `iotp bench ingest`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psutil
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from benchmarks.ingest import bench_settings, prepare, run_drain
+from benchmarks.processes import CpuMeter, machine
+from benchmarks.workload import METRICS, Workload, publish_all
+from iotp.local_broker import local_mosquitto
+from iotp.mqtt_url import parse_mqtt_url
+from iotp.names import TELEMETRY_TOPIC_FILTER
+from iotp.settings import Settings
+
+COUNTER_ID = "iotp-bench-counter"
+# Fixed names, so that every statement here is a constant.
+_CREATE = (
+    "CREATE TABLE bench_copy_ceiling (device_id text NOT NULL, ts timestamptz NOT NULL,"
+    " metric text NOT NULL, value float8 NOT NULL, received_at timestamptz NOT NULL)"
+)
+_TARGETS = {
+    "no_index": _CREATE,
+    "unique_key": _CREATE[:-1] + ", UNIQUE (device_id, metric, ts))",
+}
+COPY_CHUNK = 1 << 20
+
+
+def _mosquitto_sub(url: str, *extra: str) -> list[str]:
+    binary = shutil.which("mosquitto_sub")
+    if binary is None:
+        raise FileNotFoundError("mosquitto_sub")
+    broker = parse_mqtt_url(url)
+    return [binary, "-h", broker.host, "-p", str(broker.port), "-i", COUNTER_ID, "-c", "-q", "1",
+            "-t", TELEMETRY_TOPIC_FILTER, *extra]  # fmt: skip
+
+
+def drain_with_mosquitto_sub(
+    workload: Workload, publishers: int, workdir: Path, timeout: float
+) -> dict[str, Any]:
+    """Messages/s a C subscriber drains from a persistent session (it only counts)."""
+    with local_mosquitto(workdir / f"broker-c-{workload.per_message}") as broker:
+        subprocess.run(_mosquitto_sub(broker.url, "-E"), check=True, timeout=30)  # noqa: S603
+        published = publish_all(broker.url, workload, publishers)
+        meter = CpuMeter()
+        meter.add("broker", [psutil.Process(broker.pid)])
+        started = time.perf_counter()
+        counter = subprocess.Popen(  # noqa: S603 - mosquitto's own client
+            _mosquitto_sub(broker.url, "-C", str(published.messages)),
+            stdout=subprocess.DEVNULL,
+        )
+        meter.start()
+        # wait4 gives the child's own CPU time, which psutil cannot read once it has exited.
+        killer = threading.Timer(timeout, counter.kill)
+        killer.start()
+        _, status, usage = os.wait4(counter.pid, 0)
+        killer.cancel()
+        counter.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+        cpu = meter.stop(seconds)
+        cpu["subscriber"] = round((usage.ru_utime + usage.ru_stime) / seconds, 2)
+    if counter.returncode != 0:
+        raise RuntimeError(f"mosquitto_sub did not count every message (exit {counter.returncode})")
+    return _drain_figures(published.messages, workload.per_message, seconds, cpu)
+
+
+def drain_with_paho(
+    workload: Workload, publishers: int, workdir: Path, timeout: float
+) -> dict[str, Any]:
+    """Messages/s a paho-mqtt subscriber (QoS 1, MQTT 5) drains when it only counts."""
+    with local_mosquitto(workdir / f"broker-paho-{workload.per_message}") as broker:
+        _PahoCounter(broker.url, 0).run(timeout=30)  # creates the session
+        published = publish_all(broker.url, workload, publishers)
+        meter = CpuMeter()
+        meter.add("broker", [psutil.Process(broker.pid)])
+        meter.start()
+        counter = _PahoCounter(broker.url, published.messages)
+        cpu_before = time.process_time()
+        started = time.perf_counter()
+        counter.run(timeout)
+        seconds = time.perf_counter() - started
+        cpu = meter.stop(seconds)
+        cpu["subscriber"] = round((time.process_time() - cpu_before) / seconds, 2)
+    if counter.count < published.messages:
+        raise RuntimeError(f"paho counter got {counter.count} of {published.messages}")
+    return _drain_figures(published.messages, workload.per_message, seconds, cpu)
+
+
+class _PahoCounter:
+    def __init__(self, url: str, expected: int) -> None:
+        self.expected, self.count = expected, 0
+        self.done = threading.Event()
+        broker = parse_mqtt_url(url)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=COUNTER_ID, protocol=mqtt.MQTTv5
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 3600
+        properties.ReceiveMaximum = 10_000
+        self.client.connect(broker.host, broker.port, clean_start=False, properties=properties)
+
+    def _on_connect(self, client: mqtt.Client, *args: Any) -> None:
+        client.subscribe(TELEMETRY_TOPIC_FILTER, qos=1)
+
+    def _on_subscribe(self, *args: Any) -> None:
+        if self.expected == 0:
+            self.done.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+    def run(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.done.is_set() and time.monotonic() < deadline:
+            self.client.loop(timeout=0.1)
+        self.client.disconnect()
+
+
+def _drain_figures(
+    messages: int, per_message: int, seconds: float, cpu: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "messages": messages,
+        "seconds": round(seconds, 3),
+        "messages_per_s": round(messages / seconds, 1),
+        "readings_per_s": round(messages * per_message / seconds, 1),
+        "cpu_cores": cpu,
+    }
+
+
+def copy_ceiling(settings: Settings, readings: int, devices: int) -> dict[str, Any]:
+    """Readings/s that binary COPY puts into a telemetry-shaped table: no index, unique key."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        data = _encoded_rows(conn, readings, devices)
+        figures: dict[str, Any] = {"data_points": readings * len(METRICS)}
+        for name, create in _TARGETS.items():
+            conn.execute("DROP TABLE IF EXISTS bench_copy_ceiling")
+            conn.execute(create)
+            started = time.perf_counter()
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(
+                    "COPY bench_copy_ceiling (device_id, ts, metric, value, received_at)"
+                    " FROM STDIN (FORMAT BINARY)"
+                ) as copy,
+            ):
+                for offset in range(0, len(data), COPY_CHUNK):
+                    copy.write(data[offset : offset + COPY_CHUNK])
+            seconds = time.perf_counter() - started
+            figures[name] = {
+                "seconds": round(seconds, 3),
+                "data_points_per_s": round(readings * len(METRICS) / seconds, 1),
+                "readings_per_s": round(readings / seconds, 1),
+            }
+        conn.execute("DROP TABLE bench_copy_ceiling")
+    return figures
+
+
+def _encoded_rows(conn: psycopg.Connection[Any], readings: int, devices: int) -> bytes:
+    """The data points in PostgreSQL's binary COPY format, made by PostgreSQL itself."""
+    start = datetime.now(UTC) - timedelta(days=1)
+    conn.execute(
+        "CREATE TEMP TABLE bench_copy_source AS"
+        " SELECT format('bench-%%s', lpad((n %% %s)::text, 5, '0')) AS device_id,"
+        " %s::timestamptz + (n / %s) * interval '250 milliseconds' AS ts,"
+        " m AS metric, random() * 100 AS value, now() AS received_at"
+        " FROM generate_series(0, %s - 1) n, unnest(%s::text[]) m",
+        (devices, start, devices, readings, list(METRICS)),
+    )
+    buffer = io.BytesIO()
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY (SELECT * FROM bench_copy_source ORDER BY random()) TO STDOUT (FORMAT BINARY)"
+        ) as copy,
+    ):
+        for chunk in copy:
+            buffer.write(chunk)
+    conn.execute("DROP TABLE bench_copy_source")
+    return buffer.getvalue()
+
+
+def run_limits_bench(
+    settings: Settings, devices: int, readings: int, batch: int, publishers: int, timeout: float
+) -> dict[str, Any]:
+    settings = bench_settings(settings)
+    workloads = {
+        "single": Workload(devices, readings, 1),
+        "batched": Workload(devices, readings * 5, batch),
+    }
+    prepare(settings, workloads["single"])
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "workload": {"devices": devices, "metrics_per_reading": len(METRICS), "batch": batch},
+    }
+    database = copy_ceiling(settings, workloads["batched"].readings, devices)
+    report["database_copy"] = database
+    with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
+        workdir = Path(tmp)
+        for name, workload in workloads.items():
+            iotp = run_drain(settings, workload, publishers, timeout, workdir)
+            broker_c = drain_with_mosquitto_sub(workload, publishers, workdir, timeout)
+            broker_paho = drain_with_paho(workload, publishers, workdir, timeout)
+            stored = iotp.readings_per_s_stored
+            report[name] = {
+                "iotp": {
+                    "readings_per_s_stored": stored,
+                    "readings_per_s_applied": iotp.readings_per_s_applied,
+                    "readings_lost": iotp.readings_lost,
+                    "cpu_cores": iotp.cpu_cores,
+                },
+                "broker_mosquitto_sub": broker_c,
+                "broker_paho": broker_paho,
+                "fraction_of_broker_mosquitto_sub": _fraction(stored, broker_c["readings_per_s"]),
+                "fraction_of_broker_paho": _fraction(stored, broker_paho["readings_per_s"]),
+                "fraction_of_database_copy_no_index": _fraction(
+                    stored, database["no_index"]["readings_per_s"]
+                ),
+                "fraction_of_database_copy_unique_key": _fraction(
+                    stored, database["unique_key"]["readings_per_s"]
+                ),
+            }
+    return report
+
+
+def _fraction(part: float, whole: float) -> float:
+    return round(part / whole, 3) if whole else 0.0
