@@ -265,8 +265,14 @@ class IngestPipeline:
 def _staged_rows(
     batch: Sequence[InboundMessage], parsed: Sequence[ParsedMessage]
 ) -> list[StagedRow]:
-    """The batch's data points in staging order: ``seq`` is the position in this list."""
+    """The batch's data points, each key once; ``seq`` numbers the data points in walk order.
+
+    A reading the batch holds twice (a redelivery landing in the same batch) keeps its first
+    copy, so the stored value is the one the first message's event reports.
+    """
     rows: list[StagedRow] = []
+    seen: set[tuple[str, str, datetime]] = set()
+    seq = -1
     for message, result in zip(batch, parsed, strict=True):
         device_id = result.device_id
         if device_id is None:
@@ -275,7 +281,12 @@ def _staged_rows(
         for reading in result.readings:
             ts = reading.ts
             for metric, value in reading.metrics.items():
-                rows.append((len(rows), device_id, ts, metric, value, received_at))
+                seq += 1
+                key = (device_id, metric, ts)
+                if key in seen:
+                    continue
+                seen.add(key)
+                rows.append((seq, device_id, ts, metric, value, received_at))
     return rows
 
 

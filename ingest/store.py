@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import psycopg
 
-# (seq, device_id, ts, metric, value, received_at)
+# (seq, device_id, ts, metric, value, received_at); no two rows of a batch share a key
 StagedRow = tuple[int, str, datetime, str, float, datetime]
 StreamEntry = dict[str, str]
 
@@ -29,22 +29,20 @@ _COPY = (
     " FROM STDIN (FORMAT BINARY)"
 )
 _COPY_TYPES = ["int4", "text", "timestamptz", "text", "float8", "timestamptz"]
-# DISTINCT ON keeps the first copy of a reading that a batch holds twice (a redelivery
-# landing in the same batch), so the stored value is the one the event reports. The answer
-# is the staging seq of each row that was new: small integers, cheap to read back.
-_INSERT = """
-    WITH inserted AS (
-        INSERT INTO telemetry (device_id, ts, metric, value, received_at)
-        SELECT DISTINCT ON (device_id, metric, ts) device_id, ts, metric, value, received_at
-        FROM telemetry_staging
-        ORDER BY device_id, metric, ts, seq
-        ON CONFLICT (device_id, metric, ts) DO NOTHING
-        RETURNING device_id, metric, ts
-    )
-    SELECT min(s.seq)
-    FROM inserted JOIN telemetry_staging s USING (device_id, metric, ts)
-    GROUP BY inserted.device_id, inserted.metric, inserted.ts
-"""
+# Staging holds each reading once (the pipeline drops a batch's own repeats), so a plain
+# insert with ON CONFLICT needs no sort; usually every row is new and the row count says so.
+_INSERT = (
+    "INSERT INTO telemetry (device_id, ts, metric, value, received_at)"
+    " SELECT device_id, ts, metric, value, received_at FROM telemetry_staging"
+    " ON CONFLICT (device_id, metric, ts) DO NOTHING"
+)
+# Otherwise (a redelivery), the new rows are the ones this transaction wrote: their xmin.
+_NEW_SEQS = (
+    "SELECT s.seq FROM telemetry_staging s JOIN telemetry t USING (device_id, metric, ts)"
+    " WHERE t.xmin = pg_current_xact_id()::xid"
+)
+
+
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,12 @@ class TelemetryStore:
                         for row in rows:
                             copy.write_row(row)
                     cur.execute(_INSERT)
-                    new = {seq for (seq,) in cur.fetchall()}
+                    if cur.rowcount == len(rows):
+                        new = {row[0] for row in rows}
+                    elif cur.rowcount > 0:
+                        cur.execute("ANALYZE telemetry_staging")
+                        cur.execute(_NEW_SEQS)
+                        new = {seq for (seq,) in cur.fetchall()}
                 entries = events_for(new)
                 if entries:
                     cur.execute(

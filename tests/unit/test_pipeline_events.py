@@ -22,8 +22,9 @@ def test_a_reading_held_twice_is_reported_once_by_the_first_message() -> None:
     again = ParsedMessage("d", (Reading(T0, {"a": 9.0}), Reading(T1, {"a": 3.0}, ("a",))), ())
     batch = [_message(), _message()]
     rows = _staged_rows(batch, [first, again])
-    assert [r[0] for r in rows] == [0, 1, 2, 3]
     # seqs: 0 = first a@T0, 1 = first b@T0, 2 = again a@T0 (a duplicate), 3 = again a@T1
+    assert [r[0] for r in rows] == [0, 1, 3]
+    assert rows[0][4] == 1.0  # the first copy's value is the one staged
     entries = _events(batch, [first, again], {0, 1, 3})
     events = [from_fields(e) for e in entries]
     assert all(isinstance(e, TelemetryRecorded) for e in events)
