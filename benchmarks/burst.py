@@ -13,7 +13,7 @@ import multiprocessing
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,14 @@ import psutil
 import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.ingest import bench_settings, meter_for, stored_data_points
-from benchmarks.platform import event_counts, start_aggregator, start_ingest
+from benchmarks.ingest import (
+    Deployment,
+    bench_settings,
+    meter_for,
+    start_platform,
+    stored_data_points,
+)
+from benchmarks.platform import event_counts
 from benchmarks.processes import machine, peak_rss_mb
 from benchmarks.stores import register, reset
 from benchmarks.workload import DECLARED, METRICS
@@ -115,6 +121,7 @@ def run_burst_bench(
     after_seconds: float,
     publishers: int,
     timeout: float,
+    deployment: Deployment,
 ) -> dict[str, Any]:
     settings = bench_settings(settings)
     device_ids = [f"burst-{n:05d}" for n in range(devices)]
@@ -134,9 +141,7 @@ def run_burst_bench(
         tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
         local_mosquitto(Path(tmp) / "broker") as broker,
     ):
-        aggregator = start_aggregator(settings, Path(tmp) / "aggregate.log")
-        ingest = start_ingest(settings, broker.url, Path(tmp) / "ingest.log")
-        children = {"ingest": ingest, "aggregator": aggregator}
+        children = start_platform(settings, broker.url, "burst", Path(tmp), deployment)
         meter = meter_for(children, broker.pid)
         starts_at = time.time() + 1.0
         processes = [
@@ -196,8 +201,8 @@ def run_burst_bench(
         finally:
             for process in processes:
                 process.kill()
-            ingest.stop()
-            aggregator.stop()
+            for child in children.values():
+                child.stop()
     if finished is None:
         raise RuntimeError(f"the publishers did not finish within {timeout} s")
     messages = sum(n for n, _ in finished)
@@ -213,6 +218,7 @@ def run_burst_bench(
     return {
         "machine": machine(),
         "devices": devices,
+        "deployment": asdict(deployment),
         "rate_asked_msgs_per_s": rate,
         "burst_rate_asked_msgs_per_s": rate * factor,
         "burst_rate_published_msgs_per_s": round(burst_rate, 1),

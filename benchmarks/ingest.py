@@ -53,6 +53,15 @@ BENCH_DATABASE = "iotp_bench"
 BENCH_REDIS_DB = 14
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """How many of each iotp process run: ingests share the MQTT subscription, aggregators
+    the Redis consumer group (docker-compose.yml runs two ingests and one aggregator)."""
+
+    ingests: int = 2
+    aggregators: int = 1
+
+
 @dataclass
 class RunResult:
     mode: str
@@ -195,40 +204,68 @@ def _measure(
 
 
 def run_drain(
-    settings: Settings, workload: Workload, publishers: int, timeout: float, workdir: Path
+    settings: Settings,
+    workload: Workload,
+    publishers: int,
+    timeout: float,
+    workdir: Path,
+    deployment: Deployment,
 ) -> RunResult:
     """Queue the workload for ingest's session while it is stopped, then time the catch-up.
 
     The clock starts once ingest has connected (its interpreter start-up is not counted);
-    the aggregator is already running.
+    the aggregator is already running. With several ingest processes, they share the
+    subscription (as `ingest-a` and `ingest-b` do in docker-compose.yml) and the broker
+    splits the queued messages between their sessions.
     """
     reset_telemetry(settings)
     name = f"drain-{workload.per_message}"
     with local_mosquitto(workdir / f"broker-{name}") as broker:
-        log = workdir / f"ingest-{name}.log"
-        start_ingest(settings, broker.url, log).stop()  # creates the persistent session
+        for n in range(deployment.ingests):  # creates the persistent sessions
+            log = workdir / f"ingest-{name}-{n}.log"
+            start_ingest(settings, broker.url, log, ingest_instance=f"{INSTANCE}-{n}").stop()
         published = publish_all(broker.url, workload, publishers)
-        aggregator = start_aggregator(settings, workdir / f"aggregate-{name}.log")
-        ingest = start_ingest(settings, broker.url, log)
-        children = {"ingest": ingest, "aggregator": aggregator}
+        children = start_platform(settings, broker.url, name, workdir, deployment)
         try:
             seen = _measure(settings, workload, children, broker.pid, lambda: published, timeout)
         finally:
-            ingest.stop()
-            aggregator.stop()
+            for child in children.values():
+                child.stop()
     return _result("drain", workload, settings, seen)
 
 
+def start_platform(
+    settings: Settings, mqtt_url: str, name: str, workdir: Path, deployment: Deployment
+) -> dict[str, Child]:
+    """Aggregators first (they wait for events), then ingest: named ingest, ingest-1 ..."""
+    children: dict[str, Child] = {}
+    for n in range(deployment.aggregators):
+        children["aggregator" if n == 0 else f"aggregator-{n}"] = start_aggregator(
+            settings, workdir / f"aggregate-{name}-{n}.log", aggregator_instance=f"{INSTANCE}-{n}"
+        )
+    for n in range(deployment.ingests):
+        children["ingest" if n == 0 else f"ingest-{n}"] = start_ingest(
+            settings,
+            mqtt_url,
+            workdir / f"ingest-{name}-{n}.log",
+            ingest_instance=f"{INSTANCE}-{n}",
+        )
+    return children
+
+
 def run_live(
-    settings: Settings, workload: Workload, publishers: int, timeout: float, workdir: Path
+    settings: Settings,
+    workload: Workload,
+    publishers: int,
+    timeout: float,
+    workdir: Path,
+    deployment: Deployment,
 ) -> RunResult:
     """Publishers and the platform at once; the clock starts with the publishers."""
     reset_telemetry(settings)
     name = f"live-{workload.per_message}"
     with local_mosquitto(workdir / f"broker-{name}") as broker:
-        aggregator = start_aggregator(settings, workdir / f"aggregate-{name}.log")
-        ingest = start_ingest(settings, broker.url, workdir / f"ingest-{name}.log")
-        children = {"ingest": ingest, "aggregator": aggregator}
+        children = start_platform(settings, broker.url, name, workdir, deployment)
 
         def publish() -> PublishResult:
             started = time.perf_counter()
@@ -238,15 +275,21 @@ def run_live(
         try:
             seen = _measure(settings, workload, children, broker.pid, publish, timeout)
         finally:
-            ingest.stop()
-            aggregator.stop()
+            for child in children.values():
+                child.stop()
     seconds = seen.applied_at or seen.stored_at or timeout
     seen.cpu["publishers"] = round(seen.published.cpu_seconds / seconds, 2)
     return _result("live", workload, settings, seen)
 
 
 def run_ingest_bench(
-    settings: Settings, devices: int, readings: int, batch: int, publishers: int, timeout: float
+    settings: Settings,
+    devices: int,
+    readings: int,
+    batch: int,
+    publishers: int,
+    timeout: float,
+    deployment: Deployment,
 ) -> dict[str, Any]:
     settings = bench_settings(settings)
     single = Workload(devices, readings, 1)
@@ -255,12 +298,13 @@ def run_ingest_bench(
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
         workdir = Path(tmp)
         runs = {
-            "single": run_drain(settings, single, publishers, timeout, workdir),
-            "batched": run_drain(settings, batched, publishers, timeout, workdir),
-            "live": run_live(settings, single, publishers, timeout, workdir),
+            "single": run_drain(settings, single, publishers, timeout, workdir, deployment),
+            "batched": run_drain(settings, batched, publishers, timeout, workdir, deployment),
+            "live": run_live(settings, single, publishers, timeout, workdir, deployment),
         }
     return {
         "machine": machine(),
         "workload": {"devices": devices, "metrics_per_reading": 3, "batch": batch},
+        "deployment": asdict(deployment),
         **{name: asdict(run) for name, run in runs.items()},
     }

@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from benchmarks.ingest import bench_settings, prepare, run_drain
+from benchmarks.ingest import Deployment, bench_settings, prepare, run_drain
 from benchmarks.processes import CpuMeter, machine
 from benchmarks.workload import METRICS, Workload, publish_all
 from iotp.local_broker import local_mosquitto
@@ -212,7 +213,13 @@ def _encoded_rows(conn: psycopg.Connection[Any], readings: int, devices: int) ->
 
 
 def run_limits_bench(
-    settings: Settings, devices: int, readings: int, batch: int, publishers: int, timeout: float
+    settings: Settings,
+    devices: int,
+    readings: int,
+    batch: int,
+    publishers: int,
+    timeout: float,
+    deployment: Deployment,
 ) -> dict[str, Any]:
     settings = bench_settings(settings)
     workloads = {
@@ -223,13 +230,14 @@ def run_limits_bench(
     report: dict[str, Any] = {
         "machine": machine(),
         "workload": {"devices": devices, "metrics_per_reading": len(METRICS), "batch": batch},
+        "deployment": asdict(deployment),
     }
     database = copy_ceiling(settings, workloads["batched"].readings, devices)
     report["database_copy"] = database
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
         workdir = Path(tmp)
         for name, workload in workloads.items():
-            iotp = run_drain(settings, workload, publishers, timeout, workdir)
+            iotp = run_drain(settings, workload, publishers, timeout, workdir, deployment)
             broker_c = drain_with_mosquitto_sub(workload, publishers, workdir, timeout)
             broker_paho = drain_with_paho(workload, publishers, workdir, timeout)
             stored = iotp.readings_per_s_stored

@@ -79,10 +79,10 @@ class Child:
 
 
 def start_ingest(settings: Settings, mqtt_url: str, log: Path, **extra: str) -> Child:
+    extra.setdefault("ingest_instance", INSTANCE)
     env = child_env(
         settings,
         mqtt_url=mqtt_url,
-        ingest_instance=INSTANCE,
         ingest_metrics_port="0",
         log_level=os.environ.get("IOTP_BENCH_INGEST_LOG_LEVEL", "INFO"),
         **extra,
@@ -93,7 +93,8 @@ def start_ingest(settings: Settings, mqtt_url: str, log: Path, **extra: str) -> 
 
 
 def start_aggregator(settings: Settings, log: Path, **extra: str) -> Child:
-    env = child_env(settings, aggregator_instance=INSTANCE, **extra)
+    extra.setdefault("aggregator_instance", INSTANCE)
+    env = child_env(settings, **extra)
     child = Child("aggregate", env, log)
     child.wait_for("aggregating as")
     return child

@@ -43,8 +43,6 @@ _NEW_SEQS = (
 )
 
 
-
-
 @dataclass(frozen=True)
 class CommittedBatch:
     batch_id: uuid.UUID

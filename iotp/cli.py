@@ -414,6 +414,12 @@ ReadingsOption = Annotated[
 ]
 BatchOption = Annotated[int, typer.Option(help="Readings per message in the batched run.")]
 PublishersOption = Annotated[int, typer.Option(help="Publisher processes.")]
+IngestsOption = Annotated[
+    int, typer.Option("--ingests", help="Ingest processes on the shared subscription.")
+]
+AggregatorsOption = Annotated[
+    int, typer.Option("--aggregators", help="Aggregators in the consumer group.")
+]
 
 
 @bench.command("ingest")
@@ -422,6 +428,8 @@ def bench_ingest(
     readings: ReadingsOption = 60_000,
     batch: BatchOption = 50,
     publishers: PublishersOption = 2,
+    ingests: IngestsOption = 2,
+    aggregators: AggregatorsOption = 1,
     timeout: Annotated[float, typer.Option(help="Give up on a run after this many s.")] = 300,
     chart: Annotated[
         Path | None, typer.Option(help="Also draw throughput over time into this PNG.")
@@ -429,12 +437,20 @@ def bench_ingest(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Ingest throughput with zero loss: drain (single, batched) and live runs."""
-    from benchmarks.ingest import run_ingest_bench
+    from benchmarks.ingest import Deployment, run_ingest_bench
     from benchmarks.report import print_ingest_report
 
     settings = _settings()
     with _clear_errors():
-        report = run_ingest_bench(settings, devices, readings, batch, publishers, timeout)
+        report = run_ingest_bench(
+            settings,
+            devices,
+            readings,
+            batch,
+            publishers,
+            timeout,
+            Deployment(ingests, aggregators),
+        )
     if chart is not None:
         from benchmarks.chart import ingest_chart
 
@@ -451,16 +467,27 @@ def bench_limits(
     readings: ReadingsOption = 60_000,
     batch: BatchOption = 50,
     publishers: PublishersOption = 2,
+    ingests: IngestsOption = 2,
+    aggregators: AggregatorsOption = 1,
     timeout: Annotated[float, typer.Option(help="Give up on a run after this many s.")] = 300,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """iotp's drain throughput as a fraction of the broker's and the database's ceilings."""
+    from benchmarks.ingest import Deployment
     from benchmarks.limits import run_limits_bench
     from benchmarks.report import print_limits_report
 
     settings = _settings()
     with _clear_errors():
-        report = run_limits_bench(settings, devices, readings, batch, publishers, timeout)
+        report = run_limits_bench(
+            settings,
+            devices,
+            readings,
+            batch,
+            publishers,
+            timeout,
+            Deployment(ingests, aggregators),
+        )
     if as_json:
         _print_report(report, as_json)
     else:
@@ -478,11 +505,14 @@ def bench_burst(
     ] = 30,
     devices: DevicesOption = 100,
     publishers: PublishersOption = 2,
+    ingests: IngestsOption = 2,
+    aggregators: AggregatorsOption = 1,
     timeout: Annotated[float, typer.Option(help="Give up after this many s.")] = 600,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """A burst against a running platform: loss, peak memory, backlog and drain time."""
     from benchmarks.burst import run_burst_bench
+    from benchmarks.ingest import Deployment
 
     settings = _settings()
     with _clear_errors():
@@ -496,6 +526,7 @@ def bench_burst(
             after_seconds,
             publishers,
             timeout,
+            Deployment(ingests, aggregators),
         )
     if not as_json:
         report = {k: v for k, v in report.items() if k != "timeline"}

@@ -146,11 +146,15 @@ def claim_events(conn: Conn, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
 
 
 def apply_deltas(conn: Conn, deltas: Deltas) -> None:
-    """Merge ``deltas`` into the read models, in the caller's transaction."""
+    """Merge ``deltas`` into the read models, in the caller's transaction.
+
+    Rows go in key order, so that aggregators sharing the group lock the rows they both
+    touch in the same order and never deadlock.
+    """
     for event in deltas.device_events:
         apply_device_event(conn, event)
     if deltas.stats:
-        keys, values = zip(*deltas.stats.items(), strict=True)
+        keys, values = zip(*sorted(deltas.stats.items()), strict=True)
         conn.execute(
             _UPSERT_STATS,
             (
@@ -172,14 +176,16 @@ def apply_deltas(conn: Conn, deltas: Deltas) -> None:
     _upsert_rollup(conn, "rollup_minute", deltas.minute)
     _upsert_rollup(conn, "rollup_hour", deltas.hour)
     if deltas.fleet:
-        conn.execute(_UPSERT_FLEET, (list(deltas.fleet), list(deltas.fleet.values())))
+        fleet = sorted(deltas.fleet.items())
+        conn.execute(_UPSERT_FLEET, ([k for k, _ in fleet], [v for _, v in fleet]))
     if deltas.activity:
+        activity = sorted(deltas.activity.items())
         conn.execute(
             _UPSERT_ACTIVITY,
             (
-                list(deltas.activity),
-                [a.last_seen for a in deltas.activity.values()],
-                [a.readings for a in deltas.activity.values()],
+                [k for k, _ in activity],
+                [a.last_seen for _, a in activity],
+                [a.readings for _, a in activity],
             ),
         )
 
@@ -189,7 +195,7 @@ def _upsert_rollup(
 ) -> None:
     if not buckets:
         return
-    keys, values = zip(*buckets.items(), strict=True)
+    keys, values = zip(*sorted(buckets.items()), strict=True)
     conn.execute(
         _UPSERT_ROLLUP.format(table=table).encode(),
         (

@@ -6,14 +6,20 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chart import ingest_chart
-from benchmarks.ingest import run_ingest_bench
+from benchmarks.ingest import Deployment, run_ingest_bench
 from benchmarks.read_models import run_aggregate_bench, run_query_bench
 from iotp.settings import Settings
 
 
 def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Path) -> None:
     report: dict[str, Any] = run_ingest_bench(
-        settings, devices=4, readings=200, batch=10, publishers=1, timeout=60
+        settings,
+        devices=4,
+        readings=200,
+        batch=10,
+        publishers=1,
+        timeout=60,
+        deployment=Deployment(ingests=2, aggregators=2),
     )
     for name, readings, messages in (
         ("single", 200, 200),
@@ -29,7 +35,10 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Pa
         assert run["readings_per_s_stored"] > 0 and run["peak_rss_mb"] > 0, name
         assert run["readings_per_s_applied"] > 0 and run["aggregator_peak_rss_mb"] > 0, name
         assert run["seconds_stored"] <= run["seconds_applied"], name
-        assert set(run["cpu_cores"]) >= {"ingest", "aggregator", "broker", "postgresql", "redis"}
+        assert set(run["cpu_cores"]) >= {
+            *("ingest", "ingest-1", "aggregator", "aggregator-1"),
+            *("broker", "postgresql", "redis"),
+        }
         # The timeline counts up to everything stored and applied, never past it.
         seconds, stored, applied = zip(*run["timeline"], strict=True)
         assert list(seconds) == sorted(seconds) and max(stored) <= readings, name
@@ -42,7 +51,15 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Pa
 def test_tiny_limits_bench_counts_what_each_ceiling_received(settings: Settings) -> None:
     from benchmarks.limits import run_limits_bench
 
-    report = run_limits_bench(settings, devices=4, readings=400, batch=10, publishers=1, timeout=60)
+    report = run_limits_bench(
+        settings,
+        devices=4,
+        readings=400,
+        batch=10,
+        publishers=1,
+        timeout=60,
+        deployment=Deployment(),
+    )
     assert report["database_copy"]["data_points"] == 2000 * 3
     for part in ("no_index", "unique_key"):
         assert report["database_copy"][part]["readings_per_s"] > 0
@@ -68,6 +85,7 @@ def test_tiny_burst_bench_loses_nothing_and_measures_the_drain(settings: Setting
         after_seconds=1,
         publishers=1,
         timeout=60,
+        deployment=Deployment(),
     )
     messages = report["messages_published"]
     assert 500 <= messages <= 700  # 25 + 500 + 50 asked
