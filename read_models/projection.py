@@ -80,10 +80,26 @@ BucketKey = tuple[str, str, datetime]
 class Deltas:
     stats: dict[SeriesKey, StatDelta] = field(default_factory=dict)
     minute: dict[BucketKey, BucketDelta] = field(default_factory=dict)
-    hour: dict[BucketKey, BucketDelta] = field(default_factory=dict)
     fleet: dict[datetime, int] = field(default_factory=dict)
     activity: dict[str, Activity] = field(default_factory=dict)
     device_events: list[DeviceEvent] = field(default_factory=list)
+
+    @property
+    def hour(self) -> dict[BucketKey, BucketDelta]:
+        """Hour buckets merged from the minute buckets: the same figures for a fraction of
+        the work of updating both per value."""
+        hours: dict[BucketKey, BucketDelta] = {}
+        for (device, metric, minute), part in self.minute.items():
+            key = (device, metric, hour_bucket(minute))
+            bucket = hours.get(key)
+            if bucket is None:
+                hours[key] = BucketDelta(part.count, part.sum, part.min, part.max)
+            else:
+                bucket.count += part.count
+                bucket.sum += part.sum
+                bucket.min = min(bucket.min, part.min)
+                bucket.max = max(bucket.max, part.max)
+        return hours
 
     def add(self, event: Event) -> None:
         if isinstance(event, TelemetryRecorded):
@@ -100,7 +116,6 @@ class Deltas:
             # look-ups below cost a sixth as much (the fold was most of an aggregator's time).
             ts = reading.ts.astimezone(UTC)
             minute = minute_bucket(ts)
-            hour = hour_bucket(ts)
             breaching = reading.out_of_range
             for metric, value in reading.metrics.items():
                 points += 1
@@ -113,7 +128,6 @@ class Deltas:
                 else:
                     stat.add(ts, value, out)
                 _bucket(self.minute, (device, metric, minute), value)
-                _bucket(self.hour, (device, metric, hour), value)
             self.fleet[minute] = self.fleet.get(minute, 0) + len(reading.metrics)
         seen = event.received_at or event.ingested_at
         activity = self.activity.get(device)
