@@ -79,6 +79,8 @@ class RunResult:
     readings_per_s_stored: float
     data_points_per_s_stored: float
     readings_per_s_applied: float
+    # live only: stored rate over the publish rate (both from the publishers' start)
+    stored_fraction_of_publish_rate: float | None
     peak_rss_mb: float  # ingest
     aggregator_peak_rss_mb: float
     cpu_cores: dict[str, float] = field(default_factory=dict)
@@ -174,6 +176,11 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
         readings_per_s_stored=round(readings_stored / stored_seconds, 1),
         data_points_per_s_stored=round(stored / stored_seconds, 1),
         readings_per_s_applied=round(applied * per / applied_seconds, 1),
+        stored_fraction_of_publish_rate=(
+            round(readings_stored / stored_seconds / (seen.published.rate * per), 3)
+            if mode == "live" and seen.published.rate
+            else None
+        ),
         peak_rss_mb=seen.rss.get("ingest", 0.0),
         aggregator_peak_rss_mb=seen.rss.get("aggregator", 0.0),
         cpu_cores=seen.cpu,

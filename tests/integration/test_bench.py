@@ -43,6 +43,8 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Pa
         seconds, stored, applied = zip(*run["timeline"], strict=True)
         assert list(seconds) == sorted(seconds) and max(stored) <= readings, name
         assert all(a <= readings for a in applied), name
+    assert report["live"]["stored_fraction_of_publish_rate"] > 0
+    assert report["single"]["stored_fraction_of_publish_rate"] is None
     chart = tmp_path / "ingest.png"
     ingest_chart(report, chart)
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
