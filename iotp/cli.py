@@ -504,7 +504,7 @@ def bench_burst(
         float, typer.Option("--after-seconds", help="Sustained rate after the burst.")
     ] = 30,
     devices: DevicesOption = 100,
-    publishers: PublishersOption = 2,
+    publishers: PublishersOption = 4,
     ingests: IngestsOption = 2,
     aggregators: AggregatorsOption = 1,
     timeout: Annotated[float, typer.Option(help="Give up after this many s.")] = 600,
