@@ -37,9 +37,11 @@ _INSERT = (
     " ON CONFLICT (device_id, metric, ts) DO NOTHING"
 )
 # Otherwise (a redelivery), the new rows are the ones this transaction wrote: their xmin.
+# (COLLATE "C" as in the unique key, migration 0005, so that the join can use it.)
 _NEW_SEQS = (
-    "SELECT s.seq FROM telemetry_staging s JOIN telemetry t USING (device_id, metric, ts)"
-    " WHERE t.xmin = pg_current_xact_id()::xid"
+    "SELECT s.seq FROM telemetry_staging s JOIN telemetry t"
+    ' ON t.device_id COLLATE "C" = s.device_id AND t.metric COLLATE "C" = s.metric'
+    " AND t.ts = s.ts WHERE t.xmin = pg_current_xact_id()::xid"
 )
 
 

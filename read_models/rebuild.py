@@ -46,6 +46,8 @@ MODEL_TABLES = (
 )
 Progress = Callable[[int, int], None]
 
+# Telemetry's unique key is byte-ordered (migration 0005): look-ups by device say
+# COLLATE "C" to use it.
 _STATS = """
 SELECT t.device_id, t.metric, count(*), sum(t.value),
        min(t.value), (array_agg(t.ts ORDER BY t.value ASC, t.ts ASC))[1],
@@ -57,20 +59,21 @@ FROM telemetry t
 JOIN devices d USING (device_id)
 LEFT JOIN LATERAL jsonb_to_recordset(d.metrics) AS r(name text, min float8, max float8)
        ON r.name = t.metric
-WHERE t.device_id = ANY(%s)
+WHERE t.device_id COLLATE "C" = ANY(%s)
 GROUP BY t.device_id, t.metric
 """
 _ROLLUP = """
 SELECT device_id, metric, date_trunc(%s, ts), count(*), sum(value), min(value), max(value)
-FROM telemetry WHERE device_id = ANY(%s)
+FROM telemetry WHERE device_id COLLATE "C" = ANY(%s)
 GROUP BY 1, 2, 3
 """
 _ACTIVITY = """
-SELECT device_id, max(received_at), count(*) FROM telemetry WHERE device_id = ANY(%s)
-GROUP BY 1
+SELECT device_id, max(received_at), count(*) FROM telemetry
+WHERE device_id COLLATE "C" = ANY(%s) GROUP BY 1
 """
 _FLEET = """
-SELECT date_trunc('minute', ts), count(*) FROM telemetry WHERE device_id = ANY(%s) GROUP BY 1
+SELECT date_trunc('minute', ts), count(*) FROM telemetry
+WHERE device_id COLLATE "C" = ANY(%s) GROUP BY 1
 """
 
 
@@ -271,7 +274,7 @@ def _present(write: psycopg.Connection[Any], events: list[TelemetryRecorded]) ->
     rows = write.execute(
         "SELECT k.i FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::int4[])"
         " AS k(d, m, ts, i) WHERE EXISTS (SELECT 1 FROM telemetry t"
-        " WHERE t.device_id = k.d AND t.metric = k.m AND t.ts = k.ts)",
+        ' WHERE t.device_id COLLATE "C" = k.d AND t.metric COLLATE "C" = k.m AND t.ts = k.ts)',
         (
             [e.device_id for e, _ in keyed],
             [next(iter(r.metrics)) for _, r in keyed],

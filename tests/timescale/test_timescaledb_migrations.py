@@ -70,6 +70,7 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
         "0002_telemetry",
         "0003_telemetry_hypertable",
         "0004_ingest_ledger",
+        "0005_telemetry_key_byte_order",
     ]
     assert "compression after 7 d" in report.policies
     assert "retention after 30 d" in report.policies
@@ -91,6 +92,15 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
             " WHERE hypertable_name = 'telemetry'"
         ).fetchone()
         assert dimension is not None and dimension[0] == "ts"
+        # The byte-ordered unique key replaced the constraint, on the hypertable too.
+        keys = conn.execute(
+            "SELECT indexdef FROM pg_indexes"
+            " WHERE tablename = 'telemetry' AND indexdef LIKE '%UNIQUE%'"
+        ).fetchall()
+        assert [k for (k,) in keys] == [
+            "CREATE UNIQUE INDEX telemetry_reading_key_c ON public.telemetry"
+            ' USING btree (device_id COLLATE "C", metric COLLATE "C", ts)'
+        ]
 
     jobs = _jobs(timescale_url)
     assert jobs["policy_compression"][1]["compress_after"] == "7 days"
