@@ -504,7 +504,6 @@ def bench_burst(
         float, typer.Option("--after-seconds", help="Sustained rate after the burst.")
     ] = 30,
     devices: DevicesOption = 100,
-    publishers: PublishersOption = 4,
     ingests: IngestsOption = 2,
     aggregators: AggregatorsOption = 1,
     timeout: Annotated[float, typer.Option(help="Give up after this many s.")] = 600,
@@ -524,7 +523,6 @@ def bench_burst(
             burst_seconds,
             before_seconds,
             after_seconds,
-            publishers,
             timeout,
             Deployment(ingests, aggregators),
         )

@@ -85,7 +85,6 @@ def test_tiny_burst_bench_loses_nothing_and_measures_the_drain(settings: Setting
         burst_seconds=1,
         before_seconds=0.5,
         after_seconds=1,
-        publishers=1,
         timeout=60,
         deployment=Deployment(),
     )
