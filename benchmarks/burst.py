@@ -40,6 +40,7 @@ from benchmarks.platform import event_counts
 from benchmarks.processes import machine, peak_rss_mb
 from benchmarks.stores import register, reset
 from benchmarks.workload import DECLARED, METRICS
+from iotp.errors import ConfigurationError
 from iotp.local_broker import local_mosquitto
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import telemetry_topic
@@ -61,7 +62,9 @@ class Devices:
     def __init__(self, mqtt_url: str, device_ids: list[str], phases: list[Phase]) -> None:
         binary = shutil.which("mosquitto_pub")
         if binary is None:
-            raise RuntimeError("mosquitto_pub is not installed (Debian: mosquitto-clients)")
+            raise ConfigurationError(
+                "mosquitto_pub is not installed (Debian: apt-get install mosquitto-clients)"
+            )
         broker = parse_mqtt_url(mqtt_url)
         self.phases = phases
         self.sent = 0

@@ -34,6 +34,7 @@ from paho.mqtt.properties import Properties
 from benchmarks.ingest import Deployment, bench_settings, prepare, run_drain
 from benchmarks.processes import CpuMeter, machine
 from benchmarks.workload import METRICS, Workload, publish_all
+from iotp.errors import ConfigurationError
 from iotp.local_broker import local_mosquitto
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import TELEMETRY_TOPIC_FILTER
@@ -55,7 +56,9 @@ COPY_CHUNK = 1 << 20
 def _mosquitto_sub(url: str, *extra: str) -> list[str]:
     binary = shutil.which("mosquitto_sub")
     if binary is None:
-        raise FileNotFoundError("mosquitto_sub")
+        raise ConfigurationError(
+            "mosquitto_sub is not installed (Debian: apt-get install mosquitto-clients)"
+        )
     broker = parse_mqtt_url(url)
     return [binary, "-h", broker.host, "-p", str(broker.port), "-i", COUNTER_ID, "-c", "-q", "1",
             "-t", TELEMETRY_TOPIC_FILTER, *extra]  # fmt: skip

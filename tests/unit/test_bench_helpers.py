@@ -1,0 +1,33 @@
+"""Benchmark helpers without services: chart rates, and a missing Mosquitto client."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.chart import rates
+
+
+def test_rates_are_counts_over_the_window() -> None:
+    timeline = [[0.0, 0, 0], [0.5, 500, 100], [1.0, 1000, 600], [1.5, 1500, 1600]]
+    times, stored = rates(timeline, 1)
+    assert times == [0.5, 1.0, 1.5]
+    assert stored == pytest.approx([1000, 1000, 1000])
+    _, applied = rates(timeline, 2)
+    assert applied == pytest.approx([200, 600, 1500])
+
+
+def test_rates_of_a_single_sample_are_empty() -> None:
+    assert rates([[0.0, 0, 0]], 1) == ([], [])
+
+
+def test_a_missing_mosquitto_client_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from benchmarks import burst, limits
+    from iotp.errors import ConfigurationError
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigurationError, match="mosquitto-clients"):
+        limits._mosquitto_sub("mqtt://127.0.0.1:1883")
+    with pytest.raises(ConfigurationError, match="mosquitto-clients"):
+        burst.Devices("mqtt://127.0.0.1:1883", ["d"], [])
