@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,11 +34,11 @@ from benchmarks.ingest import (
     Deployment,
     bench_settings,
     meter_for,
-    start_platform,
+    running_platform,
     stored_data_points,
 )
 from benchmarks.platform import event_counts
-from benchmarks.processes import machine, peak_rss_mb
+from benchmarks.processes import machine, peak_rss_mb, reap
 from benchmarks.stores import register, reset
 from benchmarks.workload import DECLARED, METRICS
 from iotp.errors import ConfigurationError
@@ -142,9 +143,8 @@ class Devices:
         self._thread.join()
         cpu = 0.0
         for client in self.clients:
-            _, status, usage = os.wait4(client.pid, 0)
-            cpu += usage.ru_utime + usage.ru_stime
-            client.returncode = os.waitstatus_to_exitcode(status)
+            client.returncode, used = reap(client.pid)
+            cpu += used
         if self.failure is not None:
             raise RuntimeError(f"the pacer failed: {self.failure}")
         failed = [c.returncode for c in self.clients if c.returncode != 0]
@@ -183,8 +183,11 @@ def run_burst_bench(
     with (
         tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
         local_mosquitto(Path(tmp) / "broker") as broker,
+        ExitStack() as stack,
     ):
-        children = start_platform(settings, broker.url, "burst", Path(tmp), deployment)
+        children = stack.enter_context(
+            running_platform(settings, broker.url, "burst", Path(tmp), deployment)
+        )
         meter = meter_for(children, broker.pid)
         publishers = Devices(broker.url, device_ids, phases)
         samples: list[tuple[float, int, int, int]] = []
@@ -225,8 +228,6 @@ def run_burst_bench(
             rss["broker (not iotp: holds the backlog)"] = peak_rss_mb(psutil.Process(broker.pid))
         finally:
             publishers.kill()
-            for child in children.values():
-                child.stop()
     if messages is None:
         raise RuntimeError(f"the publishers did not finish within {timeout} s")
     cpu["publishers"] = round(publisher_cpu / seconds, 2)

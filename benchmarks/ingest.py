@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,7 @@ def _measure(
 ) -> Measured:
     """From now: run ``publish``, then wait until every message is stored and applied."""
     meter = meter_for(children, broker_pid)
-    progress = Progress(settings.redis_url, children)
+    progress = Progress(settings.redis_url)
     meter.start()
     progress.start()
     published = publish()
@@ -207,7 +208,8 @@ def _measure(
     seconds = applied_at or stored_at or timeout
     cpu = meter.stop(seconds)
     samples = progress.stop()
-    return Measured(published, stored_at, applied_at, cpu, progress.rss_mb, samples)
+    rss = {name: child.peak_rss_mb() for name, child in children.items()}  # high-water marks
+    return Measured(published, stored_at, applied_at, cpu, rss, samples)
 
 
 def run_drain(
@@ -232,32 +234,36 @@ def run_drain(
             log = workdir / f"ingest-{name}-{n}.log"
             start_ingest(settings, broker.url, log, ingest_instance=f"{INSTANCE}-{n}").stop()
         published = publish_all(broker.url, workload, publishers)
-        children = start_platform(settings, broker.url, name, workdir, deployment)
-        try:
+        with running_platform(settings, broker.url, name, workdir, deployment) as children:
             seen = _measure(settings, workload, children, broker.pid, lambda: published, timeout)
-        finally:
-            for child in children.values():
-                child.stop()
     return _result("drain", workload, settings, seen)
 
 
-def start_platform(
+@contextmanager
+def running_platform(
     settings: Settings, mqtt_url: str, name: str, workdir: Path, deployment: Deployment
-) -> dict[str, Child]:
-    """Aggregators first (they wait for events), then ingest: named ingest, ingest-1 ..."""
+) -> Iterator[dict[str, Child]]:
+    """Aggregators first (they wait for events), then ingest: named ingest, ingest-1 ...;
+    all stopped when the block ends, also the ones started before a start failed."""
     children: dict[str, Child] = {}
-    for n in range(deployment.aggregators):
-        children["aggregator" if n == 0 else f"aggregator-{n}"] = start_aggregator(
-            settings, workdir / f"aggregate-{name}-{n}.log", aggregator_instance=f"{INSTANCE}-{n}"
-        )
-    for n in range(deployment.ingests):
-        children["ingest" if n == 0 else f"ingest-{n}"] = start_ingest(
-            settings,
-            mqtt_url,
-            workdir / f"ingest-{name}-{n}.log",
-            ingest_instance=f"{INSTANCE}-{n}",
-        )
-    return children
+    try:
+        for n in range(deployment.aggregators):
+            children["aggregator" if n == 0 else f"aggregator-{n}"] = start_aggregator(
+                settings,
+                workdir / f"aggregate-{name}-{n}.log",
+                aggregator_instance=f"{INSTANCE}-{n}",
+            )
+        for n in range(deployment.ingests):
+            children["ingest" if n == 0 else f"ingest-{n}"] = start_ingest(
+                settings,
+                mqtt_url,
+                workdir / f"ingest-{name}-{n}.log",
+                ingest_instance=f"{INSTANCE}-{n}",
+            )
+        yield children
+    finally:
+        for child in children.values():
+            child.stop()
 
 
 def run_live(
@@ -271,19 +277,17 @@ def run_live(
     """Publishers and the platform at once; the clock starts with the publishers."""
     reset_telemetry(settings)
     name = f"live-{workload.per_message}"
-    with local_mosquitto(workdir / f"broker-{name}") as broker:
-        children = start_platform(settings, broker.url, name, workdir, deployment)
+    with (
+        local_mosquitto(workdir / f"broker-{name}") as broker,
+        running_platform(settings, broker.url, name, workdir, deployment) as children,
+    ):
 
         def publish() -> PublishResult:
             started = time.perf_counter()
             results = start_publishers(broker.url, workload, publishers).get(timeout=timeout)
             return combine(results, time.perf_counter() - started)
 
-        try:
-            seen = _measure(settings, workload, children, broker.pid, publish, timeout)
-        finally:
-            for child in children.values():
-                child.stop()
+        seen = _measure(settings, workload, children, broker.pid, publish, timeout)
     seconds = seen.applied_at or seen.stored_at or timeout
     seen.cpu["publishers"] = round(seen.published.cpu_seconds / seconds, 2)
     return _result("live", workload, settings, seen)
@@ -299,8 +303,8 @@ def run_ingest_bench(
     deployment: Deployment,
 ) -> dict[str, Any]:
     settings = bench_settings(settings)
-    single = Workload(devices, readings, 1)
-    batched = Workload(devices, readings * 5, batch)
+    workloads = drain_workloads(devices, readings, batch)
+    single, batched = workloads["single"], workloads["batched"]
     prepare(settings, single)
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
         workdir = Path(tmp)
@@ -310,8 +314,22 @@ def run_ingest_bench(
             "live": run_live(settings, single, publishers, timeout, workdir, deployment),
         }
     return {
-        "machine": machine(),
-        "workload": {"devices": devices, "metrics_per_reading": 3, "batch": batch},
-        "deployment": asdict(deployment),
+        **report_header(devices, batch, deployment),
         **{name: asdict(run) for name, run in runs.items()},
+    }
+
+
+def drain_workloads(devices: int, readings: int, batch: int) -> dict[str, Workload]:
+    """The two drains of `ingest` and `limits`: one reading a message, and batched (x5)."""
+    return {
+        "single": Workload(devices, readings, 1),
+        "batched": Workload(devices, readings * 5, batch),
+    }
+
+
+def report_header(devices: int, batch: int, deployment: Deployment) -> dict[str, Any]:
+    return {
+        "machine": machine(),
+        "workload": {"devices": devices, "metrics_per_reading": len(METRICS), "batch": batch},
+        "deployment": asdict(deployment),
     }

@@ -13,13 +13,11 @@ In one run, with the same workload and the same publishers as `iotp bench ingest
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from benchmarks.ingest import Deployment, bench_settings, prepare, run_drain
-from benchmarks.processes import CpuMeter, machine
+from benchmarks.ingest import (
+    Deployment,
+    bench_settings,
+    drain_workloads,
+    prepare,
+    report_header,
+    run_drain,
+)
+from benchmarks.processes import CpuMeter, reap
 from benchmarks.workload import METRICS, Workload, publish_all
 from iotp.errors import ConfigurationError
 from iotp.local_broker import local_mosquitto
@@ -79,15 +84,13 @@ def drain_with_mosquitto_sub(
             stdout=subprocess.DEVNULL,
         )
         meter.start()
-        # wait4 gives the child's own CPU time, which psutil cannot read once it has exited.
         killer = threading.Timer(timeout, counter.kill)
         killer.start()
-        _, status, usage = os.wait4(counter.pid, 0)
+        counter.returncode, subscriber_cpu = reap(counter.pid)
         killer.cancel()
-        counter.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - started
         cpu = meter.stop(seconds)
-        cpu["subscriber"] = round((usage.ru_utime + usage.ru_stime) / seconds, 2)
+        cpu["subscriber"] = round(subscriber_cpu / seconds, 2)
     if counter.returncode != 0:
         raise RuntimeError(f"mosquitto_sub did not count every message (exit {counter.returncode})")
     return _drain_figures(published.messages, workload.per_message, seconds, cpu)
@@ -225,16 +228,9 @@ def run_limits_bench(
     deployment: Deployment,
 ) -> dict[str, Any]:
     settings = bench_settings(settings)
-    workloads = {
-        "single": Workload(devices, readings, 1),
-        "batched": Workload(devices, readings * 5, batch),
-    }
+    workloads = drain_workloads(devices, readings, batch)
     prepare(settings, workloads["single"])
-    report: dict[str, Any] = {
-        "machine": machine(),
-        "workload": {"devices": devices, "metrics_per_reading": len(METRICS), "batch": batch},
-        "deployment": asdict(deployment),
-    }
+    report = report_header(devices, batch, deployment)
     database = copy_ceiling(settings, workloads["batched"].readings, devices)
     report["database_copy"] = database
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:

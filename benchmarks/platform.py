@@ -122,12 +122,10 @@ def _text(value: bytes | str) -> str:
 
 @dataclass
 class Progress:
-    """Samples the event counts (and the children's memory) in a thread, from ``start()``."""
+    """Samples the event counts in a thread, from ``start()``."""
 
     redis_url: str
-    children: dict[str, Child] = field(default_factory=dict)
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (s, stored, applied)
-    rss_mb: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     started: float = 0.0
@@ -142,13 +140,8 @@ class Progress:
         while True:
             stored, applied = event_counts(client)
             self.samples.append((time.perf_counter() - self.started, stored, applied))
-            for name, child in self.children.items():
-                self.rss_mb[name] = max(self.rss_mb.get(name, 0.0), child.peak_rss_mb())
             if self._stop.wait(SAMPLE_SECONDS):
                 return
-
-    def latest(self) -> tuple[int, int]:
-        return event_counts(redis.Redis.from_url(self.redis_url))
 
     def wait(
         self, stored: int, applied: int, timeout: float, children: list[Child]

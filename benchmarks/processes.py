@@ -80,3 +80,9 @@ def peak_rss_mb(process: psutil.Process) -> float:
 
 def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def reap(pid: int) -> tuple[int, float]:
+    """Wait for child ``pid``: (exit code, its CPU seconds), which psutil cannot read after."""
+    _, status, usage = os.wait4(pid, 0)
+    return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
