@@ -42,10 +42,10 @@ from benchmarks.processes import machine, peak_rss_mb, reap
 from benchmarks.stores import register, reset
 from benchmarks.workload import DECLARED, METRICS
 from iotp.errors import ConfigurationError
-from iotp.local_broker import local_mosquitto
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import telemetry_topic
 from iotp.settings import Settings
+from local_platform.broker import local_mosquitto
 
 TICK_SECONDS = 0.02
 SAMPLE_SECONDS = 0.25

@@ -17,10 +17,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from benchmarks.ingest import bench_settings
 from benchmarks.platform import start_aggregator, start_ingest
 from benchmarks.stores import register, reset
-from iotp.local_broker import local_mosquitto
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import telemetry_topic
 from iotp.settings import Settings
+from local_platform.broker import local_mosquitto
 
 POLL_SECONDS = 0.01
 

@@ -42,13 +42,13 @@ from benchmarks.workload import (
     publish_all,
     start_publishers,
 )
-from iotp.local_broker import local_mosquitto
 from iotp.names import (
     INGEST_STATS_KEY_PREFIX,
     TELEMETRY_DEADLETTER_STREAM,
     TELEMETRY_EVENTS_STREAM,
 )
 from iotp.settings import Settings
+from local_platform.broker import local_mosquitto
 
 BENCH_DATABASE = "iotp_bench"
 BENCH_REDIS_DB = 14

@@ -40,10 +40,10 @@ from benchmarks.ingest import (
 from benchmarks.processes import CpuMeter, reap
 from benchmarks.workload import METRICS, Workload, publish_all
 from iotp.errors import ConfigurationError
-from iotp.local_broker import local_mosquitto
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import TELEMETRY_TOPIC_FILTER
 from iotp.settings import Settings
+from local_platform.broker import local_mosquitto
 
 COUNTER_ID = "iotp-bench-counter"
 # Fixed names, so that every statement here is a constant.

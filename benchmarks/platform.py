@@ -40,7 +40,7 @@ class Child:
         self.command, self.log = command, log
         self._offset = log.stat().st_size if log.exists() else 0
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and command
-            [sys.executable, "-m", "iotp.cli", command],
+            [sys.executable, "-m", "cli", command],
             env=env,
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,

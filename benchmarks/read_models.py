@@ -23,9 +23,9 @@ from benchmarks.processes import CpuMeter, peak_rss_mb
 from benchmarks.stores import BENCH_TOKEN, child_env, register, reset
 from ingest.publisher import StreamPublisher
 from iotp.events import telemetry_recorded_fields
-from iotp.local_broker import free_port
 from iotp.names import TELEMETRY_EVENTS_STREAM
 from iotp.settings import Settings
+from local_platform.broker import free_port
 
 
 def run_aggregate_bench(
@@ -216,7 +216,7 @@ def run_query_bench(settings: Settings, devices: int, days: int, requests: int) 
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
         log = Path(tmp) / "query.log"
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and command
-            [sys.executable, "-m", "iotp.cli", "query-api", "--port", str(port)],
+            [sys.executable, "-m", "cli", "query-api", "--port", str(port)],
             env=child_env(settings, log_level="WARNING"),
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,

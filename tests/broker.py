@@ -1,4 +1,4 @@
-"""A private Mosquitto for tests, configured like production (iotp/mosquitto.conf)."""
+"""A private Mosquitto for tests, configured like production (local_platform/mosquitto.conf)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from iotp.local_broker import local_mosquitto
+from local_platform.broker import local_mosquitto
 
 
 @contextmanager

@@ -17,10 +17,15 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from iotp.embedded import embedded_postgres, embedded_redis, postgres_answers, redis_answers
-from iotp.local_broker import free_port
 from iotp.migrate import migrate
 from iotp.settings import Settings
+from local_platform.broker import free_port
+from local_platform.embedded import (
+    embedded_postgres,
+    embedded_redis,
+    postgres_answers,
+    redis_answers,
+)
 
 # The test servers: the machine's own services unless told otherwise; on a bare machine
 # (nothing configured, nothing on the default ports) embedded ones, started by

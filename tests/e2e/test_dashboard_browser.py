@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 
-from iotp.local_broker import free_port
+from local_platform.broker import free_port
 from tests.conftest import TEST_TOKEN, wait_for
 from tests.integration.ingest_harness import Platform, ingest_env
 
@@ -50,7 +50,7 @@ def browser() -> Iterator[Any]:
 def _serve(platform: Platform, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
     log = (platform.tmp / f"{args[0]}.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "iotp.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
     )
     platform.children.append(type("Child", (), {"process": process})())
     return process
@@ -75,7 +75,7 @@ def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -
         [
             sys.executable,
             "-m",
-            "iotp.cli",
+            "cli",
             "simulate",
             "--devices",
             str(len(DEVICES)),

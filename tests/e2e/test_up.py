@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from iotp.local_broker import free_port
+from local_platform.broker import free_port
 from tests.conftest import wait_for
 
 
@@ -27,7 +27,7 @@ def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path, broker
         [
             sys.executable,
             "-m",
-            "iotp.cli",
+            "cli",
             "up",
             "--simulate",
             "4",

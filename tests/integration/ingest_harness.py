@@ -53,7 +53,7 @@ class IngestProcess:
     def start(self) -> IngestProcess:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "iotp.cli", "ingest", "--instance", self.instance],
+            [sys.executable, "-m", "cli", "ingest", "--instance", self.instance],
             env=self.env,
             stdout=handle,
             stderr=subprocess.STDOUT,

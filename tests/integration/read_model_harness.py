@@ -22,7 +22,7 @@ class AggregatorProcess:
     def start(self) -> AggregatorProcess:
         before = self.log.read_text().count("aggregating as") if self.log.exists() else 0
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "iotp.cli", "aggregate", "--instance", self.instance],
+            [sys.executable, "-m", "cli", "aggregate", "--instance", self.instance],
             env=self.env,
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,

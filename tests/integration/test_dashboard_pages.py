@@ -138,7 +138,7 @@ def test_pipeline_page(seeded: psycopg.Connection[Any]) -> None:
 def test_a_dead_read_store_is_a_message_not_a_traceback(
     seeded: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from iotp.local_broker import free_port
+    from local_platform.broker import free_port
 
     monkeypatch.setenv("IOTP_READ_DATABASE_URL", f"postgresql://127.0.0.1:{free_port()}/x")
     get_settings.cache_clear()

@@ -346,7 +346,7 @@ def test_counters_reach_prometheus_and_iotp_status(platform: Platform) -> None:
 
     def status() -> dict[str, Any]:
         result = subprocess.run(
-            [sys.executable, "-m", "iotp.cli", "status", "--json"],
+            [sys.executable, "-m", "cli", "status", "--json"],
             env=ingest_env(platform.settings, platform.mqtt_url),
             capture_output=True,
             text=True,

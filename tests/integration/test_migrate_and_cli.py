@@ -21,7 +21,7 @@ from tests import conftest
 from tests.conftest import TEST_TOKEN, free_port, wait_for
 from tests.integration.api_helpers import AUTH, THERMOSTAT
 
-IOTP = [sys.executable, "-m", "iotp.cli"]
+IOTP = [sys.executable, "-m", "cli"]
 
 
 def _iotp(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

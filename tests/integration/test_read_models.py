@@ -100,7 +100,7 @@ def converged(platform: Platform) -> Models:
 
 def iotp_rebuild(platform: Platform) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "iotp.cli", "rebuild"],
+        [sys.executable, "-m", "cli", "rebuild"],
         env=env(platform),
         capture_output=True,
         text=True,

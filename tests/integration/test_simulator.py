@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from iotp.local_broker import free_port
+from local_platform.broker import free_port
 from tests.conftest import TEST_TOKEN, wait_for
 from tests.integration.ingest_harness import Platform, deadletters, ingest_env
 
@@ -16,7 +16,7 @@ def test_simulated_fleet_with_faults_is_stored_and_dead_lettered(platform: Platf
     port = free_port()
     env = ingest_env(platform.settings, platform.mqtt_url, api_token=TEST_TOKEN, api_port=str(port))
     api = subprocess.Popen(
-        [sys.executable, "-m", "iotp.cli", "api"],
+        [sys.executable, "-m", "cli", "api"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -70,7 +70,7 @@ def test_simulated_fleet_with_faults_is_stored_and_dead_lettered(platform: Platf
 
 def _try(platform: Platform, env: dict[str, str], *args: str) -> dict[str, int] | None:
     result = subprocess.run(
-        [sys.executable, "-m", "iotp.cli", "simulate", *args, "--json"],
+        [sys.executable, "-m", "cli", "simulate", *args, "--json"],
         env=env,
         capture_output=True,
         text=True,

@@ -8,7 +8,7 @@ from typing import Any
 import typer.main
 import yaml
 
-from iotp.cli import app
+from cli.app import app
 from iotp.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,8 +48,8 @@ def test_compose_uses_timescaledb_and_the_shipped_broker_config() -> None:
     services = _compose()["services"]
     assert services["timescaledb"]["image"].startswith("timescale/timescaledb:")
     mounts = " ".join(services["mosquitto"]["volumes"])
-    assert "./iotp/mosquitto.conf:" in mounts
-    assert (ROOT / "iotp" / "mosquitto.conf").is_file()
+    assert "./local_platform/mosquitto.conf:" in mounts
+    assert (ROOT / "local_platform" / "mosquitto.conf").is_file()
     api_port = Settings().api_port
     assert f"{api_port}:{api_port}" in services["api"]["ports"]
 

@@ -25,16 +25,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from iotp.embedded import (
+from iotp.errors import ConfigurationError, redact_url
+from iotp.settings import Settings, token_problem
+from local_platform.broker import local_amqtt, local_mosquitto
+from local_platform.embedded import (
     broker_answers,
     embedded_postgres,
     embedded_redis,
     postgres_answers,
     redis_answers,
 )
-from iotp.errors import ConfigurationError, redact_url
-from iotp.local_broker import local_amqtt, local_mosquitto
-from iotp.settings import Settings, token_problem
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,9 @@ def services(
         ):
             if broker == "mosquitto" or (broker == "auto" and shutil.which("mosquitto")):
                 local = stack.enter_context(local_mosquitto(state / "mosquitto"))
-                resolved.started.append(f"Mosquitto on port {local.port} (iotp/mosquitto.conf)")
+                resolved.started.append(
+                    f"Mosquitto on port {local.port} (local_platform/mosquitto.conf)"
+                )
             else:
                 local = stack.enter_context(local_amqtt(state / "amqtt"))
                 resolved.reduced = True
@@ -204,7 +206,7 @@ def supervise(found: list[Child], env: dict[str, str], logs: Path, stop: Any) ->
                     child.next_start = now + delay
                 if child.process is None and now >= child.next_start and _ready(child):
                     child.process = subprocess.Popen(  # noqa: S603 - our interpreter and CLI
-                        [sys.executable, "-m", "iotp.cli", *child.args],
+                        [sys.executable, "-m", "cli", *child.args],
                         env=env,
                         stdout=(logs / f"{child.name}.log").open("ab"),
                         stderr=subprocess.STDOUT,

@@ -77,8 +77,8 @@ def up(
     """Run the whole platform (migrate, APIs, ingest, aggregators, dashboard), supervised."""
     from pathlib import Path
 
-    from iotp import up as platform
     from iotp.migrate import migrate as run_migrations
+    from local_platform import up as platform
 
     settings = _settings()
     state = Path(state_dir or settings.state_dir).resolve()
@@ -390,7 +390,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show ingest counters, stream lengths and the outbox backlog."""
-    from iotp.status import collect_status, render_status
+    from cli.status import collect_status, render_status
 
     settings = _settings()
     with _clear_errors():

@@ -1,4 +1,4 @@
-"""A Mosquitto of our own on loopback, configured like production (iotp/mosquitto.conf).
+"""A Mosquitto of our own on loopback, configured like production (local_platform/mosquitto.conf).
 
 Used by the tests and the benchmarks, so that they run against the broker settings that a
 deployment needs rather than Mosquitto's lossy defaults.
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 def production_config() -> str:
-    return resources.files("iotp").joinpath("mosquitto.conf").read_text(encoding="utf-8")
+    return resources.files("local_platform").joinpath("mosquitto.conf").read_text(encoding="utf-8")
 
 
 def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:

@@ -16,8 +16,8 @@ from pathlib import Path
 import psycopg
 import redis
 
-from iotp.local_broker import free_port
 from iotp.mqtt_url import parse_mqtt_url
+from local_platform.broker import free_port
 
 
 def postgres_answers(url: str) -> bool:
