@@ -20,8 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -37,8 +36,8 @@ from benchmarks.ingest import (
     running_platform,
     stored_data_points,
 )
-from benchmarks.platform import event_counts
-from benchmarks.processes import machine, peak_rss_mb, reap
+from benchmarks.platform import BenchProcess, event_counts
+from benchmarks.processes import CpuMeter, machine, peak_rss_mb, reap
 from benchmarks.stores import register, reset
 from benchmarks.workload import DECLARED, METRICS
 from iotp.errors import ConfigurationError
@@ -143,8 +142,7 @@ class Devices:
         self._thread.join()
         cpu = 0.0
         for client in self.clients:
-            client.returncode, used = reap(client.pid)
-            cpu += used
+            cpu += reap(client)
         if self.failure is not None:
             raise RuntimeError(f"the pacer failed: {self.failure}")
         failed = [c.returncode for c in self.clients if c.returncode != 0]
@@ -158,106 +156,144 @@ class Devices:
                 client.kill()
 
 
-def run_burst_bench(
-    settings: Settings,
-    devices: int,
-    rate: float,
-    factor: float,
-    burst_seconds: float,
-    before_seconds: float,
-    after_seconds: float,
-    timeout: float,
-    deployment: Deployment,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BurstPlan:
+    """The sustained rate, the burst, and the platform that takes them."""
+
+    devices: int
+    rate: float  # messages/s of all devices together, before and after the burst
+    factor: float  # the burst is this many times the rate
+    burst_seconds: float
+    before_seconds: float
+    after_seconds: float
+    timeout: float
+    deployment: Deployment
+
+    def phases(self) -> list[Phase]:
+        return [
+            Phase(self.before_seconds, self.rate),
+            Phase(self.burst_seconds, self.rate * self.factor),
+            Phase(self.after_seconds, self.rate),
+        ]
+
+    @property
+    def burst_end(self) -> float:
+        """Seconds from the publishers' start to the end of the burst."""
+        return self.before_seconds + self.burst_seconds
+
+
+@dataclass
+class BurstRun:
+    """What the run saw, sampled every SAMPLE_SECONDS from the publishers' start."""
+
+    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # s, pub, sto, app
+    published_at_burst_end: int | None = None
+    drained_at: float | None = None  # everything published up to the burst's end applied
+    messages: int | None = None  # published in all, once every publisher has exited
+    publisher_cpu: float = 0.0
+    seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)
+    rss: dict[str, float] = field(default_factory=dict)
+
+    def sample(
+        self, now: float, published: int, stored: int, applied: int, plan: BurstPlan
+    ) -> None:
+        self.samples.append((round(now, 2), published, stored, applied))
+        if self.published_at_burst_end is None and now >= plan.burst_end:
+            self.published_at_burst_end = published
+        if (
+            self.published_at_burst_end is not None
+            and self.drained_at is None
+            and applied >= self.published_at_burst_end
+        ):
+            self.drained_at = now
+
+
+def run_burst_bench(settings: Settings, plan: BurstPlan) -> dict[str, Any]:
     settings = bench_settings(settings)
-    device_ids = [f"burst-{n:05d}" for n in range(devices)]
+    device_ids = [f"burst-{n:05d}" for n in range(plan.devices)]
     reset(settings)
     register(settings, device_ids, "thermostat", DECLARED)
-    phases = [
-        Phase(before_seconds, rate),
-        Phase(burst_seconds, rate * factor),
-        Phase(after_seconds, rate),
-    ]
-    burst_end = before_seconds + burst_seconds
     client = redis.Redis.from_url(settings.redis_url)
     with (
         tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
         local_mosquitto(Path(tmp) / "broker") as broker,
-        ExitStack() as stack,
+        running_platform(settings, broker.url, "burst", Path(tmp), plan.deployment) as children,
     ):
-        children = stack.enter_context(
-            running_platform(settings, broker.url, "burst", Path(tmp), deployment)
-        )
-        meter = meter_for(children, broker.pid)
-        publishers = Devices(broker.url, device_ids, phases)
-        samples: list[tuple[float, int, int, int]] = []
-        published_at_burst_end: int | None = None
-        drained_at: float | None = None
-        messages: int | None = None
-        publisher_cpu = 0.0
+        publishers = Devices(broker.url, device_ids, plan.phases())
         try:
             time.sleep(0.5)  # the clients connect
-            started = time.perf_counter()
-            meter.start()
-            publishers.start()
-            while True:
-                now = time.perf_counter() - started
-                published = publishers.sent
-                stored, applied = event_counts(client)
-                samples.append((round(now, 2), published, stored, applied))
-                if published_at_burst_end is None and now >= burst_end:
-                    published_at_burst_end = published
-                if (
-                    published_at_burst_end is not None
-                    and drained_at is None
-                    and applied >= published_at_burst_end
-                ):
-                    drained_at = now
-                if messages is None and publishers.done():
-                    messages, publisher_cpu = publishers.wait()
-                if messages is not None and applied >= messages:
-                    break
-                if now > timeout:
-                    break
-                for child in children.values():
-                    child.check()
-                threading.Event().wait(SAMPLE_SECONDS)
-            seconds = time.perf_counter() - started
-            cpu = meter.stop(seconds)
-            rss = {name: child.peak_rss_mb() for name, child in children.items()}
-            rss["broker (not iotp: holds the backlog)"] = peak_rss_mb(psutil.Process(broker.pid))
+            run = _follow(plan, publishers, client, children, meter_for(children, broker.pid))
+            run.rss = {name: child.peak_rss_mb() for name, child in children.items()}
+            run.rss["broker (not iotp: holds the backlog)"] = peak_rss_mb(
+                psutil.Process(broker.pid)
+            )
         finally:
             publishers.kill()
-    if messages is None:
-        raise RuntimeError(f"the publishers did not finish within {timeout} s")
-    cpu["publishers"] = round(publisher_cpu / seconds, 2)
+    return _report(settings, plan, run, client)
+
+
+def _follow(
+    plan: BurstPlan,
+    publishers: Devices,
+    client: redis.Redis,
+    children: dict[str, BenchProcess],
+    meter: CpuMeter,
+) -> BurstRun:
+    """Start the publishers; sample until all they sent is applied, or the timeout."""
+    run = BurstRun()
+    started = time.perf_counter()
+    meter.start()
+    publishers.start()
+    while True:
+        now = time.perf_counter() - started
+        published = publishers.sent
+        stored, applied = event_counts(client)
+        run.sample(now, published, stored, applied, plan)
+        if run.messages is None and publishers.done():
+            run.messages, run.publisher_cpu = publishers.wait()
+        if (run.messages is not None and applied >= run.messages) or now > plan.timeout:
+            break
+        for child in children.values():
+            child.check()
+        threading.Event().wait(SAMPLE_SECONDS)
+    run.seconds = time.perf_counter() - started
+    run.cpu = meter.stop(run.seconds)
+    return run
+
+
+def _report(
+    settings: Settings, plan: BurstPlan, run: BurstRun, client: redis.Redis
+) -> dict[str, Any]:
+    if run.messages is None:
+        raise RuntimeError(f"the publishers did not finish within {plan.timeout} s")
+    messages = run.messages
+    cpu = {**run.cpu, "publishers": round(run.publisher_cpu / run.seconds, 2)}
     readings_stored = stored_data_points(settings) // len(METRICS)
     events, applied = event_counts(client)
-    burst_samples = [s for s in samples if before_seconds <= s[0] <= burst_end]
+    burst = [s for s in run.samples if plan.before_seconds <= s[0] <= plan.burst_end]
     burst_rate = (
-        (burst_samples[-1][1] - burst_samples[0][1]) / (burst_samples[-1][0] - burst_samples[0][0])
-        if len(burst_samples) > 1
-        else 0.0
+        (burst[-1][1] - burst[0][1]) / (burst[-1][0] - burst[0][0]) if len(burst) > 1 else 0.0
     )
     return {
         "machine": machine(),
-        "devices": devices,
-        "publishers": f"{devices} x mosquitto_pub -l (QoS 1), one per device",
-        "deployment": asdict(deployment),
-        "rate_asked_msgs_per_s": rate,
-        "burst_rate_asked_msgs_per_s": rate * factor,
+        "devices": plan.devices,
+        "publishers": f"{plan.devices} x mosquitto_pub -l (QoS 1), one per device",
+        "deployment": asdict(plan.deployment),
+        "rate_asked_msgs_per_s": plan.rate,
+        "burst_rate_asked_msgs_per_s": plan.rate * plan.factor,
         "burst_rate_published_msgs_per_s": round(burst_rate, 1),
-        "phases_seconds": [p.seconds for p in phases],
+        "phases_seconds": [p.seconds for p in plan.phases()],
         "messages_published": messages,
         "readings_stored": readings_stored,
         "readings_lost": messages - readings_stored,
         "events_published": events,
         "events_applied": applied,
-        "backlog_peak_messages": max((p - a for _, p, _, a in samples), default=0),
+        "backlog_peak_messages": max((p - a for _, p, _, a in run.samples), default=0),
         "drain_seconds_after_burst": (
-            None if drained_at is None else round(drained_at - burst_end, 2)
+            None if run.drained_at is None else round(run.drained_at - plan.burst_end, 2)
         ),
-        "peak_rss_mb": rss,
+        "peak_rss_mb": run.rss,
         "cpu_cores": cpu,
-        "timeline": samples,
+        "timeline": run.samples,
     }

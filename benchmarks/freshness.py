@@ -15,10 +15,11 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.ingest import bench_settings
-from benchmarks.platform import start_aggregator, start_ingest
+from benchmarks.platform import STOP_GRACE_SECONDS, start_aggregator, start_ingest
 from benchmarks.stores import register, reset
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import telemetry_topic
+from iotp.processes import stop_all
 from iotp.settings import Settings
 from local_platform.broker import local_mosquitto
 
@@ -39,23 +40,23 @@ def run_freshness_bench(
         tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
         local_mosquitto(Path(tmp) / "broker") as broker,
     ):
-        ingest = start_ingest(settings, broker.url, Path(tmp) / "ingest.log")
-        aggregator = start_aggregator(
-            settings, Path(tmp) / "aggregate.log", aggregator_block_ms="20"
-        )
+        children = [start_ingest(settings, broker.url, Path(tmp) / "ingest.log")]
         done = threading.Event()
         poller = threading.Thread(target=_poll, args=(settings, published, seen, done))
-        poller.start()
         try:
+            children.append(
+                start_aggregator(settings, Path(tmp) / "aggregate.log", aggregator_block_ms="20")
+            )
+            poller.start()
             sent, elapsed = _publish(broker.url, ids, rate, seconds, published)
             deadline = time.monotonic() + 30
             while len(seen) < len(published) and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
             done.set()
-            poller.join()
-            aggregator.stop()
-            ingest.stop()
+            if poller.is_alive():
+                poller.join()
+            stop_all(children, STOP_GRACE_SECONDS)
     latencies = sorted((seen[key] - published[key]) * 1000 for key in seen if key in published)
 
     def pct(q: float) -> float:

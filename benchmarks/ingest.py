@@ -25,7 +25,8 @@ from pydantic import SecretStr
 
 from benchmarks.platform import (
     INSTANCE,
-    Child,
+    STOP_GRACE_SECONDS,
+    BenchProcess,
     Progress,
     event_counts,
     start_aggregator,
@@ -47,6 +48,7 @@ from iotp.names import (
     TELEMETRY_DEADLETTER_STREAM,
     TELEMETRY_EVENTS_STREAM,
 )
+from iotp.processes import stop_all
 from iotp.settings import Settings
 from local_platform.broker import local_mosquitto
 
@@ -61,6 +63,38 @@ class Deployment:
 
     ingests: int = 2
     aggregators: int = 1
+
+
+@dataclass(frozen=True)
+class DrainPlan:
+    """What `iotp bench ingest` and `iotp bench limits` run: the same workloads, publishers
+    and deployment."""
+
+    devices: int
+    readings: int  # of the one-reading-per-message workload; the batched one has five times more
+    batch: int  # readings per message of the batched workload
+    publishers: int  # publisher processes
+    timeout: float  # seconds a run may take
+    deployment: Deployment
+
+    def workloads(self) -> dict[str, Workload]:
+        """The two drains: one reading a message, and batched (x5)."""
+        return {
+            "single": Workload(self.devices, self.readings, 1),
+            "batched": Workload(self.devices, self.readings * 5, self.batch),
+        }
+
+    def header(self) -> dict[str, Any]:
+        """The start of the report: this machine, the workload and the deployment."""
+        return {
+            "machine": machine(),
+            "workload": {
+                "devices": self.devices,
+                "metrics_per_reading": len(METRICS),
+                "batch": self.batch,
+            },
+            "deployment": asdict(self.deployment),
+        }
 
 
 @dataclass
@@ -104,10 +138,12 @@ def bench_settings(settings: Settings) -> Settings:
     )
 
 
-def prepare(settings: Settings, workload: Workload) -> None:
-    """Empty the bench's stores and register the workload's devices."""
+def prepare(settings: Settings, plan: DrainPlan) -> Settings:
+    """The bench's own stores, emptied, with the workload's devices registered."""
+    settings = bench_settings(settings)
     reset(settings)
-    register(settings, workload.device_ids(), "thermostat", DECLARED)
+    register(settings, plan.workloads()["single"].device_ids(), "thermostat", DECLARED)
+    return settings
 
 
 def reset_telemetry(settings: Settings) -> None:
@@ -131,7 +167,7 @@ def stored_data_points(settings: Settings) -> int:
     return int(row[0]) if row else 0
 
 
-def meter_for(children: dict[str, Child], broker_pid: int) -> CpuMeter:
+def meter_for(children: dict[str, BenchProcess], broker_pid: int) -> CpuMeter:
     meter = CpuMeter()
     for name, child in children.items():
         meter.add(name, [child.ps])
@@ -192,7 +228,7 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
 def _measure(
     settings: Settings,
     workload: Workload,
-    children: dict[str, Child],
+    children: dict[str, BenchProcess],
     broker_pid: int,
     publish: Callable[[], PublishResult],
     timeout: float,
@@ -212,14 +248,7 @@ def _measure(
     return Measured(published, stored_at, applied_at, cpu, rss, samples)
 
 
-def run_drain(
-    settings: Settings,
-    workload: Workload,
-    publishers: int,
-    timeout: float,
-    workdir: Path,
-    deployment: Deployment,
-) -> RunResult:
+def run_drain(settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path) -> RunResult:
     """Queue the workload for ingest's session while it is stopped, then time the catch-up.
 
     The clock starts once ingest has connected (its interpreter start-up is not counted);
@@ -230,22 +259,26 @@ def run_drain(
     reset_telemetry(settings)
     name = f"drain-{workload.per_message}"
     with local_mosquitto(workdir / f"broker-{name}") as broker:
-        for n in range(deployment.ingests):  # creates the persistent sessions
+        for n in range(plan.deployment.ingests):  # creates the persistent sessions
             log = workdir / f"ingest-{name}-{n}.log"
-            start_ingest(settings, broker.url, log, ingest_instance=f"{INSTANCE}-{n}").stop()
-        published = publish_all(broker.url, workload, publishers)
-        with running_platform(settings, broker.url, name, workdir, deployment) as children:
-            seen = _measure(settings, workload, children, broker.pid, lambda: published, timeout)
+            start_ingest(settings, broker.url, log, ingest_instance=f"{INSTANCE}-{n}").stop(
+                STOP_GRACE_SECONDS
+            )
+        published = publish_all(broker.url, workload, plan.publishers)
+        with running_platform(settings, broker.url, name, workdir, plan.deployment) as children:
+            seen = _measure(
+                settings, workload, children, broker.pid, lambda: published, plan.timeout
+            )
     return _result("drain", workload, settings, seen)
 
 
 @contextmanager
 def running_platform(
     settings: Settings, mqtt_url: str, name: str, workdir: Path, deployment: Deployment
-) -> Iterator[dict[str, Child]]:
+) -> Iterator[dict[str, BenchProcess]]:
     """Aggregators first (they wait for events), then ingest: named ingest, ingest-1 ...;
     all stopped when the block ends, also the ones started before a start failed."""
-    children: dict[str, Child] = {}
+    children: dict[str, BenchProcess] = {}
     try:
         for n in range(deployment.aggregators):
             children["aggregator" if n == 0 else f"aggregator-{n}"] = start_aggregator(
@@ -262,74 +295,39 @@ def running_platform(
             )
         yield children
     finally:
-        for child in children.values():
-            child.stop()
+        stop_all(children.values(), STOP_GRACE_SECONDS)
 
 
-def run_live(
-    settings: Settings,
-    workload: Workload,
-    publishers: int,
-    timeout: float,
-    workdir: Path,
-    deployment: Deployment,
-) -> RunResult:
+def run_live(settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path) -> RunResult:
     """Publishers and the platform at once; the clock starts with the publishers."""
     reset_telemetry(settings)
     name = f"live-{workload.per_message}"
     with (
         local_mosquitto(workdir / f"broker-{name}") as broker,
-        running_platform(settings, broker.url, name, workdir, deployment) as children,
+        running_platform(settings, broker.url, name, workdir, plan.deployment) as children,
     ):
 
         def publish() -> PublishResult:
             started = time.perf_counter()
-            results = start_publishers(broker.url, workload, publishers).get(timeout=timeout)
+            publishers = start_publishers(broker.url, workload, plan.publishers)
+            results = publishers.get(timeout=plan.timeout)
             return combine(results, time.perf_counter() - started)
 
-        seen = _measure(settings, workload, children, broker.pid, publish, timeout)
-    seconds = seen.applied_at or seen.stored_at or timeout
+        seen = _measure(settings, workload, children, broker.pid, publish, plan.timeout)
+    seconds = seen.applied_at or seen.stored_at or plan.timeout
     seen.cpu["publishers"] = round(seen.published.cpu_seconds / seconds, 2)
     return _result("live", workload, settings, seen)
 
 
-def run_ingest_bench(
-    settings: Settings,
-    devices: int,
-    readings: int,
-    batch: int,
-    publishers: int,
-    timeout: float,
-    deployment: Deployment,
-) -> dict[str, Any]:
-    settings = bench_settings(settings)
-    workloads = drain_workloads(devices, readings, batch)
-    single, batched = workloads["single"], workloads["batched"]
-    prepare(settings, single)
+def run_ingest_bench(settings: Settings, plan: DrainPlan) -> dict[str, Any]:
+    """Drain runs of single and batched messages, then a live run of single ones."""
+    settings = prepare(settings, plan)
+    workloads = plan.workloads()
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
         workdir = Path(tmp)
         runs = {
-            "single": run_drain(settings, single, publishers, timeout, workdir, deployment),
-            "batched": run_drain(settings, batched, publishers, timeout, workdir, deployment),
-            "live": run_live(settings, single, publishers, timeout, workdir, deployment),
+            "single": run_drain(settings, plan, workloads["single"], workdir),
+            "batched": run_drain(settings, plan, workloads["batched"], workdir),
+            "live": run_live(settings, plan, workloads["single"], workdir),
         }
-    return {
-        **report_header(devices, batch, deployment),
-        **{name: asdict(run) for name, run in runs.items()},
-    }
-
-
-def drain_workloads(devices: int, readings: int, batch: int) -> dict[str, Workload]:
-    """The two drains of `ingest` and `limits`: one reading a message, and batched (x5)."""
-    return {
-        "single": Workload(devices, readings, 1),
-        "batched": Workload(devices, readings * 5, batch),
-    }
-
-
-def report_header(devices: int, batch: int, deployment: Deployment) -> dict[str, Any]:
-    return {
-        "machine": machine(),
-        "workload": {"devices": devices, "metrics_per_reading": len(METRICS), "batch": batch},
-        "deployment": asdict(deployment),
-    }
+    return {**plan.header(), **{name: asdict(run) for name, run in runs.items()}}

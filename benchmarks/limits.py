@@ -29,14 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from benchmarks.ingest import (
-    Deployment,
-    bench_settings,
-    drain_workloads,
-    prepare,
-    report_header,
-    run_drain,
-)
+from benchmarks.ingest import DrainPlan, prepare, run_drain
 from benchmarks.processes import CpuMeter, reap
 from benchmarks.workload import METRICS, Workload, publish_all
 from iotp.errors import ConfigurationError
@@ -86,7 +79,7 @@ def drain_with_mosquitto_sub(
         meter.start()
         killer = threading.Timer(timeout, counter.kill)
         killer.start()
-        counter.returncode, subscriber_cpu = reap(counter.pid)
+        subscriber_cpu = reap(counter)
         killer.cancel()
         seconds = time.perf_counter() - started
         cpu = meter.stop(seconds)
@@ -218,47 +211,44 @@ def _encoded_rows(conn: psycopg.Connection[Any], readings: int, devices: int) ->
     return buffer.getvalue()
 
 
-def run_limits_bench(
-    settings: Settings,
-    devices: int,
-    readings: int,
-    batch: int,
-    publishers: int,
-    timeout: float,
-    deployment: Deployment,
-) -> dict[str, Any]:
-    settings = bench_settings(settings)
-    workloads = drain_workloads(devices, readings, batch)
-    prepare(settings, workloads["single"])
-    report = report_header(devices, batch, deployment)
-    database = copy_ceiling(settings, workloads["batched"].readings, devices)
-    report["database_copy"] = database
+def run_limits_bench(settings: Settings, plan: DrainPlan) -> dict[str, Any]:
+    """The database's ceiling, then for each drain: iotp's, and the broker's two ceilings."""
+    settings = prepare(settings, plan)
+    workloads = plan.workloads()
+    report = plan.header()
+    report["database_copy"] = copy_ceiling(settings, workloads["batched"].readings, plan.devices)
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
-        workdir = Path(tmp)
         for name, workload in workloads.items():
-            iotp = run_drain(settings, workload, publishers, timeout, workdir, deployment)
-            broker_c = drain_with_mosquitto_sub(workload, publishers, workdir, timeout)
-            broker_paho = drain_with_paho(workload, publishers, workdir, timeout)
-            stored = iotp.readings_per_s_stored
-            report[name] = {
-                "iotp": {
-                    "readings_per_s_stored": stored,
-                    "readings_per_s_applied": iotp.readings_per_s_applied,
-                    "readings_lost": iotp.readings_lost,
-                    "cpu_cores": iotp.cpu_cores,
-                },
-                "broker_mosquitto_sub": broker_c,
-                "broker_paho": broker_paho,
-                "fraction_of_broker_mosquitto_sub": _fraction(stored, broker_c["readings_per_s"]),
-                "fraction_of_broker_paho": _fraction(stored, broker_paho["readings_per_s"]),
-                "fraction_of_database_copy_no_index": _fraction(
-                    stored, database["no_index"]["readings_per_s"]
-                ),
-                "fraction_of_database_copy_unique_key": _fraction(
-                    stored, database["unique_key"]["readings_per_s"]
-                ),
-            }
+            report[name] = _drains(settings, plan, workload, Path(tmp), report["database_copy"])
     return report
+
+
+def _drains(
+    settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path, database: dict[str, Any]
+) -> dict[str, Any]:
+    """One workload drained by iotp and by the two counting subscribers; iotp's fractions."""
+    iotp = run_drain(settings, plan, workload, workdir)
+    broker_c = drain_with_mosquitto_sub(workload, plan.publishers, workdir, plan.timeout)
+    broker_paho = drain_with_paho(workload, plan.publishers, workdir, plan.timeout)
+    stored = iotp.readings_per_s_stored
+    return {
+        "iotp": {
+            "readings_per_s_stored": stored,
+            "readings_per_s_applied": iotp.readings_per_s_applied,
+            "readings_lost": iotp.readings_lost,
+            "cpu_cores": iotp.cpu_cores,
+        },
+        "broker_mosquitto_sub": broker_c,
+        "broker_paho": broker_paho,
+        "fraction_of_broker_mosquitto_sub": _fraction(stored, broker_c["readings_per_s"]),
+        "fraction_of_broker_paho": _fraction(stored, broker_paho["readings_per_s"]),
+        "fraction_of_database_copy_no_index": _fraction(
+            stored, database["no_index"]["readings_per_s"]
+        ),
+        "fraction_of_database_copy_unique_key": _fraction(
+            stored, database["unique_key"]["readings_per_s"]
+        ),
+    }
 
 
 def _fraction(part: float, whole: float) -> float:

@@ -11,11 +11,9 @@ platform runs (a ``count(*)`` every few milliseconds would be PostgreSQL's bigge
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,80 +22,73 @@ import psutil
 import redis
 
 from benchmarks.processes import peak_rss_mb
-from benchmarks.stores import child_env
+from benchmarks.stores import BENCH_TOKEN
 from iotp.names import TELEMETRY_EVENTS_STREAM
+from iotp.processes import IotpProcess, ProcessFailed, iotp_environment
+from iotp.redis_client import text
 from iotp.settings import Settings
 from read_models.consumer import AGGREGATOR_GROUP
 
 INSTANCE = "bench"
 SAMPLE_SECONDS = 0.25
+STOP_GRACE_SECONDS = 30.0
 
 
-class Child:
-    """One `iotp` command run by a benchmark, its output appended to a log file."""
+class BenchProcess(IotpProcess):
+    """An `iotp` service a benchmark runs (the one launcher), seen by psutil for CPU and memory.
 
-    def __init__(self, command: str, env: dict[str, str], log: Path) -> None:
-        self.command, self.log = command, log
-        self._offset = log.stat().st_size if log.exists() else 0
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and command
-            [sys.executable, "-m", "cli", command],
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        self.ps = psutil.Process(self.process.pid)
+    Its CPU time is read from /proc through psutil while it runs (CpuMeter), before it is
+    stopped: unlike processes.reap(), nothing here waits for it behind the launcher's back.
+    """
 
-    def output(self) -> str:
-        with self.log.open("rb") as handle:
-            handle.seek(self._offset)
-            return handle.read().decode("utf-8", "replace")
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        """Wait until this run of the command has logged ``text``."""
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            self.check()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"iotp {self.command} did not start:\n{self.output()[-3000:]}")
-            time.sleep(0.02)
-
-    def check(self) -> None:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"iotp {self.command} died:\n{self.output()[-3000:]}")
+    @property
+    def ps(self) -> psutil.Process:
+        return psutil.Process(self.pid)
 
     def peak_rss_mb(self) -> float:
         return peak_rss_mb(self.ps)
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+
+def start_service(
+    settings: Settings, args: Sequence[str], log: Path, ready: str | None = None, **extra: str
+) -> BenchProcess:
+    """Start ``iotp ARGS`` with only the bench's settings (and ``extra``); wait for ``ready``."""
+    env = iotp_environment(
+        {
+            "database_url": settings.database_url,
+            "redis_url": settings.redis_url,
+            "api_token": BENCH_TOKEN,
+            **extra,
+        },
+        inherit_settings=False,
+    )
+    child = BenchProcess(args, env, log).start()
+    if ready is not None:
         try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            child.wait_for(ready)
+        except ProcessFailed:
+            child.stop(STOP_GRACE_SECONDS)
+            raise
+    return child
 
 
-def start_ingest(settings: Settings, mqtt_url: str, log: Path, **extra: str) -> Child:
+def start_ingest(settings: Settings, mqtt_url: str, log: Path, **extra: str) -> BenchProcess:
     extra.setdefault("ingest_instance", INSTANCE)
-    env = child_env(
+    extra.setdefault("log_level", os.environ.get("IOTP_BENCH_INGEST_LOG_LEVEL", "INFO"))
+    return start_service(
         settings,
+        ["ingest"],
+        log,
+        "subscribed to",
         mqtt_url=mqtt_url,
         ingest_metrics_port="0",
-        log_level=os.environ.get("IOTP_BENCH_INGEST_LOG_LEVEL", "INFO"),
         **extra,
     )
-    child = Child("ingest", env, log)
-    child.wait_for("subscribed to")
-    return child
 
 
-def start_aggregator(settings: Settings, log: Path, **extra: str) -> Child:
+def start_aggregator(settings: Settings, log: Path, **extra: str) -> BenchProcess:
     extra.setdefault("aggregator_instance", INSTANCE)
-    env = child_env(settings, **extra)
-    child = Child("aggregate", env, log)
-    child.wait_for("aggregating as")
-    return child
+    return start_service(settings, ["aggregate"], log, "aggregating as", **extra)
 
 
 def event_counts(client: redis.Redis) -> tuple[int, int]:
@@ -108,16 +99,12 @@ def event_counts(client: redis.Redis) -> tuple[int, int]:
         return 0, 0
     added = int(stream["entries-added"])
     for group in client.xinfo_groups(TELEMETRY_EVENTS_STREAM):
-        if _text(group["name"]) == AGGREGATOR_GROUP:
+        if text(group["name"]) == AGGREGATOR_GROUP:
             read = group.get("entries-read")
             # Redis reports entries-read as unknown after some trims; the lag still holds.
             done = (added - int(group["lag"] or 0)) if read is None else int(read)
             return added, done - int(group["pending"])
     return added, 0
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -144,7 +131,7 @@ class Progress:
                 return
 
     def wait(
-        self, stored: int, applied: int, timeout: float, children: list[Child]
+        self, stored: int, applied: int, timeout: float, children: list[BenchProcess]
     ) -> tuple[float | None, float | None]:
         """Seconds from start until ``stored`` and ``applied`` events; None if not reached."""
         client = redis.Redis.from_url(self.redis_url)

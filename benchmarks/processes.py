@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,12 @@ def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)}
 
 
-def reap(pid: int) -> tuple[int, float]:
-    """Wait for child ``pid``: (exit code, its CPU seconds), which psutil cannot read after."""
-    _, status, usage = os.wait4(pid, 0)
-    return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+def reap(process: subprocess.Popen[Any]) -> float:
+    """Wait for ``process`` to exit; its CPU seconds, which psutil cannot read after the exit.
+
+    os.wait4 reaps the child itself, so its exit code is handed to ``process``: Popen's own
+    poll() and wait() then answer from it instead of waiting for a child that is gone.
+    """
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_utime + usage.ru_stime

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import signal
+import functools
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ import psycopg
 import redis
 
 from benchmarks.ingest import bench_settings
-from benchmarks.platform import Child
-from benchmarks.processes import CpuMeter, peak_rss_mb
-from benchmarks.stores import BENCH_TOKEN, child_env, register, reset
+from benchmarks.platform import STOP_GRACE_SECONDS, BenchProcess, start_service
+from benchmarks.processes import CpuMeter
+from benchmarks.stores import BENCH_TOKEN, register, reset
 from ingest.publisher import StreamPublisher
 from iotp.events import telemetry_recorded_fields
 from iotp.names import TELEMETRY_EVENTS_STREAM
@@ -53,28 +52,21 @@ def run_aggregate_bench(
             chunk = []
     publisher.publish(chunk)
     with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
-        child = Child("aggregate", child_env(settings), Path(tmp) / "aggregate.log")
-        ps = child.ps
-        meter = CpuMeter()
-        meter.add("aggregator", [ps])
-        meter.add_named("postgresql", "postgres", "postgresql")
-        meter.add_named("redis", "redis-server")
-        meter.start()
-        started = time.perf_counter()
-        applied = 0
-        with psycopg.connect(settings.read_url(), autocommit=True) as conn:
-            while time.perf_counter() - started < timeout:
-                row = conn.execute("SELECT count(*) FROM read_models.applied_events").fetchone()
-                applied = int(row[0]) if row else 0
-                if applied >= events:
-                    break
-                child.check()
-                time.sleep(0.05)
-        seconds = time.perf_counter() - started
-        cpu = meter.stop(seconds)
-        rss = peak_rss_mb(ps)
-        info: Any = client.xinfo_groups(TELEMETRY_EVENTS_STREAM)
-        child.stop()
+        child = start_service(settings, ["aggregate"], Path(tmp) / "aggregate.log")
+        try:
+            meter = CpuMeter()
+            meter.add("aggregator", [child.ps])
+            meter.add_named("postgresql", "postgres", "postgresql")
+            meter.add_named("redis", "redis-server")
+            meter.start()
+            started = time.perf_counter()
+            applied = _wait_applied(settings, events, timeout, child)
+            seconds = time.perf_counter() - started
+            cpu = meter.stop(seconds)
+            rss = child.peak_rss_mb()
+            info: Any = client.xinfo_groups(TELEMETRY_EVENTS_STREAM)
+        finally:
+            child.stop(STOP_GRACE_SECONDS)
     group = info[0] if info else {}
     return {
         "events": events,
@@ -89,6 +81,21 @@ def run_aggregate_bench(
         "cpu_cores": cpu,
         "note": "aggregator started after the stream was filled; time includes its start",
     }
+
+
+def _wait_applied(settings: Settings, events: int, timeout: float, child: BenchProcess) -> int:
+    """Events the read models applied once they reach ``events``, or at the timeout."""
+    started = time.perf_counter()
+    applied = 0
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        while time.perf_counter() - started < timeout:
+            row = conn.execute("SELECT count(*) FROM read_models.applied_events").fetchone()
+            applied = int(row[0]) if row else 0
+            if applied >= events:
+                break
+            child.check()
+            time.sleep(0.05)
+    return applied
 
 
 def seed_query_store(settings: Settings, devices: int, days: int) -> str:
@@ -155,107 +162,17 @@ def seed_query_store(settings: Settings, devices: int, days: int) -> str:
 
 
 def run_query_bench(settings: Settings, devices: int, days: int, requests: int) -> dict[str, Any]:
+    """Latency of every query API endpoint, and of the queries behind each dashboard page."""
     settings = bench_settings(settings)
     shown = seed_query_store(settings, devices, days)
-    port = free_port()
-    now = datetime.now(UTC)
-    endpoints: dict[str, tuple[str, dict[str, Any]]] = {
-        "GET /devices": ("/devices", {}),
-        "GET /devices (filtered, sorted)": (
-            "/devices",
-            {
-                "status": "active",
-                "kind": "tracker",
-                "sort": "last_seen",
-                "order": "desc",
-                "limit": 100,
-            },
-        ),
-        "GET /devices (page 50)": ("/devices", {"offset": 2500, "limit": 50}),
-        "GET /devices/{id}": (f"/devices/{shown}", {}),
-        "GET /devices/{id}/stats": (f"/devices/{shown}/stats", {}),
-        "GET /devices/{id}/series 1h@1m": (
-            f"/devices/{shown}/series",
-            {
-                "metric": "temperature",
-                "from": (now - timedelta(hours=1)).isoformat(),
-                "to": now.isoformat(),
-                "bucket": "1m",
-            },
-        ),
-        "GET /devices/{id}/series 24h@1m": (
-            f"/devices/{shown}/series",
-            {
-                "metric": "temperature",
-                "from": (now - timedelta(days=1)).isoformat(),
-                "to": now.isoformat(),
-                "bucket": "1m",
-            },
-        ),
-        "GET /devices/{id}/series 7d@1h": (
-            f"/devices/{shown}/series",
-            {
-                "metric": "temperature",
-                "from": (now - timedelta(days=7)).isoformat(),
-                "to": now.isoformat(),
-                "bucket": "1h",
-            },
-        ),
-        "GET /devices/{id}/series 30d@1h": (
-            f"/devices/{shown}/series",
-            {
-                "metric": "temperature",
-                "from": (now - timedelta(days=30)).isoformat(),
-                "to": now.isoformat(),
-                "bucket": "1h",
-            },
-        ),
-        "GET /fleet": ("/fleet", {}),
-        "GET /pipeline": ("/pipeline", {}),
-    }
-    with tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp:
-        log = Path(tmp) / "query.log"
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and command
-            [sys.executable, "-m", "cli", "query-api", "--port", str(port)],
-            env=child_env(settings, log_level="WARNING"),
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        headers = {"Authorization": f"Bearer {BENCH_TOKEN}"}
-        try:
-            with httpx.Client(base_url=base, headers=headers, timeout=30) as http:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        if http.get("/healthz").status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError(f"query API did not start:\n{log.read_text()}")
-                    time.sleep(0.1)
-                results = {}
-                for name, (path, params) in endpoints.items():
-                    for _ in range(5):  # warm the pool and the caches
-                        http.get(path, params=params).raise_for_status()
-                    timings = []
-                    for _ in range(requests):
-                        started = time.perf_counter()
-                        response = http.get(path, params=params)
-                        timings.append((time.perf_counter() - started) * 1000)
-                        response.raise_for_status()
-                    timings.sort()
-                    results[name] = {
-                        "p50_ms": round(statistics.median(timings), 2),
-                        "p95_ms": round(timings[int(0.95 * (len(timings) - 1))], 2),
-                        "max_ms": round(timings[-1], 2),
-                        "requests": requests,
-                        "bytes": len(response.content),
-                    }
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
+    with (
+        tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
+        _query_api(settings, tmp) as http,
+    ):
+        results = {
+            name: _time_endpoint(http, path, params, requests)
+            for name, (path, params) in _endpoints(shown).items()
+        }
     return {
         "devices": devices,
         "rollup_days": days,
@@ -264,12 +181,96 @@ def run_query_bench(settings: Settings, devices: int, days: int, requests: int) 
     }
 
 
+def _endpoints(shown: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each timed request: its name in the report, its path and its query parameters."""
+    now = datetime.now(UTC)
+
+    def series(span: timedelta, bucket: str) -> tuple[str, dict[str, Any]]:
+        window = {"from": (now - span).isoformat(), "to": now.isoformat(), "bucket": bucket}
+        return f"/devices/{shown}/series", {"metric": "temperature", **window}
+
+    filtered = {"status": "active", "kind": "tracker", "sort": "last_seen", "order": "desc"}
+    return {
+        "GET /devices": ("/devices", {}),
+        "GET /devices (filtered, sorted)": ("/devices", {**filtered, "limit": 100}),
+        "GET /devices (page 50)": ("/devices", {"offset": 2500, "limit": 50}),
+        "GET /devices/{id}": (f"/devices/{shown}", {}),
+        "GET /devices/{id}/stats": (f"/devices/{shown}/stats", {}),
+        "GET /devices/{id}/series 1h@1m": series(timedelta(hours=1), "1m"),
+        "GET /devices/{id}/series 24h@1m": series(timedelta(days=1), "1m"),
+        "GET /devices/{id}/series 7d@1h": series(timedelta(days=7), "1h"),
+        "GET /devices/{id}/series 30d@1h": series(timedelta(days=30), "1h"),
+        "GET /fleet": ("/fleet", {}),
+        "GET /pipeline": ("/pipeline", {}),
+    }
+
+
+@contextmanager
+def _query_api(settings: Settings, workdir: str) -> Iterator[httpx.Client]:
+    """`iotp query-api` on a free port, and a client of it once it answers."""
+    port = free_port()
+    log = Path(workdir) / "query.log"
+    process = start_service(settings, ["query-api", "--port", str(port)], log, log_level="WARNING")
+    headers = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as http:
+            deadline = time.monotonic() + 30
+            while not _healthy(http):
+                if time.monotonic() > deadline or not process.running():
+                    raise RuntimeError(f"query API did not start:\n{process.output()}")
+                time.sleep(0.1)
+            yield http
+    finally:
+        process.stop(STOP_GRACE_SECONDS)
+
+
+def _healthy(http: httpx.Client) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _time_endpoint(
+    http: httpx.Client, path: str, params: dict[str, Any], requests: int
+) -> dict[str, Any]:
+    for _ in range(5):  # warm the pool and the caches
+        http.get(path, params=params).raise_for_status()
+    responses: list[httpx.Response] = []
+    timings = _latencies(lambda: responses.append(http.get(path, params=params)), requests)
+    for response in responses:
+        response.raise_for_status()
+    return {
+        **_percentiles(timings),
+        "max_ms": round(timings[-1], 2),
+        "requests": requests,
+        "bytes": len(responses[-1].content),
+    }
+
+
+def _latencies(call: Callable[[], object], requests: int) -> list[float]:
+    """Milliseconds that each of ``requests`` calls took, fastest first."""
+    timings = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        call()
+        timings.append((time.perf_counter() - started) * 1000)
+    return sorted(timings)
+
+
+def _percentiles(timings: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(timings), 2),
+        "p95_ms": round(timings[int(0.95 * (len(timings) - 1))], 2),
+    }
+
+
 def _time_pages(settings: Settings, shown: str, requests: int) -> dict[str, Any]:
     """The read-model queries behind each dashboard page, called as the pages call them."""
     from read_models import queries
-    from read_models.pipeline import pipeline_health
+    from read_models.health import pipeline_health
 
-    rule = queries.LivenessRule(default_seconds=settings.liveness_timeout_seconds)
+    rule = queries.LivenessRule.from_settings(settings)
     client = redis.Redis.from_url(settings.redis_url)
     now = datetime.now(UTC)
 
@@ -290,20 +291,11 @@ def _time_pages(settings: Settings, shown: str, requests: int) -> dict[str, Any]
         "Device (7 d, hour buckets)": lambda c: device(c, timedelta(days=7), "1h"),
         "Pipeline": lambda c: pipeline_health(c, client),
     }
-    results = {}
     with psycopg.connect(settings.read_url(), autocommit=True) as conn:
-        for name, load in pages.items():
-            timings = []
-            for _ in range(requests):
-                started = time.perf_counter()
-                load(conn)
-                timings.append((time.perf_counter() - started) * 1000)
-            timings.sort()
-            results[name] = {
-                "p50_ms": round(statistics.median(timings), 2),
-                "p95_ms": round(timings[int(0.95 * (len(timings) - 1))], 2),
-            }
-    return results
+        return {
+            name: _percentiles(_latencies(functools.partial(load, conn), requests))
+            for name, load in pages.items()
+        }
 
 
 def run_rebuild_bench(settings: Settings, devices: int, rows_per_device: int) -> dict[str, Any]:
@@ -315,23 +307,20 @@ def run_rebuild_bench(settings: Settings, devices: int, rows_per_device: int) ->
     reset(settings)
     register(settings, ids, "counter", [])
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
-    with psycopg.connect(settings.database_url) as conn:
-        with (
-            conn.cursor() as cur,
-            cur.copy(
-                "COPY telemetry (device_id, ts, metric, value, received_at) FROM STDIN"
-            ) as copy,
-        ):
-            for device in ids:
-                for n in range(rows_per_device // 3):
-                    ts = start + timedelta(seconds=10 * n)
-                    for metric, value in (
-                        ("temperature", 20 + n % 9),
-                        ("humidity", 40 + n % 5),
-                        ("battery", 90.0),
-                    ):
-                        copy.write_row((device, ts, metric, value, ts))
-        conn.commit()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        # A reading of three metrics every 10 s per device, generated by PostgreSQL itself.
+        conn.execute(
+            """
+            INSERT INTO telemetry (device_id, ts, metric, value, received_at)
+            SELECT d.device_id, t.ts, m.metric, m.value, t.ts
+            FROM unnest(%s::text[]) AS d(device_id),
+                 generate_series(0, %s - 1) AS n,
+                 LATERAL (SELECT %s::timestamptz + n * interval '10 seconds' AS ts) AS t,
+                 LATERAL (VALUES ('temperature', 20 + n %% 9), ('humidity', 40 + n %% 5),
+                                 ('battery', 90)) AS m(metric, value)
+            """,
+            (ids, rows_per_device // 3, start),
+        )
         row = conn.execute("SELECT count(*) FROM telemetry").fetchone()
         rows = int(row[0]) if row else 0
     started = time.perf_counter()

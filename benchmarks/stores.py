@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import psycopg
@@ -12,27 +11,16 @@ import redis
 from iotp.migrate import migrate
 from iotp.settings import Settings
 from read_models.rebuild import MODEL_TABLES
+from read_models.schema import READ_STORE_MIGRATIONS
 
 WRITE_TABLES = ("devices", "outbox", "idempotency_keys", "telemetry", "ingest_ledger")
 READ_TABLES = (*MODEL_TABLES, "tracking")
 BENCH_TOKEN = "bench-token-not-for-production"  # noqa: S105 - a throw-away local database
 
 
-def child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of an `iotp` child process of a benchmark: only the bench's settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
-    env.update(
-        IOTP_DATABASE_URL=settings.database_url,
-        IOTP_REDIS_URL=settings.redis_url,
-        IOTP_API_TOKEN=BENCH_TOKEN,
-    )
-    env.update({f"IOTP_{k.upper()}": v for k, v in extra.items()})
-    return env
-
-
 def reset(settings: Settings) -> None:
     """Migrate, then empty the write store, the read store and the bench's Redis database."""
-    migrate(settings)
+    migrate(settings, READ_STORE_MIGRATIONS)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE " + ", ".join(WRITE_TABLES))
     with psycopg.connect(settings.read_url(), autocommit=True) as conn:

@@ -1,4 +1,7 @@
-"""What `iotp status` reports: ingest counters, streams and the outbox backlog."""
+"""What `iotp status` reports: ingest counters, streams and the outbox backlog.
+
+An operator tool: unlike the read side it may read the write store (the outbox backlog).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import redis
 from rich.console import Console
 from rich.table import Table
 
+from command_api.outbox import OUTBOX_BACKLOG_SQL
 from iotp.db import connect
 from iotp.names import (
     DEVICE_EVENTS_STREAM,
@@ -19,6 +23,17 @@ from iotp.redis_client import ingest_stats, redis_unavailable
 from iotp.settings import Settings
 
 STREAMS = (DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM)
+
+# Each ingest counter, and the heading that says what it counts: a message may carry several
+# readings, and a reading several values (one metric at one time), so the units differ.
+INGEST_COLUMNS = {
+    "received": "messages received",
+    "stored": "values stored",
+    "duplicates": "duplicate values",
+    "deadletters": "dead letters",
+    "batches": "batches",
+    "last_batch_ms": "last batch ms",
+}
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
@@ -33,39 +48,21 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     finally:
         client.close()
     with connect(settings.database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+        row = conn.execute(OUTBOX_BACKLOG_SQL).fetchone()
     return {"ingest": ingest, "streams": streams, "outbox_backlog": row[0] if row else None}
 
 
 def render_status(report: dict[str, Any]) -> None:
     console = Console()
     table = Table(title="ingest processes")
-    for column in (
-        "client id",
-        "received",
-        "stored",
-        "duplicates",
-        "dead letters",
-        "batches",
-        "last batch ms",
-        "updated s ago",
-    ):
-        table.add_column(column, justify="right" if column != "client id" else "left")
+    table.add_column("client id")
+    for heading in (*INGEST_COLUMNS.values(), "updated s ago"):
+        table.add_column(heading, justify="right")
     now = time.time()
     for client_id, values in sorted(report["ingest"].items()):
         table.add_row(
             client_id,
-            *(
-                str(values.get(k, ""))
-                for k in (
-                    "received",
-                    "stored",
-                    "duplicates",
-                    "deadletters",
-                    "batches",
-                    "last_batch_ms",
-                )
-            ),
+            *(str(values.get(key, "")) for key in INGEST_COLUMNS),
             f"{now - float(values.get('updated_at', now)):.0f}",
         )
     if report["ingest"]:

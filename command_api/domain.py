@@ -13,7 +13,7 @@ from iotp.events import (
     DeviceUpdated,
     Event,
 )
-from iotp.model import Location, MetricSpec
+from iotp.model import DeviceAttributes, Location, MetricSpec
 
 ACTIVE = "active"
 DECOMMISSIONED = "decommissioned"
@@ -68,12 +68,7 @@ class Device:
         )
         device.events.append(
             DeviceRegistered(
-                device_id=device_id,
-                name=device.name,
-                kind=device.kind,
-                location=device.location,
-                metadata=device.metadata,
-                metrics=device.metrics,
+                device_id=device_id, credential_hash=credential_hash, **device._attributes()
             )
         )
         return device
@@ -92,13 +87,7 @@ class Device:
         if not changed:
             return None
         event = DeviceUpdated(
-            device_id=self.device_id,
-            changed=tuple(changed),
-            name=self.name,
-            kind=self.kind,
-            location=self.location,
-            metadata=self.metadata,
-            metrics=self.metrics,
+            device_id=self.device_id, changed=tuple(changed), **self._attributes()
         )
         self.events.append(event)
         return event
@@ -113,9 +102,15 @@ class Device:
     def rotate_credentials(self, credential_hash: str) -> DeviceCredentialsRotated:
         self._require_active()
         self.credential_hash = credential_hash
-        event = DeviceCredentialsRotated(device_id=self.device_id, username=self.device_id)
+        event = DeviceCredentialsRotated(
+            device_id=self.device_id, username=self.device_id, credential_hash=credential_hash
+        )
         self.events.append(event)
         return event
+
+    def _attributes(self) -> dict[str, Any]:
+        """What describes the device now, as its registered and updated events carry it."""
+        return {name: getattr(self, name) for name in DeviceAttributes.model_fields}
 
     def _require_active(self) -> None:
         if self.status != ACTIVE:

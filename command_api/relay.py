@@ -13,12 +13,14 @@ import time
 from typing import Any
 
 import psycopg
-import redis
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
+from command_api.outbox import FORGET_SENT_SQL, MARK_SENT_SQL, UNSENT_SQL, outbox_backlog
 from command_api.unit_of_work import Conn
 from iotp.names import RELAY_STATS_KEY
+from iotp.redis_client import text
+from iotp.retry import Stopped, retry_transient_async
 from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,6 @@ RELAY_LOCK_KEY = 0x10770002  # one active relay at a time keeps the stream in ou
 NOTIFY_CHANNEL = "iotp_outbox"
 HOUSEKEEPING_SECONDS = 600.0
 REPORT_SECONDS = 2.0
-MAX_BACKOFF_SECONDS = 30.0
 
 
 async def fetch_unsent(conn: Conn, limit: int) -> list[dict[str, Any]]:
@@ -36,10 +37,7 @@ async def fetch_unsent(conn: Conn, limit: int) -> list[dict[str, Any]]:
     row = await cur.fetchone()
     if row is None or not row["locked"]:
         return []
-    cur = await conn.execute(
-        "SELECT id, stream, fields FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT %s",
-        (limit,),
-    )
+    cur = await conn.execute(UNSENT_SQL, (limit,))
     return await cur.fetchall()
 
 
@@ -49,18 +47,11 @@ async def publish(client: aioredis.Redis, rows: list[dict[str, Any]]) -> list[st
         for row in rows:
             pipe.xadd(row["stream"], row["fields"])
         ids = await pipe.execute()
-    return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+    return [text(i) for i in ids]
 
 
 async def mark_sent(conn: Conn, outbox_ids: list[int], stream_ids: list[str]) -> None:
-    await conn.execute(
-        """
-        UPDATE outbox SET sent_at = now(), stream_id = sent.stream_id
-        FROM unnest(%s::bigint[], %s::text[]) AS sent(id, stream_id)
-        WHERE outbox.id = sent.id
-        """,
-        (outbox_ids, stream_ids),
-    )
+    await conn.execute(MARK_SENT_SQL, (outbox_ids, stream_ids))
 
 
 async def relay_batch(conn: Conn, client: aioredis.Redis, limit: int) -> int:
@@ -83,12 +74,10 @@ async def drain(conn: Conn, client: aioredis.Redis, limit: int) -> int:
 
 async def report_backlog(conn: Conn, client: aioredis.Redis) -> None:
     """Publish the outbox backlog where the query side can read it (not the write tables)."""
-    cur = await conn.execute("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")
-    row = await cur.fetchone()
+    backlog = await outbox_backlog(conn)
     await conn.commit()
     await client.hset(
-        RELAY_STATS_KEY,
-        mapping={"outbox_backlog": row["n"] if row else 0, "updated_at": time.time()},
+        RELAY_STATS_KEY, mapping={"outbox_backlog": backlog, "updated_at": time.time()}
     )
     await client.expire(RELAY_STATS_KEY, 120)
 
@@ -96,10 +85,7 @@ async def report_backlog(conn: Conn, client: aioredis.Redis) -> None:
 async def housekeeping(conn: Conn, settings: Settings) -> None:
     """Forget sent events and idempotency keys older than their retention."""
     async with conn.transaction():
-        await conn.execute(
-            "DELETE FROM outbox WHERE sent_at < now() - %s * INTERVAL '1 hour'",
-            (settings.outbox_keep_hours,),
-        )
+        await conn.execute(FORGET_SENT_SQL, (settings.outbox_keep_hours,))
         await conn.execute(
             "DELETE FROM idempotency_keys WHERE created_at < now() - %s * INTERVAL '1 hour'",
             (settings.idempotency_ttl_hours,),
@@ -143,58 +129,68 @@ async def run_relay(
     racing a timeout against the cancellation can swallow it (seen with psycopg's
     ``notifies(timeout=)``), leaving a task that never ends.
     """
-    backoff = 0.5
-    last_housekeeping = 0.0
-    last_report = 0.0
-    wake = asyncio.Event()
-    connection: psycopg.AsyncConnection[Any] | None = None
-    listener: asyncio.Task[None] | None = None
+    relay = _Relay(pool, client, settings, stop)
     try:
         while not stop.is_set():
-            try:
-                if connection is None or listener is None:
-                    connection = await psycopg.AsyncConnection.connect(
-                        settings.database_url, autocommit=True, connect_timeout=5
-                    )
-                    await connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    listener = asyncio.create_task(_listen(connection, wake))
-                async with pool.connection() as conn:
-                    moved = await drain(conn, client, settings.relay_batch_size)
-                    if moved:
-                        logger.debug("relayed %s events", moved)
-                    if time.monotonic() - last_report > REPORT_SECONDS:
-                        await report_backlog(conn, client)
-                        last_report = time.monotonic()
-                    if time.monotonic() - last_housekeeping > HOUSEKEEPING_SECONDS:
-                        await housekeeping(conn, settings)
-                        last_housekeeping = time.monotonic()
-                if backoff > 0.5:
-                    logger.info("relay resumed")
-                backoff = 0.5
-                await _sleep_until_woken(wake, stop, listener, settings.relay_poll_seconds)
-            except (
-                psycopg.OperationalError,
-                redis.ConnectionError,
-                redis.TimeoutError,
-                OSError,
-            ) as exc:
-                logger.warning("relay cannot reach a service, retrying in %.1fs: %s", backoff, exc)
-                await _close_listener(connection, listener)
-                connection, listener = None, None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            await retry_transient_async(
+                relay.round, stop, task="outbox relay", on_retry=relay.listen_again
+            )
+    except Stopped:
+        pass
     finally:
-        await _close_listener(connection, listener)
+        await relay.stop_listening()
 
 
-async def _close_listener(
-    connection: psycopg.AsyncConnection[Any] | None, listener: asyncio.Task[None] | None
-) -> None:
-    if listener is not None:
-        listener.cancel()
-        with contextlib.suppress(BaseException):
-            await listener
-    if connection is not None:
-        with contextlib.suppress(Exception):
-            await connection.close()
+class _Relay:
+    """The relay between rounds: its LISTEN connection, and when it last reported."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Conn],
+        client: aioredis.Redis,
+        settings: Settings,
+        stop: asyncio.Event,
+    ) -> None:
+        self.pool, self.client, self.settings, self.stop = pool, client, settings, stop
+        self.wake = asyncio.Event()
+        self.connection: psycopg.AsyncConnection[Any] | None = None
+        self.listener: asyncio.Task[None] | None = None
+        self.last_report = 0.0
+        self.last_housekeeping = 0.0
+
+    async def round(self) -> None:
+        """Listen if not listening, relay what waits, report, then sleep until woken."""
+        if self.connection is None or self.listener is None:
+            self.connection = await psycopg.AsyncConnection.connect(
+                self.settings.database_url, autocommit=True, connect_timeout=5
+            )
+            await self.connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+            self.listener = asyncio.create_task(_listen(self.connection, self.wake))
+        async with self.pool.connection() as conn:
+            moved = await drain(conn, self.client, self.settings.relay_batch_size)
+            if moved:
+                logger.debug("relayed %s events", moved)
+            if time.monotonic() - self.last_report > REPORT_SECONDS:
+                await report_backlog(conn, self.client)
+                self.last_report = time.monotonic()
+            if time.monotonic() - self.last_housekeeping > HOUSEKEEPING_SECONDS:
+                await housekeeping(conn, self.settings)
+                self.last_housekeeping = time.monotonic()
+        await _sleep_until_woken(
+            self.wake, self.stop, self.listener, self.settings.relay_poll_seconds
+        )
+
+    async def listen_again(self, error: BaseException) -> None:
+        """After a failure, drop the LISTEN connection: the next round opens a fresh one."""
+        await self.stop_listening()
+
+    async def stop_listening(self) -> None:
+        connection, listener = self.connection, self.listener
+        self.connection, self.listener = None, None
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(BaseException):
+                await listener
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()

@@ -13,6 +13,7 @@ from fastapi.security import HTTPBearer
 from pydantic import ValidationError
 
 from command_api import handlers
+from command_api.outbox import outbox_backlog
 from command_api.schemas import (
     CommandOut,
     CredentialsOut,
@@ -135,9 +136,7 @@ async def healthz(request: Request, response: Response) -> HealthOut:
     database, backlog = ServiceHealth(reachable=True), None
     try:
         async with state.pool.connection(timeout=2) as conn:
-            cur = await conn.execute("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")
-            row = await cur.fetchone()
-            backlog = row["n"] if row else None
+            backlog = await outbox_backlog(conn)
     except Exception as exc:  # any failure here is the answer, not an error
         database = ServiceHealth(reachable=False, error=first_line(exc))
     cache = ServiceHealth(reachable=True)

@@ -12,9 +12,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from command_api.domain import Device, DeviceAlreadyExists
-from iotp.events import Event, to_fields
+from command_api.outbox import write_outbox
 from iotp.model import Location, MetricSpec
-from iotp.names import DEVICE_EVENTS_STREAM
 
 
 @dataclass(frozen=True)
@@ -216,15 +215,3 @@ class PostgresUnitOfWork:
         await self._conn.commit()
         for device in self.devices.seen.values():
             device.events.clear()
-
-
-async def write_outbox(conn: Conn, events: list[Event]) -> None:
-    """Queue ``events`` for the relay, in the caller's transaction."""
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            "INSERT INTO outbox (event_id, stream, event_type, fields) VALUES (%s, %s, %s, %s)",
-            [
-                (e.event_id, DEVICE_EVENTS_STREAM, type(e).__name__, Jsonb(to_fields(e)))
-                for e in events
-            ],
-        )

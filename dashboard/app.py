@@ -1,4 +1,8 @@
-"""Entry point: `iotp dashboard` runs `streamlit run` on this file."""
+"""Entry point: `iotp dashboard` runs `streamlit run` on this file.
+
+Every page runs through here, so the optional login (dashboard.login) is checked before any
+page's code: a locked session is sent no data and shows no page menu.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,26 @@ from pathlib import Path
 
 import streamlit as st
 
+from dashboard.login import logout_control, require_login
+
 PAGES = Path(__file__).parent / "views"  # not "pages": Streamlit would list those itself
 
 
 def main() -> None:
     st.set_page_config(page_title="iotp", page_icon="📡", layout="wide")
+    allowed = require_login()
+    # Registered even when locked, so that a deep link (/device?device=…) survives the login.
     navigation = st.navigation(
         [
             st.Page(PAGES / "fleet.py", title="Fleet", url_path="fleet", default=True),
             st.Page(PAGES / "device.py", title="Device", url_path="device"),
             st.Page(PAGES / "pipeline.py", title="Pipeline", url_path="pipeline"),
-        ]
+        ],
+        position="sidebar" if allowed else "hidden",
     )
+    if not allowed:
+        return
+    logout_control()
     navigation.run()
 
 

@@ -16,27 +16,19 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from iotp.errors import redact_url
 from iotp.settings import Settings, get_settings
 from read_models import queries
+from read_models.health import PipelineHealth, health_redis, pipeline_health
 
 T = TypeVar("T")
 
 
 @st.cache_resource
-def _pool(url: str) -> ConnectionPool[psycopg.Connection[Any]]:
-    pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-        url,
-        min_size=1,
-        max_size=4,
-        open=False,
-        name="iotp-dashboard",
-        kwargs={"connect_timeout": 3},
-    )
-    pool.open(wait=False)
-    return pool
+def _pool(url: str) -> ConnectionPool[queries.Conn]:
+    return queries.open_read_pool(url, name="iotp-dashboard", max_size=4, connect_timeout=3)
 
 
 @st.cache_resource
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+    return health_redis(url)
 
 
 def settings() -> Settings:
@@ -44,10 +36,7 @@ def settings() -> Settings:
 
 
 def liveness_rule() -> queries.LivenessRule:
-    config = settings()
-    return queries.LivenessRule(
-        default_seconds=config.liveness_timeout_seconds, per_kind=config.liveness_timeouts
-    )
+    return queries.LivenessRule.from_settings(settings())
 
 
 def redis_client() -> redis.Redis:
@@ -77,6 +66,11 @@ def read(query: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
             f"Redis does not answer at {redact_url(settings().redis_url)} (IOTP_REDIS_URL): {exc}"
         )
     return None
+
+
+def pipeline_report() -> PipelineHealth | None:
+    """The pipeline health report, or None after showing why it is not available."""
+    return read(lambda conn: pipeline_health(conn, redis_client()))
 
 
 def local_times(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:

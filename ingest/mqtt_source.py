@@ -9,6 +9,7 @@ or Mosquitto's ``max_inflight_messages`` for 3.1.1) bounds how many are held her
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iotp.mqtt_url import BrokerAddress
 from iotp.names import TELEMETRY_TOPIC_FILTER, shared_telemetry_subscription
+from iotp.retry import MAX_DELAY_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class SourceOptions:
     receive_maximum: int
     max_buffered_bytes: int
     keepalive: int
+    tls: ssl.SSLContext | None = None  # mqtts://: verified against the configured CA
 
 
 class MqttSource:
@@ -80,9 +83,11 @@ class MqttSource:
         )
         if self.broker.username is not None:
             client.username_pw_set(self.broker.username, self.broker.password)
-        if self.broker.tls:
-            client.tls_set()
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if self.options.tls is not None:
+            client.tls_set_context(self.options.tls)
+        # paho reconnects in its own network thread, doubling from 1 s (whole seconds, no
+        # jitter); it waits no longer than the retry policy of the other services.
+        client.reconnect_delay_set(min_delay=1, max_delay=int(MAX_DELAY_SECONDS))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

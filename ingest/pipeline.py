@@ -19,20 +19,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
-import psycopg
-import redis
-
 from ingest.counters import IngestCounters
 from ingest.mqtt_source import InboundMessage
 from ingest.payloads import DeviceLookup, Limits, ParsedMessage, parse_message
 from ingest.publisher import StreamPublisher
 from ingest.store import StagedRow, StreamEntry, TelemetryStore
 from iotp.events import telemetry_recorded_fields
+from iotp.retry import Stopped, retry_transient, service_of
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_BACKOFF_SECONDS = 10.0
+HANDOFF_POLL_SECONDS = 0.2
 
 
 class MessageSource(Protocol):
@@ -57,10 +55,6 @@ class PreparedBatch:
     rows: list[StagedRow]
     deadletters: list[StreamEntry]
     parse_seconds: float
-
-
-class Stopped(Exception):
-    """Stop was asked while a service was still unreachable: leave the batch unacknowledged."""
 
 
 class IngestPipeline:
@@ -106,23 +100,12 @@ class IngestPipeline:
                     stop,
                 )
                 if batch:
-                    prepared = self.prepare(batch, stop)
-                    while writer.is_alive():
-                        try:
-                            handoff.put(prepared, timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
+                    _hand_to(writer, handoff, self.prepare(batch, stop))
         except Stopped:
             logger.info("stopping with a batch unacknowledged; the broker will redeliver it")
         finally:
             stop.set()
-            while writer.is_alive():
-                try:
-                    handoff.put(None, timeout=0.2)
-                    break
-                except queue.Full:
-                    continue
+            _hand_to(writer, handoff, None)
             writer.join()
         if failure:
             raise failure[0]
@@ -136,7 +119,7 @@ class IngestPipeline:
         try:
             while True:
                 try:
-                    prepared = handoff.get(timeout=0.2)
+                    prepared = handoff.get(timeout=HANDOFF_POLL_SECONDS)
                 except queue.Empty:
                     if stop.is_set():
                         return
@@ -233,33 +216,22 @@ class IngestPipeline:
 
     def _retry(self, action: Callable[[], T], stop: threading.Event) -> T:
         """Run ``action`` until it succeeds; back off while PostgreSQL or Redis is away."""
-        backoff = 0.2
-        failures = 0
-        error: Exception
-        while True:
-            try:
-                result = action()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                service, error = "postgresql", exc
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                service, error = "redis", exc
-            else:
-                if failures:
-                    logger.info("%s is back after %s retries; resuming", service, failures)
-                return result
-            failures += 1
-            self.counters.retried(service)
-            if failures == 1 or failures % 10 == 0:
-                logger.warning(
-                    "%s unreachable, not acknowledging; retry %s in %.1fs: %s",
-                    service,
-                    failures,
-                    backoff,
-                    str(error).strip().splitlines()[0] if str(error) else error,
-                )
-            if stop.wait(backoff):
-                raise Stopped()
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        return retry_transient(action, stop, task="ingest", on_retry=self._count_retry)
+
+    def _count_retry(self, error: BaseException) -> None:
+        self.counters.retried(service_of(error))
+
+
+def _hand_to(
+    writer: threading.Thread, handoff: queue.Queue[PreparedBatch | None], item: PreparedBatch | None
+) -> None:
+    """Queue ``item`` for the writer thread, unless it ended (then nothing would take it)."""
+    while writer.is_alive():
+        try:
+            handoff.put(item, timeout=HANDOFF_POLL_SECONDS)
+            return
+        except queue.Full:
+            continue
 
 
 def _staged_rows(

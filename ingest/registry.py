@@ -27,6 +27,8 @@ from iotp.events import (
 )
 from iotp.model import MetricSpec
 from iotp.names import DEVICE_EVENTS_STREAM
+from iotp.redis_client import text
+from iotp.retry import Stopped, retry_transient
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +133,7 @@ class DatabaseDevices:
 
 def last_device_event_id(client: redis.Redis) -> str:
     entries: Any = client.xrevrange(DEVICE_EVENTS_STREAM, count=1)
-    return entries[0][0].decode() if entries else "0-0"
+    return text(entries[0][0]) if entries else "0-0"
 
 
 class RegistryFollower(threading.Thread):
@@ -144,22 +146,18 @@ class RegistryFollower(threading.Thread):
         self.registry, self.client, self.position, self.stop = registry, client, after, stop
 
     def run(self) -> None:
-        backoff = 0.5
         while not self.stop.is_set():
             try:
-                response: Any = self.client.xread(
-                    {DEVICE_EVENTS_STREAM: self.position}, count=500, block=500
-                )
-                backoff = 0.5
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("device stream unreachable, retrying in %.1fs: %s", backoff, exc)
-                self.stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
+                response = retry_transient(self._read, self.stop, task="device registry")
+            except Stopped:
+                return
             for _stream, entries in response or ():
                 for entry_id, fields in entries:
-                    self.position = entry_id.decode()
+                    self.position = text(entry_id)
                     try:
                         self.registry.apply(from_fields(fields))
                     except UndecodableEvent as exc:
                         logger.warning("skipping device event %s: %s", self.position, exc)
+
+    def _read(self) -> Any:
+        return self.client.xread({DEVICE_EVENTS_STREAM: self.position}, count=500, block=500)

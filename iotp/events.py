@@ -28,8 +28,16 @@ class Event(FrozenModel):
     device_id: DeviceId
 
 
+# The broker's password file needs each device's password hash (Mosquitto's $7$ PBKDF2
+# form); events carry it so that `iotp broker-sync` follows the stream alone. The password
+# itself never travels: it has 256 random bits, so its hash reveals nothing usable. Events
+# from before the field existed have None, and broker-sync looks the hash up instead.
+CredentialHash = Annotated[str, Field(pattern=r"^\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")]
+
+
 class DeviceRegistered(DeviceAttributes, Event):
     type: Literal["DeviceRegistered"] = "DeviceRegistered"
+    credential_hash: CredentialHash | None = None
 
 
 class DeviceUpdated(DeviceAttributes, Event):
@@ -49,6 +57,7 @@ class DeviceCredentialsRotated(Event):
 
     type: Literal["DeviceCredentialsRotated"] = "DeviceCredentialsRotated"
     username: str
+    credential_hash: CredentialHash | None = None
 
 
 class RecordedReading(FrozenModel):

@@ -48,10 +48,18 @@ class MigrationReport:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class MigrationSet:
+    """The SQL files of one package, applied in version order and recorded in ``ledger``."""
+
+    package: str
+    ledger: str
+    schema: str | None = None  # created first when the ledger lives in a schema of its own
+
+
 WRITE_MIGRATIONS = "iotp.migrations"
-READ_MIGRATIONS = "read_models.migrations"
 WRITE_LEDGER = "schema_migrations"
-READ_LEDGER = "read_models.schema_migrations"
+WRITE_STORE = MigrationSet(WRITE_MIGRATIONS, WRITE_LEDGER)
 
 
 def load_migrations(package: str = WRITE_MIGRATIONS) -> list[Migration]:
@@ -73,8 +81,12 @@ def load_migrations(package: str = WRITE_MIGRATIONS) -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def migrate(settings: Settings, *, read_store: bool = True) -> MigrationReport:
-    """Create the databases if needed, apply pending migrations, then the policies."""
+def migrate(settings: Settings, read_store: MigrationSet | None = None) -> MigrationReport:
+    """Create the databases if needed, apply pending migrations, then the policies.
+
+    The write store's migrations are the kernel's; the read store's belong to the part that
+    owns it, which the caller passes in (the kernel imports no part).
+    """
     report = MigrationReport()
     conn = _connect_creating(settings.database_url, report)
     with conn, _migration_lock(conn):
@@ -85,13 +97,18 @@ def migrate(settings: Settings, *, read_store: bool = True) -> MigrationReport:
         )
         if report.timescaledb:
             report.policies = apply_timescale_policies(conn, settings)
-    if read_store:
+    if read_store is not None:
         read = _connect_creating(settings.read_url(), MigrationReport())
         with read, _migration_lock(read):
-            read.execute("CREATE SCHEMA IF NOT EXISTS read_models")
-            _ensure_ledger(read, READ_LEDGER)
+            if read_store.schema is not None:
+                read.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                        sql.Identifier(read_store.schema)
+                    )
+                )
+            _ensure_ledger(read, read_store.ledger)
             report.read_store_applied = _apply_pending(
-                read, READ_MIGRATIONS, READ_LEDGER, report, timescaledb=False
+                read, read_store.package, read_store.ledger, report, timescaledb=False
             )
     return report
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from iotp.errors import ConfigurationError
+from iotp.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -34,3 +36,23 @@ def parse_mqtt_url(url: str) -> BrokerAddress:
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
     )
+
+
+def tls_context(broker: BrokerAddress, settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for an ``mqtts://`` broker (None for plain MQTT).
+
+    The broker's certificate is always verified, against IOTP_MQTT_CA_FILE when set, else
+    the system's CAs; IOTP_MQTT_CERT_FILE and IOTP_MQTT_KEY_FILE add a client certificate.
+    """
+    if not broker.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=settings.mqtt_ca_file)
+        if settings.mqtt_cert_file:
+            context.load_cert_chain(settings.mqtt_cert_file, settings.mqtt_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(
+            f"cannot load the MQTT TLS files (IOTP_MQTT_CA_FILE, IOTP_MQTT_CERT_FILE,"
+            f" IOTP_MQTT_KEY_FILE): {exc}"
+        ) from exc
+    return context

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 STOP_GRACE_SECONDS = 15.0
 
@@ -70,7 +70,8 @@ class IotpProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._offset = 0
 
-    def start(self) -> IotpProcess:
+    def start(self) -> Self:
+        """Start the command (again, after it exited); this run's output starts here."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._offset = self.log.stat().st_size if self.log.exists() else 0
         output: IO[bytes]
@@ -91,6 +92,10 @@ class IotpProcess:
     @property
     def returncode(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit by itself; its exit code."""
+        return self._started().wait(timeout=timeout)
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -144,12 +149,18 @@ class IotpProcess:
         return self.process
 
 
-def stop_all(children: Iterable[IotpProcess], grace: float = STOP_GRACE_SECONDS) -> None:
-    """Stop every running child together: SIGTERM to all, SIGKILL to those left after grace."""
+def stop_all(
+    children: Iterable[IotpProcess], grace: float = STOP_GRACE_SECONDS
+) -> list[IotpProcess]:
+    """Stop every running child together: SIGTERM to all, SIGKILL to those left after grace.
+
+    Returns the children that had to be killed, so that a caller can say which ignored SIGTERM.
+    """
     running = [child for child in children if child.running()]
     for child in running:
         child.signal(signal.SIGTERM)
     deadline = time.monotonic() + grace
+    killed = []
     for child in running:
         process = child._started()
         try:
@@ -157,3 +168,5 @@ def stop_all(children: Iterable[IotpProcess], grace: float = STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             child.signal(signal.SIGKILL)
             process.wait()
+            killed.append(child)
+    return killed

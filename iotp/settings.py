@@ -42,6 +42,18 @@ class Settings(BaseSettings):
 
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_keepalive_seconds: int = Field(default=30, ge=5)
+    # TLS (mqtts:// URLs): the CA to trust (default: the system's), and an optional client
+    # certificate and key for brokers that ask for one.
+    mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
+
+    # The broker's identity files that `iotp broker-sync` keeps in step with the devices,
+    # and the broker's pid file: when set, the broker is sent SIGHUP after each change
+    # (otherwise something beside the broker must reload it: docker-compose's watcher).
+    broker_password_file: str | None = None
+    broker_acl_file: str | None = None
+    broker_pid_file: str | None = None
 
     ingest_instance: str = "0"
     ingest_shared_subscription: bool = True
@@ -78,8 +90,10 @@ class Settings(BaseSettings):
     dashboard_refresh_seconds: float = Field(default=5.0, ge=0)
     dashboard_timezone: str = "UTC"
     dashboard_page_size: int = Field(default=50, ge=5, le=500)
+    dashboard_password: SecretStr | None = None  # set: the dashboard asks for it first
 
     state_dir: str = ".iotp"
+    up_own_broker: bool = False  # `iotp up` runs its own Mosquitto even when one answers
 
     log_level: str = "INFO"
 

@@ -6,11 +6,11 @@ deployment needs rather than Mosquitto's lossy defaults.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,14 +31,58 @@ def production_config() -> str:
     return resources.files("local_platform").joinpath("mosquitto.conf").read_text(encoding="utf-8")
 
 
-def mosquitto_config(port: int, data_dir: Path, extra: str = "") -> str:
-    """The production config, listening on ``port`` on loopback with its data in ``data_dir``."""
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener: its port and the certificate files (readable by mosquitto's user)."""
+
+    port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+TLS_BLOCK = re.compile(r"^# tls-begin\n.*?^# tls-end\n", flags=re.M | re.S)
+
+
+def mosquitto_config(
+    port: int,
+    data_dir: Path,
+    extra: str = "",
+    *,
+    identity: bool = False,
+    tls: BrokerTls | None = None,
+) -> str:
+    """The production config on loopback ``port``, with its files in ``data_dir``.
+
+    With ``identity`` the broker refuses anonymous clients and reads the password and ACL
+    files `iotp broker-sync` writes in ``data_dir``; without it (tests and benchmarks that
+    are not about identity) it accepts any client. ``tls`` adds the TLS listener.
+    """
     text = production_config()
-    text = re.sub(r"^listener .*$", f"listener {port} 127.0.0.1", text, flags=re.M)
+    listener = ""
+    if tls is not None:
+        listener = (
+            f"listener {tls.port} 127.0.0.1\ncafile {tls.ca_file}\n"
+            f"certfile {tls.cert_file}\nkeyfile {tls.key_file}\n"
+        )
+    text = TLS_BLOCK.sub(lambda _: listener, text)
+    text = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", text, flags=re.M)
     text = re.sub(
         r"^persistence_location .*$", f"persistence_location {data_dir}/", text, flags=re.M
     )
     text = re.sub(r"^log_dest .*$", f"log_dest file {data_dir}/mosquitto.log", text, flags=re.M)
+    text = re.sub(r"^pid_file .*$", f"pid_file {data_dir}/mosquitto.pid", text, flags=re.M)
+    if os.geteuid() == 0:
+        # Started as root, Mosquitto drops to its own user, which cannot write the pid file,
+        # log and persistence in a caller's private directory. A local broker stays the
+        # caller's (production runs it as its own user, with its own volumes).
+        text += "\nuser root\n"
+    if identity:
+        text = re.sub(r"^password_file .*$", f"password_file {data_dir}/passwd", text, flags=re.M)
+        text = re.sub(r"^acl_file .*$", f"acl_file {data_dir}/acl", text, flags=re.M)
+    else:
+        text = re.sub(r"^(password_file|acl_file) .*\n", "", text, flags=re.M)
+        text = re.sub(r"^allow_anonymous .*$", "allow_anonymous true", text, flags=re.M)
     return text + "\n" + extra
 
 
@@ -47,52 +91,43 @@ class LocalBroker:
     url: str
     port: int
     pid: int
+    data_dir: Path
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / "passwd"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.data_dir / "acl"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "mosquitto.pid"
 
 
 @contextmanager
-def local_mosquitto(data_dir: Path, extra: str = "") -> Iterator[LocalBroker]:
-    """Run mosquitto on a free loopback port for the block."""
+def local_mosquitto(
+    data_dir: Path, extra: str = "", *, identity: bool = False, tls: BrokerTls | None = None
+) -> Iterator[LocalBroker]:
+    """Run mosquitto on a free loopback port for the block.
+
+    With ``identity``, the password and ACL files must exist in ``data_dir`` (empty ones
+    are made if not: nobody may connect until `iotp broker-sync` writes them).
+    """
     binary = shutil.which("mosquitto")
     if binary is None:
         raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "mosquitto.conf"
-    config.write_text(mosquitto_config(port, data_dir, extra))
+    config.write_text(mosquitto_config(port, data_dir, extra, identity=identity, tls=tls))
+    if identity:
+        for name in ("passwd", "acl"):
+            (data_dir / name).touch()
     command = [binary, "-c", str(config)]
     with _serving(command, port, data_dir / "mosquitto.stderr", "mosquitto", 10) as pid:
-        yield LocalBroker(f"mqtt://127.0.0.1:{port}", port, pid)
-
-
-AMQTT_CONFIG = """\
-listeners:
-  default:
-    type: tcp
-    bind: 127.0.0.1:{port}
-plugins:
-  # Clients must give a user name: amqtt keeps offline QoS 1 messages only for
-  # authenticated sessions, and ingest relies on its session keeping them.
-  amqtt.plugins.authentication.AnonymousAuthPlugin:
-    allow_anonymous: false
-"""
-
-
-@contextmanager
-def local_amqtt(data_dir: Path) -> Iterator[LocalBroker]:
-    """The pure-Python amqtt broker (MQTT 3.1.1 only, no shared subscriptions)."""
-    port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    config = data_dir / "amqtt.yaml"
-    config.write_text(AMQTT_CONFIG.format(port=port))
-    command = [
-        sys.executable,
-        "-c",
-        "from amqtt.scripts.broker_script import main; main()",
-        "-c",
-        str(config),
-    ]
-    with _serving(command, port, data_dir / "amqtt.log", "amqtt", 20) as pid:
-        yield LocalBroker(f"mqtt://iotp:local@127.0.0.1:{port}", port, pid)
+        yield LocalBroker(f"mqtt://127.0.0.1:{port}", port, pid, data_dir)
 
 
 @contextmanager

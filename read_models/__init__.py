@@ -1,1 +1,11 @@
-"""iotp read models: built by a later issue."""
+"""iotp read models: the query side, kept current from the event streams, rebuildable any time.
+
+- ``projection`` folds events into deltas (pure); ``store`` merges them into the read store
+  with the events' ids and the tracking row in one transaction.
+- ``consumer`` is the aggregator reading the streams in a consumer group; ``service`` wires
+  one aggregator process; ``rebuild`` recomputes every model from the write store.
+- ``queries`` are the only reads; the query API (``app``, ``routes``, ``dependencies``)
+  serves them over HTTP and the dashboard calls them. ``health`` reports how far behind
+  the read side is.
+- ``schema`` and ``migrations``: the read store's own schema, in schema ``read_models``.
+"""

@@ -21,6 +21,7 @@ import redis
 from iotp.events import AnyEvent, UndecodableEvent, from_fields
 from iotp.names import DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
 from iotp.redis_client import text
+from iotp.retry import Stopped, retry_transient
 from read_models import store
 from read_models.projection import fold
 
@@ -84,18 +85,18 @@ class Aggregator:
             self._conn = None
 
     def run(self, stop: threading.Event) -> None:
-        ensure_groups(self.client, self.options.group)
-        self.drain_own_pending(stop)
-        backoff = 0.2
-        while not stop.is_set():
-            try:
-                self.step()
-                backoff = 0.2
-            except (psycopg.OperationalError, redis.ConnectionError, redis.TimeoutError) as exc:
-                logger.warning("aggregator retrying in %.1fs: %s", backoff, exc)
-                self.close()
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        """Apply events until ``stop`` is set, riding out PostgreSQL and Redis outages."""
+
+        def retry(action: Callable[[], object]) -> None:
+            retry_transient(action, stop, task="aggregator", on_retry=lambda _: self.close())
+
+        try:
+            retry(lambda: ensure_groups(self.client, self.options.group))
+            retry(lambda: self.drain_own_pending(stop))
+            while not stop.is_set():
+                retry(self.step)
+        except Stopped:
+            return
 
     def drain_own_pending(self, stop: threading.Event) -> None:
         """Apply what this consumer read but did not acknowledge before it stopped."""
@@ -145,7 +146,7 @@ class Aggregator:
                 start_id=cursor,
                 count=self.options.batch_size,
             )
-            cursor = result[0].decode() if isinstance(result[0], bytes) else result[0]
+            cursor = text(result[0])
             entries += [(text(i), f) for i, f in result[1]]
             for deleted in result[2] if len(result) > 2 else []:
                 self.client.xack(stream, self.options.group, deleted)
@@ -178,19 +179,15 @@ class Aggregator:
         if total == 0:
             return BatchOutcome(0, 0, 0)
         conn = self._connection()
-        try:
-            with conn.transaction():
-                store.lock_for_batch(conn)
-                new = store.claim_events(conn, [e.event_id for e in events])
-                fresh = [e for e in events if e.event_id in new]
-                store.apply_deltas(conn, fold(fresh))
-                for stream, entries in batch.items():
-                    if entries:
-                        last = max((e for e, _ in entries), key=store.split_id)
-                        store.track(conn, stream, self.options.group, last, newest.get(stream))
-        except psycopg.OperationalError:
-            self.close()
-            raise
+        with conn.transaction():
+            store.lock_for_batch(conn)
+            new = store.claim_events(conn, [e.event_id for e in events])
+            fresh = [e for e in events if e.event_id in new]
+            store.apply_deltas(conn, fold(fresh))
+            for stream, entries in batch.items():
+                if entries:
+                    last = max((e for e, _ in entries), key=store.split_id)
+                    store.track(conn, stream, self.options.group, last, newest.get(stream))
         for stream, entries in batch.items():
             if entries:
                 self.client.xack(stream, self.options.group, *[i for i, _ in entries])

@@ -1,28 +1,61 @@
 """Every read of the read models: typed results, bounded lists, parameterised SQL only.
 
-The dashboard and the query API read through these functions and nothing else; none of
-them touches the write store.
+The dashboard and the query API read through these functions, over the pool that
+:func:`open_read_pool` builds, and nothing else; none of them touches the write store.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 from pydantic import BaseModel
+
+from iotp.settings import Settings
 
 Conn = psycopg.Connection[Any]
 Liveness = Literal["online", "offline", "never_seen"]
-SORTABLE = {"device_id", "name", "kind", "status", "last_seen", "registered_at"}
+SortKey = Literal["device_id", "name", "kind", "status", "last_seen", "registered_at"]
+SORTABLE = set(get_args(SortKey))
 MAX_SERIES_POINTS = 20_000
 
 
+def open_read_pool(
+    url: str, *, name: str, max_size: int, connect_timeout: int = 5
+) -> ConnectionPool[Conn]:
+    """A pool over the read store at ``url``, opening in the background.
+
+    The process starts even while PostgreSQL is down; until it answers, taking a connection
+    fails (PoolTimeout, an OperationalError), which each reader turns into a clear answer.
+    """
+    pool: ConnectionPool[Conn] = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        name=name,
+        kwargs={"connect_timeout": connect_timeout},
+    )
+    pool.open(wait=False)
+    return pool
+
+
 class LivenessRule(BaseModel):
+    """How long a device may stay silent and still count as online, by kind."""
+
     default_seconds: int
     per_kind: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LivenessRule:
+        """IOTP_LIVENESS_TIMEOUT_SECONDS, and IOTP_LIVENESS_TIMEOUTS per kind."""
+        return cls(
+            default_seconds=settings.liveness_timeout_seconds, per_kind=settings.liveness_timeouts
+        )
 
 
 class DeviceSummary(BaseModel):

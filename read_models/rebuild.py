@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 
 from iotp.db import connect
 from iotp.events import AnyEvent, TelemetryRecorded, UndecodableEvent, from_fields
+from iotp.preflight import READ_DATABASE_SETTING
 from iotp.redis_client import text
 from iotp.settings import Settings
 from read_models import store
@@ -92,7 +93,7 @@ def rebuild(
     settings: Settings, progress: Progress | None = None, chunk_devices: int = 200
 ) -> RebuildReport:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
-    read = connect(settings.read_url(), setting="IOTP_READ_DATABASE_URL")
+    read = connect(settings.read_url(), setting=READ_DATABASE_SETTING)
     write = connect(settings.database_url)
     try:
         ensure_groups(client, AGGREGATOR_GROUP)
@@ -118,7 +119,7 @@ def rebuild(
 
 def _last_id(client: redis.Redis, stream: str) -> str:
     entries: Any = client.xrevrange(stream, count=1)
-    return entries[0][0].decode() if entries else "0-0"
+    return text(entries[0][0]) if entries else "0-0"
 
 
 def _recompute(

@@ -10,18 +10,16 @@ import psycopg
 import redis
 
 from iotp.db import connect
-from iotp.redis_client import redis_unavailable
+from iotp.preflight import READ_DATABASE_SETTING, require_read_store, require_redis
 from iotp.settings import Settings
 from read_models.consumer import AGGREGATOR_GROUP, Aggregator, ConsumerOptions
 
 logger = logging.getLogger(__name__)
 
-READ_SETTING = "IOTP_READ_DATABASE_URL"
-
 
 def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
     def read_store() -> psycopg.Connection[Any]:
-        return connect(settings.read_url(), setting=READ_SETTING)
+        return connect(settings.read_url(), setting=READ_DATABASE_SETTING)
 
     return Aggregator(
         client,
@@ -38,12 +36,10 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
 
 
 def run_aggregator(settings: Settings, stop: threading.Event) -> None:
+    """Aggregate until ``stop`` is set. Raises :class:`ServiceUnavailable` if a service is down."""
+    require_redis(settings)
+    require_read_store(settings)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
-    try:
-        client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise redis_unavailable(settings.redis_url, exc) from exc
-    connect(settings.read_url(), setting=READ_SETTING).close()
     aggregator = aggregator_for(settings, client)
     logger.info("aggregating as %s in group %s", settings.aggregator_consumer(), AGGREGATOR_GROUP)
     try:

@@ -78,29 +78,23 @@ ON CONFLICT (device_id) DO UPDATE SET
 
 # Attributes move forward only (by event time), so two aggregators applying a device's
 # events out of order still end on the newest; decommissioning is final.
-_UPSERT_DEVICE = """
+_NEWER_ATTRIBUTES = "t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at"
+_TAKE_NEWER_ATTRIBUTES = ",\n    ".join(
+    f"{column} = CASE WHEN {_NEWER_ATTRIBUTES} THEN excluded.{column} ELSE t.{column} END"
+    for column in ("name", "kind", "lat", "lon", "metadata", "metrics")
+)
+_UPSERT_DEVICE = f"""
 INSERT INTO read_models.devices AS t (device_id, name, kind, lat, lon, metadata, metrics,
     registered_at, updated_at, attrs_at)
 VALUES (%(device_id)s, %(name)s, %(kind)s, %(lat)s, %(lon)s, %(metadata)s, %(metrics)s,
     %(registered_at)s, %(at)s, %(at)s)
 ON CONFLICT (device_id) DO UPDATE SET
-    name = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
-                THEN excluded.name ELSE t.name END,
-    kind = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
-                THEN excluded.kind ELSE t.kind END,
-    lat = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
-               THEN excluded.lat ELSE t.lat END,
-    lon = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
-               THEN excluded.lon ELSE t.lon END,
-    metadata = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
-                    THEN excluded.metadata ELSE t.metadata END,
-    metrics = CASE WHEN t.attrs_at IS NULL OR excluded.attrs_at >= t.attrs_at
-                   THEN excluded.metrics ELSE t.metrics END,
+    {_TAKE_NEWER_ATTRIBUTES},
     registered_at = COALESCE(LEAST(t.registered_at, excluded.registered_at),
                              t.registered_at, excluded.registered_at),
     updated_at = GREATEST(t.updated_at, excluded.updated_at),
     attrs_at = GREATEST(t.attrs_at, excluded.attrs_at)
-"""
+"""  # noqa: S608 - it interpolates constant column names only
 
 _DECOMMISSION = """
 INSERT INTO read_models.devices AS t (device_id, status, decommissioned_at, updated_at)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import liveness_rule, local_times, read, redis_client, settings
+from dashboard.data import liveness_rule, local_times, pipeline_report, read, settings
 from dashboard.refresh import refresh_interval
 from read_models import queries
-from read_models.pipeline import pipeline_health
 
 st.title("Fleet")
 rule = liveness_rule()
@@ -19,7 +18,7 @@ def tiles() -> None:
     fleet = read(queries.fleet, rule)
     if fleet is None:
         return
-    health = read(lambda conn: pipeline_health(conn, redis_client()))
+    health = pipeline_report()
     row = st.columns(4)
     row[0].metric("Registered", f"{fleet.registered:,}", border=True)
     row[1].metric("Online", f"{fleet.online:,}", border=True)
@@ -30,12 +29,12 @@ def tiles() -> None:
     per_minute = [count for _, count in fleet.readings_per_minute]
     latest = per_minute[-2] if len(per_minute) > 1 else (per_minute[-1] if per_minute else 0)
     row[1].metric(
-        "Readings / min",
+        "Values / min",
         f"{latest:,}",
         chart_data=per_minute or None,
         chart_type="area",
         border=True,
-        help="Metric values per minute of reading time; the last full minute",
+        help="Values (one metric at one time) per minute of reading time; the last full minute",
     )
     row[2].metric(
         "Breaching range",
@@ -43,8 +42,8 @@ def tiles() -> None:
         border=True,
         help="Devices whose last value of some metric is outside its declared range",
     )
-    lag = None
-    if health is not None:
+    lag = None  # shown as ?: Redis does not answer, or a group's lag is unknown
+    if health is not None and all(g.lag is not None for g in health.groups):
         lags = [g.lag or 0 for g in health.groups] + [g.pending for g in health.groups]
         lag = max(lags) if lags else 0
     row[3].metric(

@@ -3,73 +3,42 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import read, redis_client
+from dashboard.data import pipeline_report
 from dashboard.refresh import refresh_interval
-from read_models.pipeline import pipeline_health
+from read_models.health import GroupHealth, PipelineHealth
+
+# Each ingest counter (a key of the snapshot `iotp status` also reads), its heading and what
+# it counts: a message carries one or more readings and a reading one value per metric, so
+# messages and values differ several-fold.
+INGEST_COLUMNS = {
+    "received": ("messages received", "MQTT messages taken from the broker"),
+    "stored": ("values stored", "Values newly stored, each one metric at one timestamp"),
+    "duplicates": ("duplicate values", "Values skipped as already stored (redeliveries)"),
+    "deadletters": (
+        "dead letters",
+        "Dead-letter entries: one per rejected message, or per problem of a reading"
+        " rejected from an array payload",
+    ),
+    "batches": ("batches", "Batches committed"),
+}
+RATE_COLUMN = "messages/s"
 
 st.title("Pipeline")
 
 
 @st.fragment(run_every=refresh_interval())
 def health() -> None:
-    report = read(lambda conn: pipeline_health(conn, redis_client()))
+    report = pipeline_report()
     if report is None:
         return
-    cols = st.columns(4)
-    cols[0].metric("Dead letters", f"{report.deadletters:,}", border=True)
-    cols[1].metric(
-        "Outbox backlog",
-        "?" if report.outbox_backlog is None else f"{report.outbox_backlog:,}",
-        border=True,
-        help="Device events committed but not yet on the stream",
-    )
-    ages = [
-        g.newest_event_age_seconds for g in report.groups if g.newest_event_age_seconds is not None
-    ]
-    cols[2].metric(
-        "Newest applied event", f"{min(ages):.1f} s ago" if ages else "none", border=True
-    )
-    cols[3].metric(
-        "Events waiting",
-        f"{sum((g.lag or 0) + g.pending for g in report.groups):,}",
-        border=True,
-        help="Lag plus pending entries over every consumer group",
-    )
-
+    _tiles(report)
     st.subheader("Ingest")
-    now = time.time()
-    previous = st.session_state.get("previous_ingest", {})
-    rows = []
-    for client_id, values in sorted(report.ingest.items()):
-        before = previous.get(client_id)
-        rate = None
-        if before and values.get("updated_at", 0) > before.get("updated_at", 0):
-            rate = (values["received"] - before["received"]) / (
-                values["updated_at"] - before["updated_at"]
-            )
-        rows.append(
-            {
-                "process": client_id,
-                "received": int(values.get("received", 0)),
-                "stored": int(values.get("stored", 0)),
-                "duplicates": int(values.get("duplicates", 0)),
-                "dead letters": int(values.get("deadletters", 0)),
-                "batches": int(values.get("batches", 0)),
-                "messages/s": None if rate is None else round(rate, 1),
-                "last batch ms": values.get("last_batch_ms"),
-                "reported s ago": round(now - values.get("updated_at", now), 1),
-            }
-        )
-    st.session_state["previous_ingest"] = report.ingest
-    if rows:
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
-    else:
-        st.info("No ingest process has reported in the last two minutes.")
-
+    _ingest(report.ingest)
     st.subheader("Consumer groups")
     st.dataframe(
         pd.DataFrame([g.model_dump() for g in report.groups]), hide_index=True, width="stretch"
@@ -92,6 +61,77 @@ def health() -> None:
         )
     else:
         st.caption("None.")
+
+
+def _tiles(report: PipelineHealth) -> None:
+    cols = st.columns(4)
+    cols[0].metric("Dead letters", f"{report.deadletters:,}", border=True)
+    cols[1].metric(
+        "Outbox backlog",
+        "?" if report.outbox_backlog is None else f"{report.outbox_backlog:,}",
+        border=True,
+        help="Device events committed but not yet on the stream",
+    )
+    ages = [
+        g.newest_event_age_seconds for g in report.groups if g.newest_event_age_seconds is not None
+    ]
+    cols[2].metric(
+        "Newest applied event", f"{min(ages):.1f} s ago" if ages else "none", border=True
+    )
+    waiting = _events_waiting(report.groups)
+    cols[3].metric(
+        "Events waiting",
+        "?" if waiting is None else f"{waiting:,}",
+        border=True,
+        help="Lag plus pending entries over every consumer group (? while a lag is unknown)",
+    )
+
+
+def _events_waiting(groups: list[GroupHealth]) -> int | None:
+    total = 0
+    for group in groups:
+        if group.lag is None:
+            return None
+        total += group.lag + group.pending
+    return total
+
+
+def _ingest(ingest: dict[str, dict[str, float]]) -> None:
+    now = time.time()
+    previous = st.session_state.get("previous_ingest", {})
+    rows = [
+        _ingest_row(client_id, values, previous.get(client_id), now)
+        for client_id, values in sorted(ingest.items())
+    ]
+    st.session_state["previous_ingest"] = ingest
+    if not rows:
+        st.info("No ingest process has reported in the last two minutes.")
+        return
+    column_config: dict[str, Any] = {
+        heading: st.column_config.NumberColumn(heading, help=counted)
+        for heading, counted in INGEST_COLUMNS.values()
+    }
+    column_config[RATE_COLUMN] = st.column_config.NumberColumn(
+        RATE_COLUMN, help="MQTT messages received per second since the previous refresh"
+    )
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config=column_config)
+
+
+def _ingest_row(
+    client_id: str, values: dict[str, float], before: dict[str, float] | None, now: float
+) -> dict[str, Any]:
+    rate = None
+    if before and values.get("updated_at", 0) > before.get("updated_at", 0):
+        rate = (values["received"] - before["received"]) / (
+            values["updated_at"] - before["updated_at"]
+        )
+    return {
+        "process": client_id,
+        **{heading: int(values.get(key, 0)) for key, (heading, _) in INGEST_COLUMNS.items()},
+        RATE_COLUMN: None if rate is None else round(rate, 1),
+        "last batch ms": values.get("last_batch_ms"),
+        "reported s ago": round(now - values.get("updated_at", now), 1),
+    }
 
 
 health()

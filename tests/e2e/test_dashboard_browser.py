@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 
 from local_platform.broker import free_port
-from tests.conftest import TEST_TOKEN, wait_for
-from tests.integration.ingest_harness import Platform, ingest_env
+from tests.support.platform import Platform
+from tests.support.servers import TEST_TOKEN
+from tests.support.waiting import answers, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,54 +45,19 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
-def _serve(platform: Platform, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    log = (platform.tmp / f"{args[0]}.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    platform.children.append(type("Child", (), {"process": process})())
-    return process
-
-
 def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -> None:
     api_port, dashboard_port = free_port(), free_port()
-    env = ingest_env(
-        platform.settings,
-        platform.mqtt_url,
-        api_token=TEST_TOKEN,
-        dashboard_refresh_seconds="2",
-        aggregator_block_ms="100",
+    env = platform.environment(
+        api_token=TEST_TOKEN, dashboard_refresh_seconds="2", aggregator_block_ms="100"
     )
-    _serve(platform, env, "api", "--port", str(api_port))
+    platform.serve("api", "--port", str(api_port), env=env)
     platform.ingest()
-    _serve(platform, env, "aggregate")
-    _serve(platform, env, "dashboard", "--port", str(dashboard_port))
+    platform.serve("aggregate", env=env)
+    platform.serve("dashboard", "--port", str(dashboard_port), env=env)
     api = f"http://127.0.0.1:{api_port}"
-    wait_for(lambda: _answers(f"{api}/healthz"), timeout=30)
-    simulated = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "simulate",
-            "--devices",
-            str(len(DEVICES)),
-            "--rate",
-            "4",
-            "--duration",
-            "6",
-            "--prefix",
-            "e2e",
-            "--api-url",
-            api,
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    wait_for(lambda: answers(f"{api}/healthz"), timeout=30)
+    fleet = ["--devices", str(len(DEVICES)), "--rate", "4", "--duration", "6", "--prefix", "e2e"]
+    simulated = platform.run("simulate", *fleet, "--api-url", api, "--json", env=env, timeout=120)
     assert simulated.returncode == 0, simulated.stderr[-3000:]
     summary = orjson.loads(simulated.stdout)
     assert summary["devices"] == len(DEVICES) and summary["failures"] == 0
@@ -105,7 +68,7 @@ def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -
         ),
         timeout=60,
     )
-    wait_for(lambda: _answers(f"http://127.0.0.1:{dashboard_port}/_stcore/health"), timeout=60)
+    wait_for(lambda: answers(f"http://127.0.0.1:{dashboard_port}/_stcore/health"), timeout=60)
 
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -139,10 +102,3 @@ def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -
         state="attached", timeout=30_000
     )
     page.screenshot(path=str(ARTIFACTS / "pipeline.png"), full_page=True)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

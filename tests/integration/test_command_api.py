@@ -17,7 +17,7 @@ from iotp.events import (
 )
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.settings import Settings
-from tests.integration.api_helpers import (
+from tests.support.api_client import (
     AUTH,
     THERMOSTAT,
     counts,

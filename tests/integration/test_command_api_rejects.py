@@ -11,7 +11,7 @@ import redis
 
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.settings import Settings
-from tests.integration.api_helpers import AUTH, THERMOSTAT, counts, running_api
+from tests.support.api_client import AUTH, THERMOSTAT, counts, running_api
 
 
 def _with(**changes: Any) -> dict[str, Any]:
@@ -20,6 +20,11 @@ def _with(**changes: Any) -> dict[str, Any]:
 
 def _without(field: str) -> dict[str, Any]:
     return {k: v for k, v in THERMOSTAT.items() if k != field}
+
+
+def cases(names: tuple[str, ...], table: list[tuple[Any, ...]]) -> pytest.MarkDecorator:
+    """Parametrize by the rows of ``table``, each named by its first column."""
+    return pytest.mark.parametrize(names, table, ids=[row[0] for row in table])
 
 
 INVALID_REGISTRATIONS: list[tuple[str, Any, str]] = [
@@ -58,9 +63,7 @@ INVALID_REGISTRATIONS: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("case", "body", "field"), INVALID_REGISTRATIONS, ids=[c[0] for c in INVALID_REGISTRATIONS]
-)
+@cases(("case", "body", "field"), INVALID_REGISTRATIONS)
 def test_invalid_registration_is_422_naming_the_field(
     settings: Settings,
     db: psycopg.Connection[Any],
@@ -100,9 +103,7 @@ RAW_BODIES: list[tuple[str, bytes, dict[str, str], int]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("case", "raw", "headers", "status"), RAW_BODIES, ids=[c[0] for c in RAW_BODIES]
-)
+@cases(("case", "raw", "headers", "status"), RAW_BODIES)
 def test_malformed_body_is_refused(
     settings: Settings,
     db: psycopg.Connection[Any],
@@ -127,16 +128,9 @@ INVALID_PATCHES: list[tuple[str, Any, str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("case", "patch", "text"), INVALID_PATCHES, ids=[c[0] for c in INVALID_PATCHES]
-)
+@cases(("case", "patch", "text"), INVALID_PATCHES)
 def test_invalid_update_is_422_and_changes_nothing(
-    settings: Settings,
-    db: psycopg.Connection[Any],
-    redis_client: redis.Redis,
-    case: str,
-    patch: Any,
-    text: str,
+    settings: Settings, db: psycopg.Connection[Any], case: str, patch: Any, text: str
 ) -> None:
     with running_api(settings) as client:
         assert client.post("/devices", json=THERMOSTAT, headers=AUTH).status_code == 201

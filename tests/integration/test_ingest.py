@@ -12,17 +12,14 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import pytest
 
-from tests.conftest import wait_for
-from tests.integration.api_helpers import AUTH, running_api
-from tests.integration.ingest_harness import (
+from local_platform.broker import free_port
+from tests.support.api_client import AUTH, running_api, wait_relayed
+from tests.support.ingest_harness import (
     BASE,
-    IngestProcess,
-    Platform,
     batched_messages,
     deadletters,
     event_readings,
     expected_keys,
-    ingest_env,
     publish,
     reading,
     single_messages,
@@ -31,7 +28,9 @@ from tests.integration.ingest_harness import (
     telemetry_events,
     wait_stored,
 )
-from tests.tcp_proxy import TcpProxy
+from tests.support.platform import Platform
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_for
 
 
 def test_single_and_batched_payloads_store_exactly_and_emit_one_event_per_message(
@@ -134,12 +133,7 @@ def test_unknown_then_registered_and_decommissioned_devices(platform: Platform) 
 
     with running_api(platform.settings) as client:
         assert client.post("/devices/early/decommission", headers=AUTH).status_code == 200
-        wait_for(
-            lambda: (
-                platform.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
-                == (0,)
-            )
-        )
+        wait_relayed(platform.db)
 
     def refused() -> bool:
         publish(platform.mqtt_url, single_messages("early", 0, 1))
@@ -235,7 +229,7 @@ def test_mqtt_311_with_a_plain_subscription(platform: Platform) -> None:
     publish(platform.mqtt_url, single_messages("legacy", 0, 50))
     wait_stored(platform, 150)
     ingest.stop()
-    assert "subscribed to devices/+/telemetry" in ingest.log.read_text()
+    assert "subscribed to devices/+/telemetry" in ingest.output()
     assert len(telemetry_events(platform.redis)) == 50
 
 
@@ -248,9 +242,7 @@ def test_postgresql_away_for_seconds_then_back_loses_nothing(platform: Platform)
         netloc = parts.netloc.rsplit("@", 1)
         auth = netloc[0] + "@" if len(netloc) == 2 else ""
         proxied = urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
-        env = ingest_env(platform.settings, platform.mqtt_url)
-        env["IOTP_DATABASE_URL"] = proxied
-        ingest = IngestProcess(env, platform.tmp / "ingest.log").start()
+        ingest = platform.ingest(database_url=proxied)
         publish(platform.mqtt_url, single_messages("patient", 0, 20))
         wait_stored(platform, 60)
 
@@ -260,7 +252,7 @@ def test_postgresql_away_for_seconds_then_back_loses_nothing(platform: Platform)
         )
         outage.start()
         outage.join(timeout=60)
-        wait_for(lambda: "postgresql unreachable" in ingest.log.read_text(), timeout=20)
+        wait_for(lambda: "postgresql unreachable" in ingest.output(), timeout=20)
         time.sleep(3)  # a few seconds of outage, with ingest retrying
         assert stored_count(platform.db) < 360
         proxy.restore()
@@ -273,7 +265,7 @@ def test_postgresql_away_for_seconds_then_back_loses_nothing(platform: Platform)
     assert event_readings(telemetry_events(platform.redis)) == Counter(
         expected_keys("patient", 0, 120)
     )
-    assert "resuming" in ingest.log.read_text()
+    assert "resuming" in ingest.output()
 
 
 def test_redis_away_for_seconds_then_back_loses_no_event(platform: Platform) -> None:
@@ -281,16 +273,13 @@ def test_redis_away_for_seconds_then_back_loses_no_event(platform: Platform) -> 
     host_port = platform.settings.redis_url.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.split(":")
     with TcpProxy("127.0.0.1" if host == "localhost" else host, int(port)) as proxy:
-        env = ingest_env(platform.settings, platform.mqtt_url)
-        env["IOTP_REDIS_URL"] = (
-            f"redis://127.0.0.1:{proxy.port}/" + (platform.settings.redis_url.rsplit("/", 1)[1])
-        )
-        ingest = IngestProcess(env, platform.tmp / "ingest.log").start()
+        database = platform.settings.redis_url.rsplit("/", 1)[1]
+        ingest = platform.ingest(redis_url=f"redis://127.0.0.1:{proxy.port}/{database}")
         publish(platform.mqtt_url, single_messages("steady", 0, 10))
         wait_for(lambda: len(telemetry_events(platform.redis)) == 10)
         proxy.cut()
         publish(platform.mqtt_url, single_messages("steady", 10, 40))
-        wait_for(lambda: "redis unreachable" in ingest.log.read_text(), timeout=20)
+        wait_for(lambda: "redis unreachable" in ingest.output(), timeout=20)
         time.sleep(2)
         proxy.restore()
         wait_for(lambda: len(telemetry_events(platform.redis)) >= 50, timeout=60)
@@ -323,12 +312,7 @@ def test_committed_but_unpublished_batches_are_republished_on_start(platform: Pl
 
 
 def test_counters_reach_prometheus_and_iotp_status(platform: Platform) -> None:
-    import subprocess
-    import sys
-
     import httpx
-
-    from tests.conftest import free_port
 
     platform.register("counted")
     port = free_port()
@@ -345,14 +329,8 @@ def test_counters_reach_prometheus_and_iotp_status(platform: Platform) -> None:
     assert "iotp_ingest_batch_seconds_bucket" in metrics
 
     def status() -> dict[str, Any]:
-        result = subprocess.run(
-            [sys.executable, "-m", "cli", "status", "--json"],
-            env=ingest_env(platform.settings, platform.mqtt_url),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
+        result = platform.run("status", "--json", timeout=30)
+        assert result.returncode == 0, result.stderr
         report: dict[str, Any] = orjson.loads(result.stdout)
         return report
 

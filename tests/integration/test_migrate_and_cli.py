@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,31 +15,25 @@ import redis
 
 from iotp.events import from_fields
 from iotp.names import DEVICE_EVENTS_STREAM
-from tests import conftest
-from tests.conftest import TEST_TOKEN, free_port, wait_for
-from tests.integration.api_helpers import AUTH, THERMOSTAT
-
-IOTP = [sys.executable, "-m", "cli"]
-
-
-def _iotp(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*IOTP, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+from iotp.processes import IotpProcess, iotp_environment
+from local_platform.broker import free_port
+from tests.support.api_client import AUTH, THERMOSTAT
+from tests.support.processes import run_iotp
+from tests.support.servers import SERVERS, TEST_TOKEN, database_url_named
+from tests.support.waiting import answers, wait_for
 
 
 def _env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTP_")}
-    env.update({f"IOTP_{k.upper()}": v for k, v in settings.items()})
-    return env
+    """Only the settings given: none of the developer's IOTP_ variables."""
+    return iotp_environment(settings, inherit_settings=False)
 
 
 @pytest.fixture
 def fresh_database() -> Iterator[str]:
     """The URL of a database that does not exist yet."""
     name = f"iotp_cli_{uuid.uuid4().hex[:10]}"
-    yield conftest.database_url_named(name)
-    with psycopg.connect(conftest.TEST_PG_SERVER, autocommit=True) as admin:
+    yield database_url_named(name)
+    with psycopg.connect(SERVERS.postgres, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -55,7 +47,7 @@ def _schema(url: str) -> list[tuple[Any, ...]]:
 
 def test_migrate_creates_the_database_and_twice_is_a_no_op(fresh_database: str) -> None:
     env = _env(database_url=fresh_database)
-    first = _iotp("migrate", env=env)
+    first = run_iotp("migrate", env=env)
     assert first.returncode == 0, first.stderr
     assert "created database" in first.stdout
     assert "mode: plain PostgreSQL" in first.stdout
@@ -64,7 +56,7 @@ def test_migrate_creates_the_database_and_twice_is_a_no_op(fresh_database: str) 
         ledger = conn.execute("SELECT version, applied_at FROM schema_migrations").fetchall()
     schema = _schema(fresh_database)
 
-    second = _iotp("migrate", env=env)
+    second = run_iotp("migrate", env=env)
     assert second.returncode == 0, second.stderr
     assert "nothing to apply" in second.stdout
     assert "applied" not in second.stdout.replace("nothing to apply", "")
@@ -94,7 +86,9 @@ def test_telemetry_table_has_the_reading_key(db: psycopg.Connection[Any]) -> Non
 
 def test_unreachable_database_is_one_clear_line() -> None:
     port = free_port()
-    result = _iotp("migrate", env=_env(database_url=f"postgresql://u:hunter2@127.0.0.1:{port}/x"))
+    result = run_iotp(
+        "migrate", env=_env(database_url=f"postgresql://u:hunter2@127.0.0.1:{port}/x")
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -107,67 +101,48 @@ def test_api_refuses_to_start_without_a_real_token(database_url: str, token: str
     settings = {"database_url": database_url}
     if token is not None:
         settings["api_token"] = token
-    result = _iotp("api", env=_env(**settings))
+    result = run_iotp("api", env=_env(**settings))
     assert result.returncode == 2
     assert "IOTP_API_TOKEN" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_api_refuses_to_start_on_an_unmigrated_database(fresh_database: str) -> None:
-    with psycopg.connect(conftest.TEST_PG_SERVER, autocommit=True) as admin:
+    with psycopg.connect(SERVERS.postgres, autocommit=True) as admin:
         name = psycopg.conninfo.conninfo_to_dict(fresh_database)["dbname"]
         admin.execute(f'CREATE DATABASE "{name}"')
-    result = _iotp("api", env=_env(database_url=fresh_database, api_token=TEST_TOKEN))
+    result = run_iotp("api", env=_env(database_url=fresh_database, api_token=TEST_TOKEN))
     assert result.returncode == 2
     assert "iotp migrate" in result.stderr
 
 
 def test_help_lists_the_commands() -> None:
-    result = _iotp("--help", env=_env())
+    result = run_iotp("--help", env=_env())
     assert result.returncode == 0
     for command in ("migrate", "api", "relay"):
         assert command in result.stdout
 
 
-def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*IOTP, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def _stop(process: subprocess.Popen[str]) -> str:
-    process.terminate()
-    try:
-        output, _ = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-    return output
-
-
 def test_dev_api_and_standalone_relay_serve_for_real(
-    database_url: str, redis_client: redis.Redis
+    database_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE devices, outbox, idempotency_keys")
     port = free_port()
-    env = _env(database_url=database_url, redis_url=conftest.TEST_REDIS_URL)
-    api = _serve(["api", "--dev", "--port", str(port), "--no-relay"], env)
-    relay = _serve(["relay"], env)
+    env = _env(database_url=database_url, redis_url=SERVERS.redis)
+    api = IotpProcess(
+        ["api", "--dev", "--port", str(port), "--no-relay"], env, tmp_path / "api.log"
+    )
+    relay = IotpProcess(["relay"], env, tmp_path / "relay.log")
     try:
-        assert api.stdout is not None
-        first = api.stdout.readline()
+        api.start()
+        relay.start()
+        api.wait_for("\n")
+        first = api.output().splitlines()[0]
         assert first.startswith("dev mode: API token for this run is "), first
         token = first.rsplit(" ", 1)[1].strip()
         base = f"http://127.0.0.1:{port}"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, timeout=30)
+        wait_for(lambda: answers(f"{base}/healthz"), timeout=30)
         refused = httpx.post(f"{base}/devices", json=THERMOSTAT, headers=AUTH)
         assert refused.status_code == 401, "the test token is not this run's token"
         created = httpx.post(
@@ -179,6 +154,6 @@ def test_dev_api_and_standalone_relay_serve_for_real(
         time.sleep(0.3)
         assert len(redis_client.xrange(DEVICE_EVENTS_STREAM)) == 1
     finally:
-        relay_output = _stop(relay)
-        _stop(api)
-    assert relay.returncode == 0, relay_output
+        relay_code = relay.stop(grace=20)
+        api.stop(grace=20)
+    assert relay_code == 0, relay.output()

@@ -22,9 +22,9 @@ from iotp.events import (
 from iotp.model import MetricSpec
 from iotp.settings import Settings
 from read_models import store
-from read_models.api import create_query_app
+from read_models.app import create_query_app
 from read_models.projection import fold
-from tests.conftest import TEST_TOKEN
+from tests.support.servers import TEST_TOKEN
 
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -12,19 +10,22 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import wait_for
-from tests.integration.api_helpers import AUTH, running_api
-from tests.integration.ingest_harness import BASE, Platform, ingest_env, publish
-from tests.integration.read_model_harness import (
-    AggregatorProcess,
+from tests.support.api_client import AUTH, running_api, wait_relayed
+from tests.support.ingest_harness import BASE, publish
+from tests.support.platform import Platform
+from tests.support.processes import ServiceProcess
+from tests.support.read_model_harness import (
     Models,
     assert_models_equal,
     from_write_store,
     read_models,
 )
+from tests.support.waiting import wait_for
 
 DEVICES = [f"rm-{n}" for n in range(5)]
 DECLARED = [{"name": "temp", "min": -10, "max": 40}, {"name": "hum", "min": 0, "max": 100}]
+# Aggregators that claim a dead one's entries, and notice new ones, within a test's patience.
+QUICK_AGGREGATORS = {"aggregator_claim_idle_ms": "500", "aggregator_block_ms": "100"}
 
 
 def workload(seed: int, devices: list[str], count: int) -> list[tuple[str, bytes]]:
@@ -55,20 +56,8 @@ def workload(seed: int, devices: list[str], count: int) -> list[tuple[str, bytes
     return messages
 
 
-def env(platform: Platform, **extra: str) -> dict[str, str]:
-    return ingest_env(
-        platform.settings,
-        platform.mqtt_url,
-        aggregator_claim_idle_ms="500",
-        aggregator_block_ms="100",
-        **extra,
-    )
-
-
-def aggregator(platform: Platform, instance: str = "0") -> AggregatorProcess:
-    return AggregatorProcess(
-        env(platform), platform.tmp / f"aggregator-{instance}.log", instance
-    ).start()
+def aggregator(platform: Platform, instance: str = "0") -> ServiceProcess:
+    return platform.aggregator(instance, **QUICK_AGGREGATORS)
 
 
 def settled(platform: Platform) -> None:
@@ -99,14 +88,7 @@ def converged(platform: Platform) -> Models:
 
 
 def iotp_rebuild(platform: Platform) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "rebuild"],
-        env=env(platform),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = platform.run("rebuild", env=platform.environment(**QUICK_AGGREGATORS), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -125,12 +107,7 @@ def test_randomised_workload_converges_exactly_and_rebuild_agrees(platform: Plat
             ).status_code
             == 200
         )
-        wait_for(
-            lambda: (
-                platform.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
-                == (0,)
-            )
-        )
+        wait_relayed(platform.db)
     publish(platform.mqtt_url, workload(2, DEVICES, 300))
     expected = converged(platform)
     assert expected["metric_stats"], "the workload stored readings"

@@ -18,8 +18,9 @@ from iotp.db import open_pool
 from iotp.events import DeviceRegistered
 from iotp.redis_client import open_redis
 from iotp.settings import Settings
-from tests.conftest import free_port, wait_for
-from tests.integration.api_helpers import AUTH, THERMOSTAT, running_api, stream_events
+from local_platform.broker import free_port
+from tests.support.api_client import AUTH, THERMOSTAT, running_api, stream_events
+from tests.support.waiting import wait_for
 
 CRASH_AFTER_XADD = textwrap.dedent(
     """

@@ -19,7 +19,8 @@ import pytest
 
 from iotp.migrate import migrate
 from iotp.settings import Settings
-from tests.conftest import free_port
+from local_platform.broker import free_port
+from read_models.schema import READ_STORE_MIGRATIONS
 
 HERE = Path(__file__).parent
 
@@ -63,7 +64,7 @@ pytestmark = pytest.mark.timescaledb
 
 
 def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -> None:
-    report = migrate(_settings(timescale_url, telemetry_retention_days=30))
+    report = migrate(_settings(timescale_url, telemetry_retention_days=30), READ_STORE_MIGRATIONS)
     assert report.timescaledb
     assert report.applied == [
         "0001_devices",
@@ -109,14 +110,17 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
 
 def test_second_run_changes_nothing(timescale_url: str) -> None:
     before = _jobs(timescale_url)
-    report = migrate(_settings(timescale_url, telemetry_retention_days=30))
+    report = migrate(_settings(timescale_url, telemetry_retention_days=30), READ_STORE_MIGRATIONS)
     assert report.applied == []
     assert "retention after 30 d (unchanged)" in report.policies
     assert _jobs(timescale_url) == before
 
 
 def test_policies_follow_the_settings(timescale_url: str) -> None:
-    migrate(_settings(timescale_url, telemetry_retention_days=0, telemetry_compress_after_days=14))
+    settings = _settings(
+        timescale_url, telemetry_retention_days=0, telemetry_compress_after_days=14
+    )
+    migrate(settings, READ_STORE_MIGRATIONS)
     jobs = _jobs(timescale_url)
     assert "policy_retention" not in jobs
     assert jobs["policy_compression"][1]["compress_after"] == "14 days"

@@ -68,7 +68,7 @@ def test_compose_ports_match_the_settings_defaults() -> None:
         ("query-api", defaults.query_port),
         ("dashboard", defaults.dashboard_port),
     ):
-        assert f"{port}:{port}" in services[name]["ports"], name
+        assert any(p.endswith(f"{port}:{port}") for p in services[name]["ports"]), name
         assert str(port) in services[name]["command"], name
         assert str(port) in " ".join(services[name]["healthcheck"]["test"]), name
     assert str(defaults.ingest_metrics_port) in " ".join(
@@ -87,3 +87,27 @@ def test_every_service_waits_for_what_it_needs() -> None:
             ), name
     instances = {s["command"][2] for n, s in services.items() if n.startswith("ingest-")}
     assert len(instances) == 2, "each ingest process needs its own instance name"
+
+
+def test_compose_broker_enforces_identity_kept_by_broker_sync() -> None:
+    services = _compose()["services"]
+    config = (ROOT / "local_platform" / "mosquitto.conf").read_text()
+    assert "allow_anonymous false" in config and "allow_anonymous true" not in config
+    assert "password_file /mosquitto/auth/passwd" in config
+    assert "acl_file /mosquitto/auth/acl" in config
+    assert "listener 8883" in config and "cafile /mosquitto/certs/ca.crt" in config
+    sync = services["broker-sync"]
+    assert sync["command"] == ["broker-sync"]
+    assert sync["environment"]["IOTP_BROKER_PASSWORD_FILE"] == "/mosquitto/auth/passwd"
+    assert sync["environment"]["IOTP_BROKER_ACL_FILE"] == "/mosquitto/auth/acl"
+    assert "mosquitto-auth:/mosquitto/auth" in sync["volumes"]
+    broker = services["mosquitto"]
+    assert "mosquitto-auth:/mosquitto/auth:ro" in broker["volumes"]
+    assert broker["depends_on"]["broker-sync"]["condition"] == "service_started"
+    entrypoint = (ROOT / "deploy" / "mosquitto-entrypoint.sh").read_text()
+    assert "kill -HUP" in entrypoint
+    # No default service password: compose refuses to start without one.
+    for service in (services["ingest-a"], sync):
+        assert ":?" in service["environment"]["IOTP_MQTT_URL"]
+    example = (ROOT / ".env.example").read_text()
+    assert "INGEST_MQTT_PASSWORD=\n" in example

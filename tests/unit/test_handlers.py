@@ -16,7 +16,7 @@ from command_api.domain import (
 )
 from iotp.commands import DecommissionDevice, RegisterDevice, RotateCredentials, UpdateDevice
 from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated
-from tests.unit.fakes import FakeUnitOfWork
+from tests.support.fakes import FakeUnitOfWork
 
 PEPPER = b"pepper-for-tests"
 

@@ -1,4 +1,4 @@
-"""Fixtures of the integration tier."""
+"""The ``platform`` fixture of the integration and end-to-end tiers (a tests/conftest.py plugin)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from iotp.settings import Settings
-from tests.broker import private_mosquitto
-from tests.integration.ingest_harness import Platform
+from tests.support.broker import private_mosquitto
+from tests.support.platform import Platform
 
 
 @pytest.fixture

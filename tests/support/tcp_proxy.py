@@ -7,7 +7,7 @@ import socket
 import threading
 from types import TracebackType
 
-from tests.conftest import free_port
+from local_platform.broker import free_port
 
 
 class TcpProxy:

@@ -1,4 +1,4 @@
-"""Helpers for command API tests: a started app, and what the API wrote."""
+"""The command API in the test's own process, its auth header, and what it wrote."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from command_api.app import create_app
 from iotp.events import AnyEvent, from_fields
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.settings import Settings
-from tests.conftest import TEST_TOKEN, wait_for
+from tests.support.servers import TEST_TOKEN
+from tests.support.waiting import wait_for
 
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
@@ -31,11 +32,16 @@ def stream_events(client: redis.Redis) -> list[tuple[str, AnyEvent]]:
     ]
 
 
-def relayed_events(db: psycopg.Connection[Any], client: redis.Redis) -> list[AnyEvent]:
-    """The device events on the stream once the relay has emptied the outbox."""
+def wait_relayed(db: psycopg.Connection[Any]) -> None:
+    """Wait until the relay has emptied the outbox onto the device events stream."""
     wait_for(
         lambda: db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone() == (0,)
     )
+
+
+def relayed_events(db: psycopg.Connection[Any], client: redis.Redis) -> list[AnyEvent]:
+    """The device events on the stream once the relay has emptied the outbox."""
+    wait_relayed(db)
     return [event for _, event in stream_events(client)]
 
 

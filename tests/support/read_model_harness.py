@@ -1,47 +1,11 @@
-"""Read models as the tests see them: running aggregators, and the truth to compare with."""
+"""Read models as the tests see them, and the truth to compare them with."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import psycopg
-
-from tests.conftest import wait_for
-
-
-class AggregatorProcess:
-    def __init__(self, env: dict[str, str], log: Path, instance: str) -> None:
-        self.env, self.log, self.instance = env, log, instance
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> AggregatorProcess:
-        before = self.log.read_text().count("aggregating as") if self.log.exists() else 0
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "aggregate", "--instance", self.instance],
-            env=self.env,
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(lambda: self.log.read_text().count("aggregating as") > before, timeout=30)
-        return self
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=20)
-        return self.process.returncode
-
 
 Models = dict[str, dict[Any, tuple[Any, ...]]]
 

@@ -1,0 +1,209 @@
+"""The long-running services: each command loads settings and calls its part's wiring.
+
+Every wiring function does its own pre-start checks (database migrated, services
+answering); the commands only turn options into settings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import SecretStr
+
+from iotp.command_line import (
+    command,
+    load_settings,
+    print_report,
+    run_until_signalled,
+    stop_on_signals,
+)
+from iotp.settings import token_problem
+
+commands = typer.Typer()
+
+
+@command(commands)
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address (IOTP_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (IOTP_API_PORT).")] = None,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Generate a throw-away API token and print it.")
+    ] = False,
+    relay: Annotated[
+        bool, typer.Option(help="Run the outbox relay inside the API process.")
+    ] = True,
+) -> None:
+    """Run the command API (HTTP device registration) with its outbox relay."""
+    from command_api.service import run_api
+
+    settings = load_settings()
+    if dev and token_problem(settings.api_token) is not None:
+        token = secrets.token_urlsafe(24)
+        settings = settings.model_copy(update={"api_token": SecretStr(token)})
+        typer.echo(f"dev mode: API token for this run is {token}")
+    run_api(settings, host, port, relay)
+
+
+@command(commands)
+def relay() -> None:
+    """Run the outbox relay alone: device events from PostgreSQL to Redis Streams."""
+    from command_api.service import serve_relay
+
+    settings = load_settings()
+    run_until_signalled(lambda stop: serve_relay(settings, stop))
+
+
+@command(commands)
+def ingest(
+    instance: Annotated[
+        str | None,
+        typer.Option(
+            help="Instance name, part of the stable MQTT client id (IOTP_INGEST_INSTANCE)."
+        ),
+    ] = None,
+) -> None:
+    """Ingest MQTT telemetry into the telemetry table and TelemetryRecorded events."""
+    from ingest.service import run_ingest
+
+    settings = load_settings()
+    if instance is not None:
+        settings = settings.model_copy(update={"ingest_instance": instance})
+    run_ingest(settings, stop_on_signals())
+
+
+@command(commands, "broker-sync")
+def broker_sync() -> None:
+    """Keep the broker's password and ACL files in step with the device events."""
+    from broker_identity.service import run_broker_sync
+
+    run_broker_sync(load_settings(), stop_on_signals())
+
+
+@command(commands)
+def aggregate(
+    instance: Annotated[
+        str | None,
+        typer.Option(help="Instance name, part of the consumer name (IOTP_AGGREGATOR_INSTANCE)."),
+    ] = None,
+) -> None:
+    """Build the read models from the event streams (consumer group iotp-aggregators)."""
+    from read_models.service import run_aggregator
+
+    settings = load_settings()
+    if instance is not None:
+        settings = settings.model_copy(update={"aggregator_instance": instance})
+    run_aggregator(settings, stop_on_signals())
+
+
+@command(commands, "query-api")
+def query_api(
+    host: Annotated[str | None, typer.Option(help="Bind address (IOTP_QUERY_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (IOTP_QUERY_PORT).")] = None,
+) -> None:
+    """Run the query API (HTTP reads of the read models)."""
+    from read_models.app import run_query_api
+
+    run_query_api(load_settings(), host, port)
+
+
+@command(commands)
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="Bind address (IOTP_DASHBOARD_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (IOTP_DASHBOARD_PORT).")] = None,
+) -> None:
+    """Run the Streamlit dashboard over the read models."""
+    import dashboard as package
+
+    settings = load_settings()
+    app_path = Path(package.__file__).parent / "app.py"
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_path),
+        "--server.headless",
+        "true",
+        "--server.address",
+        host or settings.dashboard_host,
+        "--server.port",
+        str(port or settings.dashboard_port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+    os.execv(sys.executable, argv)  # noqa: S606 - our interpreter, our app
+
+
+@command(commands)
+def simulate(
+    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 10,
+    rate: Annotated[float, typer.Option(help="Readings per second per device.")] = 1.0,
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds to run (default 60 unless --count).")
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after this many readings.")] = None,
+    profile: Annotated[str, typer.Option(help="thermostat, tracker, or mixed.")] = "mixed",
+    batch: Annotated[int, typer.Option(help="Readings per message (1: one per message).")] = 1,
+    qos: Annotated[int, typer.Option(help="MQTT QoS, 0 or 1.")] = 1,
+    connections: Annotated[
+        int | None,
+        typer.Option(help="Multiplex devices over this many connections (default: one each)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for reproducible runs.")] = 42,
+    prefix: Annotated[str, typer.Option(help="Device id prefix (ids are PREFIX-00000...).")] = (
+        "sim"
+    ),
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Fault rates, e.g. malformed=0.01,out_of_range=0.02,unknown_device="
+            "0.01,duplicate=0.05,out_of_order=0.05,late=0.02,silence=0.001"
+        ),
+    ] = "",
+    api_url: Annotated[
+        str | None, typer.Option(help="Command API (default http://IOTP_API_HOST:IOTP_API_PORT).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Simulated devices: register through the API, then publish readings over MQTT."""
+    from device_simulator.faults import FaultRates
+    from device_simulator.progress import run_with_progress
+    from device_simulator.runner import SimulationConfig
+
+    settings = load_settings()
+    problem = token_problem(settings.api_token)
+    if problem is not None or settings.api_token is None:
+        typer.echo(f"error: {problem}: the simulator registers devices through the API", err=True)
+        raise typer.Exit(2)
+    try:
+        config = SimulationConfig(
+            api_url=api_url or f"http://{settings.api_host}:{settings.api_port}",
+            api_token=settings.api_token.get_secret_value(),
+            mqtt_url=settings.mqtt_url,
+            devices=devices,
+            rate=rate,
+            duration=duration if duration is not None or count is not None else 60.0,
+            count=count,
+            profile=profile,
+            batch=batch,
+            qos=qos,
+            connections=connections,
+            seed=seed,
+            prefix=prefix,
+            faults=FaultRates.parse(faults),
+            protocol=settings.mqtt_protocol,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    summary = run_with_progress(config, stop_on_signals(), quiet=as_json)
+    if as_json:
+        print_report(summary.as_dict(), as_json=True)
+    if summary.failures:
+        raise typer.Exit(1)

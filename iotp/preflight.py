@@ -1,0 +1,68 @@
+"""Pre-start checks a service's wiring runs before it serves: one clear line, not a traceback.
+
+Each raises the kernel's :class:`ServiceUnavailable` or :class:`ConfigurationError`, which
+the command line turns into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from iotp.db import connect
+from iotp.errors import ConfigurationError
+from iotp.migrate import pending_migrations
+from iotp.redis_client import redis_unavailable
+from iotp.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+READ_DATABASE_SETTING = "IOTP_READ_DATABASE_URL"
+
+
+def require_migrated_database(settings: Settings) -> None:
+    """Fail when the write store is unreachable or its schema is not up to date."""
+    with connect(settings.database_url) as conn:
+        pending = pending_migrations(conn)
+    if pending:
+        raise ConfigurationError(
+            f"the database schema is not up to date (pending: {', '.join(pending)}):"
+            " run `iotp migrate` first"
+        )
+
+
+def require_read_store(settings: Settings) -> None:
+    """Fail when the read store does not answer."""
+    connect(settings.read_url(), setting=READ_DATABASE_SETTING).close()
+
+
+def require_redis(settings: Settings) -> None:
+    """Fail when Redis does not answer."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise redis_unavailable(settings.redis_url, exc) from exc
+    finally:
+        client.close()
+
+
+def warn_if_redis_down(settings: Settings) -> None:
+    """Log a warning when Redis does not answer: the command side keeps working without it."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        logger.warning(
+            "%s; events wait in the outbox until it answers",
+            redis_unavailable(settings.redis_url, exc),
+        )
+    finally:
+        client.close()
+
+
+def command_side_preflight(settings: Settings) -> None:
+    """What the command API and the relay need: a migrated database; Redis may come later."""
+    require_migrated_database(settings)
+    warn_if_redis_down(settings)

@@ -1,0 +1,102 @@
+"""The query API application (`iotp query-api`): wiring of pools, routes and middleware.
+
+It reads the read models only, never the write store. Once started it outlives a restart
+of PostgreSQL or Redis: the pools reconnect, and meanwhile the routes needing them answer 503.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from iotp import __version__
+from iotp.errors import ConfigurationError
+from iotp.http_middleware import BearerTokenMiddleware
+from iotp.preflight import require_read_store
+from iotp.settings import Settings, token_problem
+from read_models.health import health_redis
+from read_models.queries import LivenessRule, open_read_pool
+from read_models.routes import router
+
+PROTECTED_PATHS = ("/devices", "/fleet", "/pipeline")
+
+
+class QueryAPI(FastAPI):
+    """The FastAPI application, whose OpenAPI document states the page-size setting."""
+
+    def openapi(self) -> dict[str, Any]:
+        fresh = self.openapi_schema is None
+        document = super().openapi()
+        if fresh:
+            _state_page_limit(document, self.state.settings.query_max_page_size)
+        return document
+
+
+def create_query_app(settings: Settings) -> FastAPI:
+    """The query API for ``settings``; nothing connects until the app starts."""
+    token = settings.query_token_value()
+    problem = token_problem(token)
+    if problem is not None or token is None:
+        problem = (problem or "").replace("IOTP_API_TOKEN", "IOTP_QUERY_TOKEN (or IOTP_API_TOKEN)")
+        raise ConfigurationError(f"{problem}: the query API refuses to start without a token")
+    app = QueryAPI(
+        title="iotp query API",
+        version=__version__,
+        lifespan=_lifespan,
+        description="Read models: devices, statistics, series, fleet, pipeline.",
+    )
+    app.state.settings = settings
+    app.state.liveness_rule = LivenessRule.from_settings(settings)
+    app.add_middleware(
+        BearerTokenMiddleware, token=token.get_secret_value(), protected=PROTECTED_PATHS
+    )
+    app.add_exception_handler(psycopg.OperationalError, _read_store_unavailable)
+    app.include_router(router)
+    return app
+
+
+def run_query_api(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Serve the query API until stopped, once the read store answers.
+
+    Raises the kernel's ServiceUnavailable or ConfigurationError, for one line on stderr.
+    """
+    require_read_store(settings)
+    application = create_query_app(settings)
+    uvicorn.run(
+        application,
+        host=host or settings.query_host,
+        port=port or settings.query_port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    pool = open_read_pool(settings.read_url(), name="iotp-read", max_size=8)
+    app.state.pool = pool
+    app.state.redis = health_redis(settings.redis_url)
+    try:
+        yield
+    finally:
+        app.state.redis.close()
+        pool.close()
+
+
+async def _read_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": "read store unavailable, retry later"}, status_code=503)
+
+
+def _state_page_limit(document: dict[str, Any], max_page: int) -> None:
+    """Put the IOTP_QUERY_MAX_PAGE_SIZE bound of `limit` in the OpenAPI document, where it
+    stood when it was in the route's signature."""
+    for parameter in document["paths"]["/devices"]["get"]["parameters"]:
+        if parameter["name"] == "limit":
+            schema = parameter["schema"]
+            parameter["schema"] = {"type": schema.pop("type"), "maximum": max_page, **schema}

@@ -1,0 +1,124 @@
+"""HTTP routes of the query API: each answers one read-model query, never the write store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import redis
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi.security import HTTPBearer
+
+from iotp.model import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from read_models import queries
+from read_models.dependencies import (
+    LivenessRuleDep,
+    PageWindowDep,
+    ReadConnectionDep,
+    RedisDep,
+)
+from read_models.health import PipelineHealth, pipeline_health
+
+# The token is enforced by BearerTokenMiddleware before anything is read; this only
+# declares the scheme so that /docs offers the Authorize button.
+_documented_bearer = HTTPBearer(auto_error=False, description="IOTP_QUERY_TOKEN")
+router = APIRouter(dependencies=[Depends(_documented_bearer)])
+
+DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
+
+
+@router.get("/devices", response_model=queries.Page)
+def list_devices(
+    db: ReadConnectionDep,
+    rule: LivenessRuleDep,
+    window: PageWindowDep,
+    status: Literal["active", "decommissioned"] | None = None,
+    kind: Annotated[str | None, Query(max_length=64)] = None,
+    liveness: queries.Liveness | None = None,
+    name: Annotated[str | None, Query(max_length=200)] = None,
+    sort: queries.SortKey = "device_id",
+    order: Literal["asc", "desc"] = "asc",
+) -> queries.Page:
+    """The device directory: filter, sort and paginate (at most IOTP_QUERY_MAX_PAGE_SIZE)."""
+    return queries.list_devices(
+        db,
+        rule,
+        status=status,
+        kind=kind,
+        liveness=liveness,
+        search=name,
+        sort=sort,
+        descending=order == "desc",
+        limit=window.limit,
+        offset=window.offset,
+    )
+
+
+@router.get("/devices/{device_id}", response_model=queries.DeviceDetail)
+def get_device(
+    db: ReadConnectionDep, rule: LivenessRuleDep, device_id: DeviceIdPath
+) -> queries.DeviceDetail:
+    """One device: attributes, status, liveness, last values."""
+    device = queries.get_device(db, rule, device_id)
+    if device is None:
+        raise _unknown(device_id)
+    return device
+
+
+@router.get("/devices/{device_id}/stats", response_model=list[queries.MetricStats])
+def get_stats(db: ReadConnectionDep, device_id: DeviceIdPath) -> list[queries.MetricStats]:
+    """Per-metric statistics of one device."""
+    if not queries.device_exists(db, device_id):
+        raise _unknown(device_id)
+    return queries.device_stats(db, device_id)
+
+
+@router.get("/devices/{device_id}/series", response_model=list[queries.SeriesPoint])
+def get_series(
+    db: ReadConnectionDep,
+    device_id: DeviceIdPath,
+    metric: Annotated[str, Query(pattern=METRIC_NAME_PATTERN)],
+    start: Annotated[datetime | None, Query(alias="from")] = None,
+    end: Annotated[datetime | None, Query(alias="to")] = None,
+    bucket: Literal["1m", "1h"] = "1m",
+) -> list[queries.SeriesPoint]:
+    """Rollups of one metric: minute or hour buckets between from and to (UTC)."""
+    end = _aware(end) if end else datetime.now(UTC)
+    start = _aware(start) if start else end - timedelta(hours=1)
+    if start >= end:
+        raise HTTPException(422, "from must be before to")
+    if not queries.device_exists(db, device_id):
+        raise _unknown(device_id)
+    try:
+        return queries.series(db, device_id, metric, start, end, bucket)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+
+
+@router.get("/fleet", response_model=queries.FleetSummary)
+def get_fleet(db: ReadConnectionDep, rule: LivenessRuleDep) -> queries.FleetSummary:
+    """Devices by status, liveness and kind; readings per minute over the last hour."""
+    return queries.fleet(db, rule)
+
+
+@router.get("/pipeline", response_model=PipelineHealth)
+def get_pipeline(db: ReadConnectionDep, client: RedisDep) -> PipelineHealth:
+    """Consumer groups, pending entries and lag, ingest counters, dead letters."""
+    try:
+        return pipeline_health(db, client)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise HTTPException(503, "Redis unavailable, retry later") from exc
+
+
+@router.get("/healthz")
+def healthz(db: ReadConnectionDep) -> dict[str, Any]:
+    db.execute("SELECT 1")
+    return {"status": "ok"}
+
+
+def _unknown(device_id: str) -> HTTPException:
+    return HTTPException(404, f"device {device_id!r} is not known to the read models")
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
