@@ -21,6 +21,8 @@ from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+BROKER_COUNTERS_FILTER = "$SYS/broker/#"
+
 
 def broker_files(settings: Settings) -> BrokerFiles:
     if not settings.broker_password_file or not settings.broker_acl_file:
@@ -36,7 +38,8 @@ def broker_files(settings: Settings) -> BrokerFiles:
 
 
 def service_accounts(settings: Settings, recorded: BrokerState) -> list[Account]:
-    """Ingest's account: the user and password of IOTP_MQTT_URL, reading telemetry only.
+    """Ingest's account: the user and password of IOTP_MQTT_URL, reading telemetry and the
+    broker's own counters ($SYS: drops and queued messages) only.
 
     A hash already recorded for the same password is kept, so that a restart does not
     rewrite the files (and make the broker re-check every client) for nothing.

@@ -66,14 +66,34 @@ def ingest(
             help="Instance name, part of the stable MQTT client id (IOTP_INGEST_INSTANCE)."
         ),
     ] = None,
+    retire: Annotated[
+        str | None,
+        typer.Option(
+            metavar="INSTANCE",
+            help="Instead of ingesting: take over the session of INSTANCE (an instance name"
+            " or a client id from `iotp status`), which crashed and will not return; store"
+            " what is parked there, end the session and exit.",
+        ),
+    ] = None,
 ) -> None:
     """Ingest MQTT telemetry into the telemetry table and TelemetryRecorded events."""
-    from ingest.service import run_ingest
+    from ingest.presence import CannotRetire
+    from ingest.service import retire_ingest, run_ingest
 
     settings = load_settings()
     if instance is not None:
         settings = settings.model_copy(update={"ingest_instance": instance})
-    run_ingest(settings, stop_on_signals())
+    if retire is None:
+        run_ingest(settings, stop_on_signals())
+        return
+    try:
+        retirement = retire_ingest(settings, retire, stop_on_signals())
+    except CannotRetire as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(retirement.summary())
+    if not retirement.ended:
+        raise typer.Exit(1)
 
 
 @command(commands, "broker-sync")
@@ -154,7 +174,10 @@ def simulate(
     qos: Annotated[int, typer.Option(help="MQTT QoS, 0 or 1.")] = 1,
     connections: Annotated[
         int | None,
-        typer.Option(help="Multiplex devices over this many connections (default: one each)."),
+        typer.Option(
+            help="Multiplex devices over this many connections, for load (default: one each);"
+            " a broker with per-device ACLs refuses devices published on another's connection."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for reproducible runs.")] = 42,
     prefix: Annotated[str, typer.Option(help="Device id prefix (ids are PREFIX-00000...).")] = (
@@ -176,6 +199,7 @@ def simulate(
     from device_simulator.faults import FaultRates
     from device_simulator.progress import run_with_progress
     from device_simulator.runner import SimulationConfig
+    from iotp.mqtt_url import parse_mqtt_url, tls_context
 
     settings = load_settings()
     problem = token_problem(settings.api_token)
@@ -199,6 +223,7 @@ def simulate(
             prefix=prefix,
             faults=FaultRates.parse(faults),
             protocol=settings.mqtt_protocol,
+            tls=tls_context(parse_mqtt_url(settings.mqtt_url), settings),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

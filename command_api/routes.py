@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 import redis
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPBearer
 from pydantic import ValidationError
@@ -27,17 +26,43 @@ from command_api.schemas import (
 from command_api.unit_of_work import PostgresUnitOfWork
 from iotp.commands import DecommissionDevice, RegisterDevice, RotateCredentials, UpdateDevice
 from iotp.errors import first_line
+from iotp.http_errors import error_responses
 from iotp.model import DEVICE_ID_PATTERN
-
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 # The token is enforced by BearerTokenMiddleware before the body is read; this only
 # declares the scheme so that /docs offers the Authorize button.
 _documented_bearer = HTTPBearer(auto_error=False, description="IOTP_API_TOKEN")
-devices = APIRouter(prefix="/devices", tags=["devices"], dependencies=[Depends(_documented_bearer)])
+devices = APIRouter(
+    prefix="/devices",
+    tags=["devices"],
+    dependencies=[Depends(_documented_bearer)],
+    responses=error_responses(401, 422, 503),
+)
 health = APIRouter(tags=["health"])
 
-DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="The device id")]
+DeviceIdPath = Annotated[
+    str, Path(pattern=DEVICE_ID_PATTERN, description="The device id", examples=["boiler-1"])
+]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[\x21-\x7e]+$",
+        max_length=255,
+        description="Retrying with the same key and body answers the first answer again",
+    ),
+]
+_REGISTERED_HEADERS = {
+    "Location": {
+        "description": "/devices/{device_id}",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "Idempotent-Replayed": {
+        "description": "`true` when this answers a retry under the same Idempotency-Key",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
 
 
 def _uow(request: Request) -> PostgresUnitOfWork:
@@ -68,17 +93,20 @@ def _credentials_out(creds: handlers.DeviceCredentials) -> CredentialsOut:
     return CredentialsOut(**asdict(creds))
 
 
-@devices.post("", status_code=201, response_model=RegisteredOut)
+@devices.post(
+    "",
+    status_code=201,
+    response_model=RegisteredOut,
+    responses={201: {"headers": _REGISTERED_HEADERS}, **error_responses(400, 409, 413)},
+)
 async def register_device(
     cmd: RegisterDevice,
     response: Response,
     uow: UnitOfWorkDep,
     pepper: PepperDep,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> RegisteredOut:
     """Register a device; answers its MQTT credentials, whose password is shown only here."""
-    if idempotency_key is not None and not IDEMPOTENCY_KEY_PATTERN.match(idempotency_key):
-        raise HTTPException(422, "Idempotency-Key must be 1-255 printable ASCII characters")
     result = await handlers.register_device(cmd, uow, pepper, idempotency_key)
     response.headers["Location"] = f"/devices/{result.device_id}"
     if result.replayed:
@@ -90,7 +118,9 @@ async def register_device(
     )
 
 
-@devices.patch("/{device_id}", response_model=CommandOut)
+@devices.patch(
+    "/{device_id}", response_model=CommandOut, responses=error_responses(400, 404, 409, 413)
+)
 async def update_device(
     device_id: DeviceIdPath, patch: DevicePatch, uow: UnitOfWorkDep
 ) -> CommandOut:
@@ -101,7 +131,11 @@ async def update_device(
     return CommandOut(device_id=device_id, event_id=result.event_id, changed=list(result.changed))
 
 
-@devices.post("/{device_id}/decommission", response_model=CommandOut)
+@devices.post(
+    "/{device_id}/decommission",
+    response_model=CommandOut,
+    responses=error_responses(400, 404, 409, 413),
+)
 async def decommission_device(
     device_id: DeviceIdPath,
     uow: UnitOfWorkDep,
@@ -113,7 +147,9 @@ async def decommission_device(
     return CommandOut(device_id=device_id, event_id=result.event_id, changed=list(result.changed))
 
 
-@devices.post("/{device_id}/credentials", response_model=RotatedOut)
+@devices.post(
+    "/{device_id}/credentials", response_model=RotatedOut, responses=error_responses(404, 409)
+)
 async def rotate_credentials(
     device_id: DeviceIdPath, uow: UnitOfWorkDep, pepper: PepperDep
 ) -> RotatedOut:
@@ -129,7 +165,11 @@ async def rotate_credentials(
     )
 
 
-@health.get("/healthz", response_model=HealthOut)
+@health.get(
+    "/healthz",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "PostgreSQL or Redis does not answer"}},
+)
 async def healthz(request: Request, response: Response) -> HealthOut:
     """Whether PostgreSQL and Redis answer, and how many events wait in the outbox."""
     state = request.app.state

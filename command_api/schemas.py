@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from iotp.model import DeclaredMetrics, FrozenModel, Kind, Location, Metadata, Name, SafeText
 
 
 class DevicePatch(FrozenModel):
-    """Body of ``PATCH /devices/{id}``: the attributes to replace (``location: null`` clears)."""
+    """Body of ``PATCH /devices/{id}``: the attributes to replace, at least one.
 
-    name: Name | None = None
-    kind: Kind | None = None
+    Only ``location`` may be null (that clears it): the command refuses null elsewhere."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: Name | SkipJsonSchema[None] = None
+    kind: Kind | SkipJsonSchema[None] = None
     location: Location | None = None
-    metadata: Metadata | None = None
-    metrics: DeclaredMetrics | None = None
+    metadata: Metadata | SkipJsonSchema[None] = None
+    metrics: DeclaredMetrics | SkipJsonSchema[None] = None
 
 
 class DecommissionBody(FrozenModel):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import threading
 
+import aiomqtt
 import httpx
-import paho.mqtt.client as mqtt
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from device_simulator.registration import RegistrationFailed
 from device_simulator.runner import SimulationConfig, Summary, run_simulation
-from iotp.errors import ServiceUnavailable
+from iotp.errors import ServiceUnavailable, redact_url
 
 
 def _table(summary: Summary, title: str) -> Table:
@@ -42,6 +42,8 @@ def _table(summary: Summary, title: str) -> Table:
 
 
 def run_with_progress(config: SimulationConfig, stop: threading.Event, quiet: bool) -> Summary:
+    """Run the simulation under a live table (none when ``quiet``); a command API or broker
+    that cannot be reached or refuses the devices is a :class:`ServiceUnavailable`."""
     console = Console(stderr=True)
     try:
         if quiet:
@@ -56,7 +58,7 @@ def run_with_progress(config: SimulationConfig, stop: threading.Event, quiet: bo
         return summary
     except (httpx.HTTPError, RegistrationFailed) as exc:
         raise ServiceUnavailable("the command API", "--api-url", config.api_url, str(exc)) from exc
-    except (OSError, mqtt.WebsocketConnectionError) as exc:
+    except (OSError, aiomqtt.MqttError) as exc:
         raise ServiceUnavailable(
-            "the MQTT broker", "IOTP_MQTT_URL", config.mqtt_url, str(exc)
+            "the MQTT broker", "IOTP_MQTT_URL", redact_url(config.mqtt_url), str(exc)
         ) from exc

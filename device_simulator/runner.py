@@ -1,26 +1,29 @@
-"""Running a simulation: schedule readings, inject faults, publish, count acknowledgements."""
+"""Running a simulation: register the devices, connect them, publish, count acknowledgements.
+
+Every device connects with its own credentials on its own MQTT connection, all of them in
+one asyncio process; ``connections`` multiplexes the devices over fewer connections, as an
+explicit load mode. The summary's ``failures`` counts every message that failed or that the
+broker did not acknowledge (QoS 1), so a run with ``failures == 0`` lost nothing on the way
+to the broker.
+"""
 
 from __future__ import annotations
 
-import heapq
+import asyncio
 import random
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from device_simulator.faults import FaultInjector, FaultRates, Outgoing
+from device_simulator.connections import Link, close_links, ensure_open_files, open_links
+from device_simulator.faults import FaultInjector, FaultRates
+from device_simulator.fleet import STOP_POLL_SECONDS, Fleet, Publisher, Schedule
 from device_simulator.profiles import Profile, profile_for
 from device_simulator.registration import SimulatedDevice, api_client, register
-from iotp.mqtt_url import BrokerAddress, parse_mqtt_url
-
-ACK_WAIT_SECONDS = 30.0
+from iotp.mqtt_url import parse_mqtt_url
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,17 @@ class SimulationConfig:
     prefix: str = "sim"
     faults: FaultRates = field(default_factory=FaultRates)
     protocol: str = "5"  # "3.1.1" for brokers without MQTT v5
+    # mqtts:// URLs: the verified TLS context (iotp.mqtt_url.tls_context); None there means
+    # the system's CAs.
+    tls: ssl.SSLContext | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile not in ("thermostat", "tracker", "mixed"):
+            raise ValueError("profile must be thermostat, tracker or mixed")
+        if self.qos not in (0, 1) or self.batch < 1 or self.devices < 1 or self.rate <= 0:
+            raise ValueError("need qos 0 or 1, batch >= 1, devices >= 1, rate > 0")
+        if self.connections is not None and self.connections < 1:
+            raise ValueError("--connections must be at least 1")
 
 
 @dataclass
@@ -59,157 +73,103 @@ class Summary:
         return asdict(self)
 
 
-class Connections:
-    """The MQTT clients, and the count of messages the broker acknowledged."""
-
-    def __init__(
-        self,
-        broker: BrokerAddress,
-        devices: list[SimulatedDevice],
-        per_device: bool,
-        count: int | None,
-        qos: int,
-        protocol: str = "5",
-    ) -> None:
-        self.acked = 0
-        self._lock = threading.Lock()
-        groups = len(devices) if per_device else max(1, min(count or 1, len(devices)))
-        self.clients: list[mqtt.Client] = []
-        for index in range(groups):
-            identity = devices[index]
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=f"iotp-sim-{identity.device_id}",
-                protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311,
-            )
-            client.username_pw_set(identity.username, identity.password)
-            client.max_inflight_messages_set(1000)
-            client.max_queued_messages_set(0)
-            client.on_publish = self._on_publish
-            if broker.tls:
-                client.tls_set()
-            client.connect(broker.host, broker.port, keepalive=30)
-            client.loop_start()
-            self.clients.append(client)
-        self.qos = qos
-
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
-    ) -> None:
-        with self._lock:
-            self.acked += 1
-
-    def publish(self, device_index: int, message: Outgoing) -> bool:
-        client = self.clients[device_index % len(self.clients)]
-        info = client.publish(message.topic, message.payload, qos=self.qos)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
-
-    def close(self) -> None:
-        for client in self.clients:
-            client.disconnect()
-            client.loop_stop()
-
-
 def run_simulation(
     config: SimulationConfig,
     stop: threading.Event,
     on_progress: Callable[[Summary], None] | None = None,
 ) -> Summary:
-    rng = random.Random(config.seed)
+    """Register the fleet through the command API, then publish until the run ends."""
     profiles: list[Profile] = [
         profile_for(config.profile, n, config.seed) for n in range(config.devices)
     ]
+    ensure_open_files(config.connections or config.devices)
+    devices: list[SimulatedDevice] = []
     with api_client(config.api_url, config.api_token) as api:
-        devices = [
-            register(api, f"{config.prefix}-{n:05d}", p.kind, p.metrics)
-            for n, p in enumerate(profiles)
-        ]
-    summary = Summary(devices=len(devices))
-    injector = FaultInjector(config.faults, rng)
-    connections = Connections(
-        parse_mqtt_url(config.mqtt_url),
-        devices,
-        config.connections is None,
-        config.connections,
-        config.qos,
-        config.protocol,
-    )
-    period = config.batch / config.rate
-    started = time.monotonic()
-    queue = [(started + rng.uniform(0, period), n) for n in range(len(devices))]
-    heapq.heapify(queue)
-    last_progress = 0.0
+        for n, profile in enumerate(profiles):
+            if stop.is_set():  # a large fleet takes a while to register: stop means now
+                return Summary(devices=len(devices))
+            devices.append(register(api, f"{config.prefix}-{n:05d}", profile.kind, profile.metrics))
+    return asyncio.run(publish_fleet(config, devices, profiles, stop, on_progress))
+
+
+async def publish_fleet(
+    config: SimulationConfig,
+    devices: list[SimulatedDevice],
+    profiles: list[Profile],
+    stop: threading.Event,
+    on_progress: Callable[[Summary], None] | None = None,
+) -> Summary:
+    """Connect registered devices, publish their readings, disconnect; the run's summary."""
+    links = await _connected(config, devices, stop)
     try:
-        while queue and not stop.is_set():
-            due, index = heapq.heappop(queue)
-            if config.duration is not None and due - started > config.duration:
-                break
-            if config.count is not None and summary.readings_sent >= config.count:
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                stop.wait(delay)
-            heapq.heappush(queue, (due + period, index))
-            if injector.silent(devices[index].device_id, time.monotonic(), period):
-                continue
-            for message in _messages(devices[index], profiles[index], config, injector):
-                summary.messages_sent += 1
-                summary.readings_sent += message.readings
-                if not connections.publish(index, message):
-                    summary.publish_errors += 1
-            if on_progress and time.monotonic() - last_progress > 0.5:
-                last_progress = time.monotonic()
-                _update(summary, connections, config, started, injector)
-                on_progress(summary)
-        deadline = time.monotonic() + ACK_WAIT_SECONDS
-        while (
-            config.qos > 0
-            and connections.acked < summary.messages_sent
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
+        return await run_fleet(config, devices, profiles, links, stop, on_progress)
     finally:
-        _update(summary, connections, config, started, injector)
-        connections.close()
-    summary.failures = summary.publish_errors + max(
-        0, summary.messages_sent - summary.messages_acked
+        await close_links(links)
+
+
+async def run_fleet(
+    config: SimulationConfig,
+    devices: Sequence[SimulatedDevice],
+    profiles: Sequence[Profile],
+    links: Sequence[Publisher],
+    stop: threading.Event,
+    on_progress: Callable[[Summary], None] | None = None,
+) -> Summary:
+    """Publish on open ``links`` (device n on link n mod len) until the run ends."""
+    rng = random.Random(config.seed)
+    schedule = Schedule(
+        config.batch / config.rate, config.batch, config.qos, config.duration, config.count
     )
-    if on_progress:
+    fleet = Fleet(devices, profiles, links, schedule, FaultInjector(config.faults, rng), rng)
+
+    def progress(running: Fleet) -> None:
+        if on_progress is not None:
+            on_progress(_summary(running))
+
+    if links:
+        await fleet.run(stop, progress)
+    summary = _summary(fleet)
+    summary.failures = summary.messages_sent - summary.messages_acked
+    if on_progress is not None:
         on_progress(summary)
     return summary
 
 
-def _update(
-    summary: Summary,
-    connections: Connections,
-    config: SimulationConfig,
-    started: float,
-    injector: FaultInjector,
-) -> None:
-    summary.messages_acked = (
-        connections.acked if config.qos > 0 else summary.messages_sent - summary.publish_errors
+async def _connected(
+    config: SimulationConfig, devices: list[SimulatedDevice], stop: threading.Event
+) -> list[Link]:
+    """The fleet's open connections; none when ``stop`` was set while they were opening."""
+    broker = parse_mqtt_url(config.mqtt_url)
+    tls = None
+    if broker.tls:
+        tls = config.tls if config.tls is not None else ssl.create_default_context()
+    wanted = min(config.connections or len(devices), len(devices))
+    per_link = -(-len(devices) // wanted)
+    opening = asyncio.create_task(
+        open_links(devices[:wanted], broker, tls, config.protocol, per_link)
     )
-    summary.seconds = round(time.monotonic() - started, 3)
-    if summary.seconds:
-        summary.messages_per_s = round(summary.messages_sent / summary.seconds, 1)
-        summary.readings_per_s = round(summary.readings_sent / summary.seconds, 1)
-    summary.faults = dict(injector.injected)
+    while not opening.done():
+        # The stop event is set by a signal handler, outside the event loop: poll it.
+        await asyncio.wait({opening}, timeout=STOP_POLL_SECONDS)
+        if stop.is_set():
+            opening.cancel()
+    try:
+        return opening.result()
+    except asyncio.CancelledError:
+        return []
 
 
-def _messages(
-    device: SimulatedDevice, profile: Profile, config: SimulationConfig, injector: FaultInjector
-) -> list[Outgoing]:
-    now = datetime.now(UTC)
-    step = timedelta(seconds=1 / config.rate)
-    readings = []
-    faults = []
-    for k in range(config.batch):
-        ts, fault = injector.shift_time(now - step * (config.batch - 1 - k))
-        metrics = profile.reading(ts)
-        distorted = injector.distort(metrics, profile.metrics)
-        faults += [f for f in (fault, distorted) if f]
-        readings.append({"ts": ts.isoformat(), "metrics": metrics})
-    payload = orjson.dumps(readings[0] if config.batch == 1 else readings)
-    return injector.mangle(
-        Outgoing(device.topic, payload, len(readings), faults[0] if faults else None)
+def _summary(fleet: Fleet) -> Summary:
+    tally, qos = fleet.tally, fleet.schedule.qos
+    seconds = round(time.monotonic() - fleet.started, 3)
+    return Summary(
+        devices=len(fleet.devices),
+        messages_sent=tally.sent,
+        messages_acked=tally.acknowledged(fleet.links, qos),
+        readings_sent=tally.readings,
+        publish_errors=tally.errors(fleet.links),
+        seconds=seconds,
+        messages_per_s=round(tally.sent / seconds, 1) if seconds else 0.0,
+        readings_per_s=round(tally.readings / seconds, 1) if seconds else 0.0,
+        faults=dict(fleet.injector.injected),
     )

@@ -4,6 +4,10 @@ QoS 1 messages are acknowledged only when the pipeline says they are stored and 
 Until then the broker keeps them (persistent session, ``clean_start=False``), and redelivers
 them after a disconnect or a crash. The broker's in-flight window (MQTT v5 Receive Maximum,
 or Mosquitto's ``max_inflight_messages`` for 3.1.1) bounds how many are held here.
+
+A session can also be emptied and ended (ingest/handover.py): :meth:`MqttSource.unsubscribe`
+stops new deliveries, :meth:`MqttSource.drained` says when everything the session held was
+delivered and acknowledged, and ``close(end_session=True)`` lowers its expiry to 0.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class SourceOptions:
     max_buffered_bytes: int
     keepalive: int
     tls: ssl.SSLContext | None = None  # mqtts://: verified against the configured CA
+    subscribe: bool = True  # False: resume the session only to empty it (`--retire`)
 
 
 class MqttSource:
@@ -71,6 +76,12 @@ class MqttSource:
         self._cond = threading.Condition()
         self._epoch = 0
         self._closing = False
+        self._subscribing = options.subscribe
+        self._unacked = 0  # QoS 1 messages this connection delivered and ingest has not acked
+        self._delivered = 0  # messages delivered on any connection
+        self._unsubscribed: set[int] = set()  # packet ids of UNSUBSCRIBEs the broker answered
+        self.session_present: bool | None = None  # at the first connection
+        self._said_goodbye = False  # paho wrote our DISCONNECT
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -92,6 +103,7 @@ class MqttSource:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         return client
 
     def start(self) -> None:
@@ -109,12 +121,68 @@ class MqttSource:
         )
         self._client.loop_start()
 
-    def close(self) -> None:
+    def close(self, end_session: bool = False) -> bool:
+        """Disconnect; ``end_session`` (MQTT 5) ends the session too, unless a message is
+        still unacknowledged. True when the DISCONNECT that ends it went out."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._client.disconnect()
-        self._client.loop_stop()
+            ending = end_session and self._v5 and not self._unacked and not self._queue
+        properties = None
+        if ending:
+            # Lowering the expiry at DISCONNECT is allowed (raising it from 0 is not).
+            properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 0
+        # (paho's return value may say "not connected" when its thread wrote the packet first)
+        self._client.disconnect(properties=properties)
+        self._client.loop_stop()  # after the acks and the DISCONNECT are written
+        return ending and self._said_goodbye
+
+    def unsubscribe(self, timeout: float) -> bool:
+        """Have the broker deal this session nothing new (also after a reconnect).
+
+        True once the broker confirmed; it still delivers what the session already holds.
+        """
+        with self._cond:
+            self._subscribing = False
+        return self._unsubscribe(time.monotonic() + timeout)
+
+    def drained(self, timeout: float) -> bool:
+        """Whether the session holds nothing more: all it delivered is acknowledged, and
+        nothing more arrived before the broker answered an UNSUBSCRIBE sent after the acks.
+
+        The broker handles a client's packets in order and, on an acknowledgement, sends what
+        it released from the session's queue before it handles the next packet (Mosquitto
+        does); so its answer to the UNSUBSCRIBE comes after anything the session still held.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unacked or self._queue:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            delivered, epoch = self._delivered, self._epoch
+        if not self._unsubscribe(deadline):
+            return False
+        with self._cond:
+            return self._delivered == delivered and self._epoch == epoch
+
+    def _unsubscribe(self, deadline: float) -> bool:
+        """Send an UNSUBSCRIBE and wait for the broker's answer until ``deadline``."""
+        _, mid = self._client.unsubscribe(self.topic)
+        if mid is None:  # not connected: paho reconnects
+            self.connected.wait(max(0.0, deadline - time.monotonic()))
+            time.sleep(0.1)
+            return False
+        with self._cond:
+            while mid not in self._unsubscribed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            self._unsubscribed.discard(mid)
+        return True
 
     # paho callbacks, on paho's network thread
 
@@ -125,12 +193,18 @@ class MqttSource:
             self.last_error = f"broker refused the connection: {reason}"
             logger.error("MQTT %s refused ingest's connection: %s", self.broker, reason)
             return
+        if self.session_present is None:
+            self.session_present = bool(flags.session_present)
         with self._cond:
             self._epoch += 1
-        if self._v5:
-            client.subscribe(self.topic, options=SubscribeOptions(qos=1))
-        else:
-            client.subscribe(self.topic, qos=1)
+            self._unacked = 0  # the broker redelivers those on this connection
+            subscribing = self._subscribing
+            if subscribing and self._v5:
+                client.subscribe(self.topic, options=SubscribeOptions(qos=1))
+            elif subscribing:
+                client.subscribe(self.topic, qos=1)
+        if not subscribing:
+            self.connected.set()
         self.last_error = None
         logger.info(
             "connected to %s as %s (session present: %s)",
@@ -154,10 +228,21 @@ class MqttSource:
         self.connected.set()
         logger.info("subscribed to %s", self.topic)
 
+    def _on_unsubscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        # Any answer will do ("no subscription existed" included): it comes after what the
+        # broker sent before it.
+        with self._cond:
+            self._unsubscribed.add(mid)
+            self._cond.notify_all()
+
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         self.connected.clear()
+        if self._closing and not flags.is_disconnect_packet_from_server:
+            self._said_goodbye = not reason.is_failure
         if not self._closing:
             logger.warning("disconnected from %s (%s); paho reconnects", self.broker, reason)
 
@@ -179,6 +264,9 @@ class MqttSource:
                 )
             )
             self._buffered += size
+            self._delivered += 1
+            if message.qos > 0:
+                self._unacked += 1
             self._cond.notify_all()
 
     # the pipeline's side
@@ -216,10 +304,17 @@ class MqttSource:
         on the new one (where it is found already stored), and its old packet id may now
         belong to another message.
         """
-        epoch = self._epoch
-        for message in messages:
-            if message.qos > 0 and message.epoch == epoch:
-                self._client.ack(message.mid, message.qos)
+        with self._cond:
+            for message in messages:
+                if message.qos > 0 and message.epoch == self._epoch:
+                    self._client.ack(message.mid, message.qos)
+                    self._unacked -= 1
+            self._cond.notify_all()
+
+    @property
+    def delivered(self) -> int:
+        """How many messages the broker delivered, on any connection."""
+        return self._delivered
 
     def pending(self) -> int:
         with self._cond:

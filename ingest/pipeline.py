@@ -122,13 +122,13 @@ class IngestPipeline:
                     prepared = handoff.get(timeout=HANDOFF_POLL_SECONDS)
                 except queue.Empty:
                     if stop.is_set():
-                        return
+                        break
                     self._idle(stop)
                     continue
                 if prepared is None:
-                    self._report_stats(stop, force=True)
-                    return
+                    break
                 self.write(prepared, stop)
+            self._report_stats(stop, force=True)  # however the loop noticed the stop
         except Stopped:
             logger.info("stopping with a batch unacknowledged; the broker will redeliver it")
         except BaseException as exc:

@@ -1,26 +1,117 @@
-"""Publishing telemetry events and dead letters to Redis Streams, one pipeline per batch."""
+"""Publishing telemetry events and dead letters to Redis Streams, one round trip per batch.
+
+The telemetry stream is trimmed so that no consumer group loses an entry it has not read
+and acknowledged: it keeps entries up to its cap (IOTP_TELEMETRY_STREAM_MAXLEN, a memory
+bound), and past the cap it drops only what every group has acknowledged (XTRIM MINID to
+the oldest pending or undelivered entry of any group). Only when the unread entries alone
+exceed the cap are some of them cut: each cut is counted in STREAM_TRIMS_KEY (in all, and
+for each group that lost entries, which the aggregators heal from the write store) and
+logged as an error. Dead letters are capped (IOTP_DEADLETTER_STREAM_MAXLEN) and what the
+cap drops is counted there too.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 
 from ingest.store import StreamEntry
-from iotp.names import TELEMETRY_DEADLETTER_STREAM, TELEMETRY_EVENTS_STREAM
+from iotp.names import STREAM_TRIMS_KEY, TELEMETRY_DEADLETTER_STREAM, TELEMETRY_EVENTS_STREAM
+from iotp.redis_client import text
 
-# Many XADDs in one command: a third of the client-side cost of pipelining them one by one,
-# which is what bounds ingest's event rate. Fields as to_fields() writes them.
+logger = logging.getLogger(__name__)
+
+# At most one error line per this many seconds while the cap keeps cutting (each counts).
+CUT_LOG_SECONDS = 10.0
+
+# Many XADDs in one command (a third of the client-side cost of pipelining them one by one),
+# then the trim. Below the cap that is one XLEN: the groups' positions are looked at only
+# when the stream is over its cap, which a stream that the groups keep up with reaches once
+# per cap's worth of entries. Fields as to_fields() writes them. Returns the entries cut
+# before a group read them, then the groups that lost entries.
 _XADD_EVENTS = """
-for i = 2, #ARGV, 5 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-             'type', ARGV[i], 'event_id', ARGV[i + 1], 'device_id', ARGV[i + 2],
-             'schema_version', ARGV[i + 3], 'data', ARGV[i + 4])
+local stream, record, cap = KEYS[1], KEYS[2], tonumber(ARGV[1])
+for i = 3, #ARGV, 5 do
+  redis.call('XADD', stream, '*', 'type', ARGV[i], 'event_id', ARGV[i + 1],
+             'device_id', ARGV[i + 2], 'schema_version', ARGV[i + 3], 'data', ARGV[i + 4])
 end
-return (#ARGV - 1) / 5
+if redis.call('XLEN', stream) <= cap then return {0} end
+local function split(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function older(a, b)
+  local am, as = split(a)
+  local bm, bs = split(b)
+  return am < bm or (am == bm and as < bs)
+end
+-- What each group still needs: its oldest pending entry (of those still in the stream: the
+-- ids of deleted ones stay pending until a consumer is handed them), else the one after its
+-- last delivered entry. Everything older than the oldest need was read and acknowledged.
+local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
+local needs, floor = {}, nil
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+  local info = {}
+  for j = 1, #group, 2 do info[group[j]] = group[j + 1] end
+  local ms, seq = split(info['last-delivered-id'])
+  local need = string.format('%.0f-%.0f', ms, seq + 1)
+  local pending = redis.call('XPENDING', stream, info['name'], oldest, '+', 1)[1]
+  if pending and older(pending[1], need) then need = pending[1] end
+  needs[info['name']] = need
+  if floor == nil or older(need, floor) then floor = need end
+end
+if floor ~= nil then
+  redis.call('XTRIM', stream, 'MINID', '~', floor)
+  if redis.call('XLEN', stream) <= cap then return {0} end
+  redis.call('XTRIM', stream, 'MINID', floor)
+  if redis.call('XLEN', stream) <= cap then return {0} end
+end
+-- Unread entries alone are over the cap: the oldest of them go, loudly.
+local nexts = {}
+for name, need in pairs(needs) do
+  local entry = redis.call('XRANGE', stream, need, '+', 'COUNT', 1)[1]
+  if entry then nexts[name] = entry[1] end
+end
+local cut = redis.call('XTRIM', stream, 'MAXLEN', cap)
+local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
+redis.call('HINCRBY', record, 'telemetry_cut', cut)
+redis.call('HINCRBY', record, 'telemetry_cuts', 1)
+redis.call('HSET', record, 'telemetry_last_cut_at', ARGV[2])
+local result = {cut}
+if floor == nil then
+  redis.call('HINCRBY', record, 'cuts_without_group', 1)
+end
+for name, entry in pairs(nexts) do
+  if older(entry, first) then
+    redis.call('HINCRBY', record, 'cuts:' .. name, 1)
+    table.insert(result, name)
+  end
+end
+return result
 """
 _EVENT_FIELDS = ("type", "event_id", "device_id", "schema_version", "data")
+
+# Dead letters, each as its field count then its fields, added under the cap; returns how
+# many entries the cap dropped (approximate trimming drops whole nodes, so it is counted).
+_XADD_DEADLETTERS = """
+local stream, record = KEYS[1], KEYS[2]
+local before, added, i = redis.call('XLEN', stream), 0, 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, i + 1, i + 2 * n))
+  i, added = i + 1 + 2 * n, added + 1
+end
+local dropped = before + added - redis.call('XLEN', stream)
+if dropped > 0 then
+  redis.call('HINCRBY', record, 'deadletter_trimmed', dropped)
+  redis.call('HSET', record, 'deadletter_last_trim_at', ARGV[2])
+end
+return dropped
+"""
 
 
 class StreamPublisher:
@@ -28,7 +119,9 @@ class StreamPublisher:
         self.client = client
         self.events_maxlen = events_maxlen
         self.deadletter_maxlen = deadletter_maxlen
-        self._xadd_events = client.register_script(_XADD_EVENTS)
+        self._unlogged_cut = 0
+        self._cut_groups = ""
+        self._cut_logged_at = 0.0
 
     def publish(
         self,
@@ -39,24 +132,55 @@ class StreamPublisher:
         """XADD everything in one round trip; raises if Redis did not take all of it."""
         if not events and not deadletters and stats is None:
             return
+        now = f"{time.time():.3f}"
         # Any: redis-py's stubs want invariant dicts of every scalar type for fields.
         pipe: Any = self.client.pipeline(transaction=False)
-        for fields in events:
-            pipe.xadd(
-                TELEMETRY_EVENTS_STREAM,
-                fields,
-                maxlen=self.events_maxlen,
-                approximate=True,
-            )
-        for fields in deadletters:
-            pipe.xadd(
-                TELEMETRY_DEADLETTER_STREAM,
-                fields,
-                maxlen=self.deadletter_maxlen,
-                approximate=True,
-            )
+        # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, and a redis-py pipeline
+        # running a registered script asks SCRIPT EXISTS first (a second round trip).
+        if events:
+            keys = (TELEMETRY_EVENTS_STREAM, STREAM_TRIMS_KEY)
+            args = [fields[k] for fields in events for k in _EVENT_FIELDS]
+            pipe.eval(_XADD_EVENTS, 2, *keys, self.events_maxlen, now, *args)
+        if deadletters:
+            keys = (TELEMETRY_DEADLETTER_STREAM, STREAM_TRIMS_KEY)
+            counted = [
+                part
+                for fields in deadletters
+                for part in (str(len(fields)), *(v for item in fields.items() for v in item))
+            ]
+            pipe.eval(_XADD_DEADLETTERS, 2, *keys, self.deadletter_maxlen, now, *counted)
+        # The caps as this process applies them, for /pipeline.
+        pipe.hset(
+            STREAM_TRIMS_KEY,
+            mapping={
+                "telemetry_cap": self.events_maxlen,
+                "deadletter_cap": self.deadletter_maxlen,
+            },
+        )
         if stats is not None:
             key, values = stats
             pipe.hset(key, mapping=dict(values))
             pipe.expire(key, 120)
-        pipe.execute()
+        results = pipe.execute()
+        # Every publish (stats too, once a second) logs what the cap cut and is not logged.
+        self._report_cut(results[0] if events else [0])
+
+    def _report_cut(self, result: list[Any]) -> None:
+        """An error line when the cap cut unread entries: the first at once, then one a while."""
+        self._unlogged_cut += int(result[0])
+        if int(result[0]):
+            self._cut_groups = ", ".join(text(g) for g in result[1:])
+        now = time.monotonic()
+        if not self._unlogged_cut or now - self._cut_logged_at < CUT_LOG_SECONDS:
+            return
+        groups = self._cut_groups or "none yet (no consumer group)"
+        logger.error(
+            "the telemetry stream is at its cap of %s entries (IOTP_TELEMETRY_STREAM_MAXLEN):"
+            " %s entries were trimmed before a consumer group read them (groups: %s); the"
+            " aggregators recompute their read models from the write store",
+            self.events_maxlen,
+            self._unlogged_cut,
+            groups,
+        )
+        self._unlogged_cut = 0
+        self._cut_logged_at = now

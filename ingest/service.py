@@ -1,25 +1,37 @@
-"""Wiring of one ingest process: registry, broker, store, publisher, counters."""
+"""Wiring of one ingest process: registry, broker, store, publisher, counters, presence.
+
+``run_ingest`` serves until SIGTERM, then hands its share back or keeps its session
+(handover); ``retire_ingest`` empties and ends the session of an instance that is gone.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 import redis
 from prometheus_client import start_http_server
 
+from ingest.broker_stats import broker_stats_from
 from ingest.counters import IngestCounters
-from ingest.mqtt_source import MqttSource, SourceOptions
+from ingest.handover import Departure
+from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, MqttSource, SourceOptions
 from ingest.payloads import Limits
 from ingest.pipeline import BatchPolicy, IngestPipeline
+from ingest.presence import Presence, SessionRecord, session_to_retire
 from ingest.publisher import StreamPublisher
 from ingest.registry import DatabaseDevices, DeviceRegistry, RegistryFollower, last_device_event_id
 from ingest.store import TelemetryStore
-from iotp.errors import ServiceUnavailable
+from iotp.errors import ConfigurationError, ServiceUnavailable
 from iotp.mqtt_url import parse_mqtt_url, tls_context
 from iotp.names import ingest_stats_key
 from iotp.preflight import require_migrated_database, require_redis
+from iotp.retry import Stopped
 from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,38 +71,165 @@ def source_options_from(settings: Settings) -> SourceOptions:
 
 
 def run_ingest(settings: Settings, stop: threading.Event) -> None:
-    """Ingest until ``stop`` is set. Raises :class:`ServiceUnavailable` if a service is down."""
+    """Ingest until ``stop`` is set, then hand the share back or keep the session (handover).
+
+    Raises :class:`ServiceUnavailable` if a service is down.
+    """
     require_migrated_database(settings)
     require_redis(settings)
-    broker = parse_mqtt_url(settings.mqtt_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
-    devices = DatabaseDevices(settings.database_url)
-    registry = _follow_registry(settings, devices, last_device_event_id(client), stop)
+    options = source_options_from(settings)
     counters = IngestCounters()
     _serve_metrics(settings, counters)
-    source = MqttSource(broker, source_options_from(settings))
-    store = TelemetryStore(settings.database_url, consumer=settings.ingest_client_id())
-    try:
-        _connect_to_broker(source)
-        pipeline = IngestPipeline(
-            source=source,
-            store=store,
-            publisher=StreamPublisher(
-                client, settings.telemetry_stream_maxlen, settings.deadletter_stream_maxlen
-            ),
-            lookup=registry.lookup,
-            counters=counters,
-            limits=limits_from(settings),
-            policy=batch_policy_from(settings),
-            stats_key=ingest_stats_key(settings.ingest_client_id()),
+    with _backends(settings) as (client, registry):
+        source = MqttSource(parse_mqtt_url(settings.mqtt_url), options)
+        presence = Presence(client, session_record(settings, options), settings.ingest_live_seconds)
+        departure = Departure(source, presence.leave, stop, settings.ingest_handover_seconds)
+        pipeline = _pipeline(settings, source, client, registry, counters, options.client_id)
+        # The broker's own counters ($SYS: drops, stored messages) read beside the telemetry.
+        broker_counters = broker_stats_from(settings, client, counters.registry)
+        try:
+            _connect_to_broker(source)
+            broker_counters.start()
+            presence.join(source.connected.is_set, stop)
+            departure.start()
+            pipeline.run(departure.halt)
+        except Stopped:
+            logger.info("stopped before ingesting anything")
+        finally:
+            broker_counters.close()
+            departure.finish()
+            ended = source.close(end_session=departure.drained)
+            pipeline.store.close()
+            presence.settle(ended)
+        if ended:
+            logger.info(
+                "handed its share back to share group %s and ended session %s",
+                options.share_group,
+                options.client_id,
+            )
+
+
+@dataclass(frozen=True)
+class Retirement:
+    client_id: str
+    session_present: bool  # the broker held a session for it
+    messages: int  # messages received from the session (stored, or dead-lettered)
+    ended: bool  # the broker no longer holds the session
+
+    def summary(self) -> str:
+        if not self.ended:
+            return (
+                f"could not finish retiring {self.client_id} ({self.messages} messages"
+                " stored): its session is kept with what it still holds; run it again"
+            )
+        if not self.session_present:
+            return f"retired {self.client_id}: the broker held no session for it"
+        return (
+            f"retired {self.client_id}: stored the {self.messages} messages parked in its"
+            " session, and the broker no longer holds it"
         )
-        pipeline.run(stop)
+
+
+def retire_ingest(settings: Settings, target: str, stop: threading.Event) -> Retirement:
+    """Take over the session of an instance that will not return, store what it holds, end it.
+
+    ``target`` is a client id or an instance name (`iotp status` lists both). Raises
+    :class:`CannotRetire` when that instance is connected.
+    """
+    require_migrated_database(settings)
+    require_redis(settings)
+    if settings.mqtt_protocol != "5":
+        raise ConfigurationError(
+            "`iotp ingest --retire` ends the session at DISCONNECT, which needs MQTT 5"
+            " (IOTP_MQTT_PROTOCOL is 3.1.1)"
+        )
+    counters = IngestCounters()
+    with _backends(settings) as (client, registry):
+        default = session_record(
+            settings.model_copy(update={"ingest_instance": target}), source_options_from(settings)
+        )
+        record = session_to_retire(client, target, default, settings.ingest_live_seconds)
+        options = replace(
+            source_options_from(settings),
+            client_id=record.client_id,
+            shared=bool(record.share_group),
+            share_group=record.share_group or settings.ingest_share_group,
+            subscribe=False,
+        )
+        source = MqttSource(parse_mqtt_url(settings.mqtt_url), options)
+        emptying = Departure(source, lambda: True, _already(), abort=stop)
+        pipeline = _pipeline(settings, source, client, registry, counters, record.client_id)
+        try:
+            _connect_to_broker(source)
+            logger.info(
+                "took over session %s (held by the broker: %s); storing what it holds",
+                record.client_id,
+                source.session_present,
+            )
+            emptying.start()
+            pipeline.run(emptying.halt)
+        finally:
+            emptying.finish()
+            ended = source.close(end_session=emptying.drained)
+            pipeline.store.close()
+            if ended:
+                Presence(client, record, settings.ingest_live_seconds).settle(ended=True)
+    return Retirement(
+        record.client_id, bool(source.session_present), counters.totals["received"], ended
+    )
+
+
+def session_record(settings: Settings, options: SourceOptions) -> SessionRecord:
+    return SessionRecord(
+        client_id=settings.ingest_client_id(),
+        instance=settings.ingest_instance,
+        host=socket.gethostname(),
+        share_group=options.share_group if options.shared and options.protocol == "5" else "",
+        protocol=options.protocol,
+        session_expiry_seconds=SESSION_EXPIRY_SECONDS,
+    )
+
+
+@contextmanager
+def _backends(settings: Settings) -> Iterator[tuple[redis.Redis, DeviceRegistry]]:
+    """A Redis client and the device registry, kept current until the block ends."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    devices = DatabaseDevices(settings.database_url)
+    done = threading.Event()
+    try:
+        yield client, _follow_registry(settings, devices, last_device_event_id(client), done)
     finally:
-        stop.set()
-        source.close()
-        store.close()
+        done.set()
         devices.close()
         client.close()
+
+
+def _pipeline(
+    settings: Settings,
+    source: MqttSource,
+    client: redis.Redis,
+    registry: DeviceRegistry,
+    counters: IngestCounters,
+    client_id: str,
+) -> IngestPipeline:
+    return IngestPipeline(
+        source=source,
+        store=TelemetryStore(settings.database_url, consumer=client_id),
+        publisher=StreamPublisher(
+            client, settings.telemetry_stream_maxlen, settings.deadletter_stream_maxlen
+        ),
+        lookup=registry.lookup,
+        counters=counters,
+        limits=limits_from(settings),
+        policy=batch_policy_from(settings),
+        stats_key=ingest_stats_key(client_id),
+    )
+
+
+def _already() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
 
 
 def _follow_registry(

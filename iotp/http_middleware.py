@@ -3,28 +3,11 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
 
-import orjson
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-
-async def _reply(
-    send: Send, status: int, detail: str, headers: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    body = orjson.dumps({"detail": detail})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+from iotp.http_errors import problem
 
 
 class BearerTokenMiddleware:
@@ -44,7 +27,8 @@ class BearerTokenMiddleware:
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not secrets.compare_digest(given, self.expected):
                 detail = "missing bearer token" if not given else "invalid bearer token"
-                await _reply(send, 401, detail, [(b"www-authenticate", b"Bearer")])
+                answer = problem(401, detail, {"WWW-Authenticate": "Bearer"})
+                await answer(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -62,7 +46,7 @@ class BodySizeLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await _reply(send, 413, f"request body over {self.max_bytes} bytes")
+            await problem(413, _over(self.max_bytes))(scope, receive, send)
             return
         received = 0
 
@@ -72,14 +56,22 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
-        except BodyTooLarge:
-            await _reply(send, 413, f"request body over {self.max_bytes} bytes")
+        except BodyTooLarge as exc:  # raised where no exception handler answers it
+            await problem(413, exc.detail)(scope, receive, send)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A streamed body went over the limit. An HTTPException, so that FastAPI, reading the
+    body, passes it on to the app's handlers (any other error there becomes a 400)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, _over(max_bytes))
+
+
+def _over(max_bytes: int) -> str:
+    return f"request body over {max_bytes} bytes"

@@ -13,6 +13,9 @@ DEVICE_ID_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 METRIC_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 METADATA_MAX_BYTES = 8 * 1024
 METADATA_MAX_DEPTH = 8
+# Integers a signed 64-bit field holds: what every JSON encoder on the way (orjson) and
+# most clients' decoders take.
+METADATA_MIN_INT, METADATA_MAX_INT = -(2**63), 2**63 - 1
 MAX_DECLARED_METRICS = 100
 
 
@@ -70,6 +73,8 @@ def _walk_metadata(value: Any, depth: int) -> None:
             _walk_metadata(item, depth + 1)
     elif isinstance(value, float) and not math.isfinite(value):
         raise ValueError("metadata numbers must be finite")
+    elif isinstance(value, int) and not METADATA_MIN_INT <= value <= METADATA_MAX_INT:
+        raise ValueError("metadata integers must fit in 64 bits (signed)")
 
 
 def _check_text_lenient(value: str) -> None:
@@ -82,13 +87,24 @@ def _check_text_lenient(value: str) -> None:
 
 def _check_metadata(value: dict[str, JsonValue]) -> dict[str, JsonValue]:
     _walk_metadata(value, 0)
-    size = len(orjson.dumps(value))
+    try:
+        size = len(orjson.dumps(value))
+    except orjson.JSONEncodeError as exc:  # a TypeError, which pydantic would not report
+        raise ValueError(f"metadata cannot be encoded as JSON: {exc}") from None
     if size > METADATA_MAX_BYTES:
         raise ValueError(f"metadata is {size} bytes encoded, over the {METADATA_MAX_BYTES} limit")
     return value
 
 
-Metadata = Annotated[dict[str, JsonValue], AfterValidator(_check_metadata)]
+Metadata = Annotated[
+    dict[str, JsonValue],
+    AfterValidator(_check_metadata),
+    Field(
+        description=f"Free-form JSON object: at most {METADATA_MAX_BYTES} bytes encoded,"
+        f" {METADATA_MAX_DEPTH} levels deep, keys of 1-128 characters, no NUL,"
+        " integers within signed 64 bits"
+    ),
+]
 
 
 class FrozenModel(BaseModel):
@@ -97,9 +113,10 @@ class FrozenModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+# Numbers are strict: JSON true is not 1.0, nor "52.3" a coordinate (integers are numbers).
 class Location(FrozenModel):
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90, strict=True)
+    lon: float = Field(ge=-180, le=180, strict=True)
 
 
 class MetricSpec(FrozenModel):
@@ -107,8 +124,8 @@ class MetricSpec(FrozenModel):
 
     name: MetricName
     unit: Unit | None = None
-    min: float | None = None
-    max: float | None = None
+    min: float | None = Field(default=None, strict=True)
+    max: float | None = Field(default=None, strict=True)
 
     @model_validator(mode="after")
     def _range_is_ordered(self) -> MetricSpec:

@@ -22,9 +22,30 @@ def ingest_stats_key(client_id: str) -> str:
     return f"{INGEST_STATS_KEY_PREFIX}{client_id}"
 
 
+# The persistent MQTT sessions of ingest processes (client id -> JSON record), and when each
+# last beat while connected (a sorted set scored by Redis time); ingest/presence.py.
+INGEST_SESSIONS_KEY = "iotp:ingest:sessions"
+INGEST_HEARTBEATS_KEY = "iotp:ingest:heartbeats"
+
+
 def shared_telemetry_subscription(group: str) -> str:
     """The MQTT v5 shared subscription that splits telemetry across ingest processes."""
     return f"$share/{group}/{TELEMETRY_TOPIC_FILTER}"
 
 
 RELAY_STATS_KEY = "iotp:relay:stats"  # outbox backlog, for the read side's pipeline view
+
+# What ingest trimmed from the streams: entries of the telemetry stream cut at its cap before
+# a consumer group read them (in all, and per group as "cuts:<group>"), dead letters dropped
+# at the dead-letter stream's cap, and the caps themselves.
+STREAM_TRIMS_KEY = "iotp:streams:trims"
+# Gaps the aggregators found in what they read, and their heals from the write store.
+READ_MODEL_HEALS_KEY = "iotp:read_models:heals"
+# Mosquitto's own counters ($SYS), as ingest last read them.
+BROKER_STATS_KEY = "iotp:broker:stats"
+BROKER_SYS_TOPICS = "$SYS/broker/#"
+
+
+def stream_cuts_field(group: str) -> str:
+    """The field of STREAM_TRIMS_KEY counting the cuts into ``group``'s unread entries."""
+    return f"cuts:{group}"

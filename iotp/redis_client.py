@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 
 from iotp.errors import ServiceUnavailable, redact_url
-from iotp.names import INGEST_STATS_KEY_PREFIX
+from iotp.names import INGEST_HEARTBEATS_KEY, INGEST_SESSIONS_KEY, INGEST_STATS_KEY_PREFIX
 
 REDIS_SETTING = "IOTP_REDIS_URL"
 
@@ -42,3 +44,54 @@ def ingest_stats(client: redis.Redis) -> dict[str, dict[str, float]]:
             text(k): float(text(v)) if "." in text(v) else int(text(v)) for k, v in values.items()
         }
     return stats
+
+
+def ingest_sessions(client: redis.Redis, live_seconds: float = 5.0) -> list[dict[str, Any]]:
+    """The broker sessions of ingest processes, each with ``connected`` and when last seen.
+
+    Connected means a heartbeat younger than ``live_seconds`` (IOTP_INGEST_LIVE_SECONDS). A
+    session past its expiry (counted from its last heartbeat) is left out: the broker dropped it.
+    """
+    server_time: Any = client.time()
+    now = server_time[0] + server_time[1] / 1e6
+    records: Any = client.hgetall(INGEST_SESSIONS_KEY)
+    scores: Any = client.zrange(INGEST_HEARTBEATS_KEY, 0, -1, withscores=True)
+    beats = {text(member): float(score) for member, score in scores}
+    sessions = []
+    for key, value in records.items():
+        record = orjson.loads(value)
+        beat = beats.get(text(key))
+        last = beat if beat is not None else record.get("stopped_at") or record["joined_at"]
+        expires = last + record["session_expiry_seconds"]
+        if expires < now:
+            continue
+        sessions.append(
+            {
+                **record,
+                "connected": beat is not None and now - beat < live_seconds,
+                "joined_at": _iso(record["joined_at"]),
+                "stopped_at": _iso(record.get("stopped_at")),
+                "last_seen_at": _iso(last),
+                "seen_seconds_ago": round(now - last, 1),
+                "expires_at": _iso(expires),
+            }
+        )
+    return sorted(sessions, key=lambda session: session["client_id"])
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def text_hash(client: redis.Redis, key: str) -> dict[str, str]:
+    """A Redis hash as text (empty when the key does not exist)."""
+    values: Any = client.hgetall(key)
+    return {text(k): text(v) for k, v in values.items()}
+
+
+def number(values: dict[str, str], field: str) -> int | None:
+    """An integer field of :func:`text_hash`'s result, None when it is missing or not one."""
+    try:
+        return int(float(values[field]))
+    except (KeyError, ValueError):
+        return None

@@ -19,7 +19,7 @@ import psycopg_pool
 import redis
 import tenacity
 
-from iotp.errors import first_line
+from iotp.errors import ServiceUnavailable, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.TimeoutError,
     # a socket error a client library did not wrap (refused, reset, unreachable, timed out)
     OSError,
+    # a reconnect inside a running loop that found the service still away (iotp.db.connect
+    # and open_redis say so this way; at start-up the same error ends the process instead)
+    ServiceUnavailable,
 )
 
 FIRST_DELAY_SECONDS = 0.2
@@ -64,6 +67,8 @@ class Stopped(Exception):
 
 def service_of(exc: BaseException) -> str:
     """Which service a transient error came from, for log lines and counters."""
+    if isinstance(exc, ServiceUnavailable):
+        return exc.service.lower()
     if isinstance(exc, psycopg.Error):
         return "postgresql"
     if isinstance(exc, redis.RedisError):

@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     ingest_max_age_days: int = Field(default=0, ge=0)
     ingest_metrics_port: int = Field(default=9108, ge=0, le=65535)
     ingest_unknown_device_cache_seconds: float = Field(default=1.0, ge=0)
+    # An ingest counts as live while its last heartbeat (five per period) is younger than
+    # this; on SIGTERM it hands its share back only to live instances, within the handover
+    # time (below a supervisor's grace before SIGKILL), else it keeps its session.
+    ingest_live_seconds: float = Field(default=5.0, ge=1)
+    ingest_handover_seconds: float = Field(default=8.0, gt=0)
+    # The telemetry stream's memory cap: past it only what every consumer group acknowledged
+    # is trimmed; unread entries only when they alone exceed it (an error, healed by the
+    # aggregators from the write store). ingest/publisher.py.
     telemetry_stream_maxlen: int = Field(default=1_000_000, ge=1000)
     deadletter_stream_maxlen: int = Field(default=100_000, ge=100)
     deadletter_payload_max_bytes: int = Field(default=1024, ge=16)

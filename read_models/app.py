@@ -11,12 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
+import redis
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from iotp import __version__
 from iotp.errors import ConfigurationError
+from iotp.http_errors import install_error_handlers, unavailable
 from iotp.http_middleware import BearerTokenMiddleware
 from iotp.preflight import require_read_store
 from iotp.settings import Settings, token_problem
@@ -56,7 +57,10 @@ def create_query_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         BearerTokenMiddleware, token=token.get_secret_value(), protected=PROTECTED_PATHS
     )
-    app.add_exception_handler(psycopg.OperationalError, _read_store_unavailable)
+    install_error_handlers(app)
+    app.add_exception_handler(psycopg.OperationalError, unavailable("read store"))
+    for redis_down in (redis.ConnectionError, redis.TimeoutError):
+        app.add_exception_handler(redis_down, unavailable("Redis"))
     app.include_router(router)
     return app
 
@@ -87,10 +91,6 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         app.state.redis.close()
         pool.close()
-
-
-async def _read_store_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": "read store unavailable, retry later"}, status_code=503)
 
 
 def _state_page_limit(document: dict[str, Any], max_page: int) -> None:

@@ -3,7 +3,9 @@
 Reads a batch (XREADGROUP COUNT), folds it into deltas, applies them with the events' ids
 and the tracking row in one transaction, then XACKs. Entries a dead consumer left pending
 are claimed (XAUTOCLAIM) after an idle time. Every step is at-least-once; the event-id
-dedupe in the read store makes it exactly-once in effect.
+dedupe in the read store makes it exactly-once in effect. Events that left the stream
+before they were applied (cut at the stream's cap, deleted, lost by Redis) are found and
+healed from the write store (:mod:`read_models.gaps`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from iotp.events import AnyEvent, UndecodableEvent, from_fields
 from iotp.names import DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
 from iotp.redis_client import text
 from iotp.retry import Stopped, retry_transient
-from read_models import store
+from read_models import queries, store
+from read_models.gaps import GapWatch, Heal, delivered_positions
 from read_models.projection import fold
 
 logger = logging.getLogger(__name__)
@@ -65,10 +68,12 @@ class Aggregator:
         client: redis.Redis,
         connect: Callable[[], psycopg.Connection[Any]],
         options: ConsumerOptions,
+        heal: Heal | None = None,
     ) -> None:
         self.client = client
         self.connect = connect
         self.options = options
+        self.gaps = GapWatch(client, options.group, heal)
         self._conn: psycopg.Connection[Any] | None = None
         self._last_claim = 0.0
         self._last_prune = 0.0
@@ -92,11 +97,24 @@ class Aggregator:
 
         try:
             retry(lambda: ensure_groups(self.client, self.options.group))
+            retry(self.look_for_gaps)
             retry(lambda: self.drain_own_pending(stop))
             while not stop.is_set():
                 retry(self.step)
         except Stopped:
             return
+
+    def look_for_gaps(self) -> None:
+        """At start: what Redis lost since the read store's positions, and cuts; heal them."""
+        with self._connection().transaction():
+            rows = queries.tracking(self._connection())
+        tracked = {
+            t["stream"]: t["last_applied_id"] for t in rows if t["group_name"] == self.options.group
+        }
+        self.gaps.compare_positions(
+            tracked, delivered_positions(self.client, self.options.group, STREAMS)
+        )
+        self.gaps.check(force=True)
 
     def drain_own_pending(self, stop: threading.Event) -> None:
         """Apply what this consumer read but did not acknowledge before it stopped."""
@@ -113,7 +131,8 @@ class Aggregator:
             self.process(batch)
 
     def step(self) -> BatchOutcome:
-        """One round: reclaim abandoned entries now and then, read new ones, apply them."""
+        """One round: heal gaps and reclaim abandoned entries now and then, read, apply."""
+        self.gaps.check()
         now = time.monotonic()
         if now - self._last_claim > self.options.claim_idle_ms / 1000:
             self._last_claim = now
@@ -136,6 +155,7 @@ class Aggregator:
 
     def claim_abandoned(self, stream: str) -> list[Entry]:
         entries: list[Entry] = []
+        deleted = 0
         cursor = "0-0"
         while True:
             result: Any = self.client.xautoclaim(
@@ -147,16 +167,31 @@ class Aggregator:
                 count=self.options.batch_size,
             )
             cursor = text(result[0])
-            entries += [(text(i), f) for i, f in result[1]]
-            for deleted in result[2] if len(result) > 2 else []:
-                self.client.xack(stream, self.options.group, deleted)
+            entries += [(text(i), f or None) for i, f in result[1] if i is not None]
+            # Entries deleted while pending: Redis 7 drops them from the pending list and
+            # names them apart; Redis 6.2 claims them, with no id ((None, None) here).
+            unnamed = sum(1 for i, _ in result[1] if i is None)
+            if unnamed:
+                self._ack_deleted(stream)
+            deleted += unnamed + (len(result[2]) if len(result) > 2 else 0)
             if cursor == "0-0" or len(entries) >= self.options.batch_size:
                 break
+        if deleted:
+            self.gaps.entries_deleted(stream, deleted)
         if entries:
             logger.info(
                 "claimed %s entries of %s left pending by another consumer", len(entries), stream
             )
         return entries
+
+    def _ack_deleted(self, stream: str) -> None:
+        """Acknowledge the deleted entries this consumer holds (its history names them)."""
+        response: Any = self.client.xreadgroup(
+            self.options.group, self.options.consumer, {stream: "0"}
+        )
+        ids = [i for i, fields in _by_stream(response).get(stream, []) if fields is None]
+        if ids:
+            self.client.xack(stream, self.options.group, *ids)
 
     def process(self, batch: dict[str, list[Entry]]) -> BatchOutcome:
         """Apply one batch in one transaction, then acknowledge it."""
@@ -164,10 +199,13 @@ class Aggregator:
         newest: dict[str, Any] = {}
         total = 0
         for stream, entries in batch.items():
+            deleted = sum(1 for _, fields in entries if fields is None)
+            if deleted:  # left the stream before it was applied: a gap, healed
+                self.gaps.entries_deleted(stream, deleted)
             for entry_id, fields in entries:
                 total += 1
                 if fields is None:
-                    continue  # trimmed from the stream before it was applied: nothing to do
+                    continue
                 try:
                     event = from_fields(fields)
                 except UndecodableEvent as exc:

@@ -9,6 +9,9 @@
    published after P) is recorded as applied if its readings are in S; the ones that are
    not (committed after S) are applied now. The consumers then resume where they were, and
    the event-id dedupe makes the join exact: no gap, nothing counted twice.
+
+It is also how a gap is healed (events cut from the stream before the aggregators read
+them, :mod:`read_models.gaps`): the cuts made before step 2 count as healed once it ends.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from iotp.redis_client import text
 from iotp.settings import Settings
 from read_models import store
 from read_models.consumer import AGGREGATOR_GROUP, STREAMS, ensure_groups
+from read_models.gaps import cuts_into, mark_healed
 from read_models.projection import Deltas
 
 logger = logging.getLogger(__name__)
@@ -100,6 +104,7 @@ def rebuild(
         read.execute("SELECT pg_advisory_lock(%s)", (store.REBUILD_LOCK_KEY,))
         read.commit()
         try:
+            cuts, _ = cuts_into(client, AGGREGATOR_GROUP)
             positions = {stream: _last_id(client, stream) for stream in STREAMS}
             write.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             write.execute("SELECT 1")  # the snapshot is taken here, after the positions
@@ -107,6 +112,7 @@ def rebuild(
                 report = _recompute(write, read, chunk_devices, progress)
                 _hand_over(client, write, read, positions, report)
             write.rollback()
+            mark_healed(client, AGGREGATOR_GROUP, cuts)
         finally:
             read.execute("SELECT pg_advisory_unlock(%s)", (store.REBUILD_LOCK_KEY,))
             read.commit()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import redis
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.security import HTTPBearer
+from pydantic import BaseModel
 
+from iotp.http_errors import error_responses, invalid
 from iotp.model import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
 from read_models import queries
 from read_models.dependencies import (
@@ -24,18 +25,28 @@ from read_models.health import PipelineHealth, pipeline_health
 _documented_bearer = HTTPBearer(auto_error=False, description="IOTP_QUERY_TOKEN")
 router = APIRouter(dependencies=[Depends(_documented_bearer)])
 
-DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN)]
+DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, examples=["boiler-1"])]
+# Stored names and kinds hold no control character (PostgreSQL text no NUL at all), so a
+# filter holding one is refused rather than sent to the database.
+NO_CONTROL_CHARACTER = r"^[^\x00-\x08\x0a-\x1f\x7f-\x9f]*$"
+# Every read answers 401 without the token and 503 while the read store is down.
+_READ_ERRORS = (401, 503)
+_DEVICE_READ = error_responses(*_READ_ERRORS, 404, 422)
 
 
-@router.get("/devices", response_model=queries.Page)
+class Healthy(BaseModel):
+    status: Literal["ok"]
+
+
+@router.get("/devices", response_model=queries.Page, responses=error_responses(*_READ_ERRORS, 422))
 def list_devices(
     db: ReadConnectionDep,
     rule: LivenessRuleDep,
     window: PageWindowDep,
     status: Literal["active", "decommissioned"] | None = None,
-    kind: Annotated[str | None, Query(max_length=64)] = None,
+    kind: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL_CHARACTER)] = None,
     liveness: queries.Liveness | None = None,
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    name: Annotated[str | None, Query(max_length=200, pattern=NO_CONTROL_CHARACTER)] = None,
     sort: queries.SortKey = "device_id",
     order: Literal["asc", "desc"] = "asc",
 ) -> queries.Page:
@@ -54,7 +65,7 @@ def list_devices(
     )
 
 
-@router.get("/devices/{device_id}", response_model=queries.DeviceDetail)
+@router.get("/devices/{device_id}", response_model=queries.DeviceDetail, responses=_DEVICE_READ)
 def get_device(
     db: ReadConnectionDep, rule: LivenessRuleDep, device_id: DeviceIdPath
 ) -> queries.DeviceDetail:
@@ -65,7 +76,9 @@ def get_device(
     return device
 
 
-@router.get("/devices/{device_id}/stats", response_model=list[queries.MetricStats])
+@router.get(
+    "/devices/{device_id}/stats", response_model=list[queries.MetricStats], responses=_DEVICE_READ
+)
 def get_stats(db: ReadConnectionDep, device_id: DeviceIdPath) -> list[queries.MetricStats]:
     """Per-metric statistics of one device."""
     if not queries.device_exists(db, device_id):
@@ -73,7 +86,9 @@ def get_stats(db: ReadConnectionDep, device_id: DeviceIdPath) -> list[queries.Me
     return queries.device_stats(db, device_id)
 
 
-@router.get("/devices/{device_id}/series", response_model=list[queries.SeriesPoint])
+@router.get(
+    "/devices/{device_id}/series", response_model=list[queries.SeriesPoint], responses=_DEVICE_READ
+)
 def get_series(
     db: ReadConnectionDep,
     device_id: DeviceIdPath,
@@ -84,36 +99,34 @@ def get_series(
 ) -> list[queries.SeriesPoint]:
     """Rollups of one metric: minute or hour buckets between from and to (UTC)."""
     end = _aware(end) if end else datetime.now(UTC)
-    start = _aware(start) if start else end - timedelta(hours=1)
+    start = _aware(start) if start else _hour_before(end)
     if start >= end:
-        raise HTTPException(422, "from must be before to")
+        raise invalid(("query", "from"), "from must be before to")
     if not queries.device_exists(db, device_id):
         raise _unknown(device_id)
     try:
         return queries.series(db, device_id, metric, start, end, bucket)
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
+        raise invalid(("query", "bucket"), str(exc)) from exc
 
 
-@router.get("/fleet", response_model=queries.FleetSummary)
+@router.get("/fleet", response_model=queries.FleetSummary, responses=error_responses(*_READ_ERRORS))
 def get_fleet(db: ReadConnectionDep, rule: LivenessRuleDep) -> queries.FleetSummary:
     """Devices by status, liveness and kind; readings per minute over the last hour."""
     return queries.fleet(db, rule)
 
 
-@router.get("/pipeline", response_model=PipelineHealth)
+@router.get("/pipeline", response_model=PipelineHealth, responses=error_responses(*_READ_ERRORS))
 def get_pipeline(db: ReadConnectionDep, client: RedisDep) -> PipelineHealth:
     """Consumer groups, pending entries and lag, ingest counters, dead letters."""
-    try:
-        return pipeline_health(db, client)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise HTTPException(503, "Redis unavailable, retry later") from exc
+    return pipeline_health(db, client)
 
 
-@router.get("/healthz")
-def healthz(db: ReadConnectionDep) -> dict[str, Any]:
+@router.get("/healthz", response_model=Healthy, responses=error_responses(503))
+def healthz(db: ReadConnectionDep) -> Healthy:
+    """Whether the read store answers."""
     db.execute("SELECT 1")
-    return {"status": "ok"}
+    return Healthy(status="ok")
 
 
 def _unknown(device_id: str) -> HTTPException:
@@ -122,3 +135,10 @@ def _unknown(device_id: str) -> HTTPException:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _hour_before(end: datetime) -> datetime:
+    try:
+        return end - timedelta(hours=1)
+    except OverflowError:  # `to` within the first hour of year 1
+        raise invalid(("query", "to"), "to must be later than 0001-01-01T01:00:00Z") from None

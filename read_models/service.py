@@ -13,13 +13,27 @@ from iotp.db import connect
 from iotp.preflight import READ_DATABASE_SETTING, require_read_store, require_redis
 from iotp.settings import Settings
 from read_models.consumer import AGGREGATOR_GROUP, Aggregator, ConsumerOptions
+from read_models.rebuild import rebuild
 
 logger = logging.getLogger(__name__)
 
 
 def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
+    """An aggregator that heals the gaps it finds by recomputing from the write store."""
+
     def read_store() -> psycopg.Connection[Any]:
         return connect(settings.read_url(), setting=READ_DATABASE_SETTING)
+
+    def heal() -> None:
+        report = rebuild(settings)
+        logger.info(
+            "recomputed %s devices and %s metric series; %s events on the stream marked"
+            " applied, %s of them published during the recompute",
+            report.devices,
+            report.metric_series,
+            report.marked_applied,
+            report.window_events,
+        )
 
     return Aggregator(
         client,
@@ -32,6 +46,7 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
             claim_idle_ms=settings.aggregator_claim_idle_ms,
             applied_events_keep_hours=settings.applied_events_keep_hours,
         ),
+        heal=heal,
     )
 
 

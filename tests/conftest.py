@@ -4,4 +4,5 @@
 pytest_plugins = [
     "tests.support.fixtures_stores",
     "tests.support.fixtures_platform",
+    "tests.support.chaos_report",
 ]

@@ -1,4 +1,5 @@
-"""Pipeline: ingest counters, dead letters, consumer groups and how far behind the read side is."""
+"""Pipeline: ingest counters, dead letters, consumer groups and how far behind the read side is,
+the broker's own counters, and what the streams' caps trimmed; anything lost is shown first."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import streamlit as st
 
 from dashboard.data import pipeline_report
 from dashboard.refresh import refresh_interval
-from read_models.health import GroupHealth, PipelineHealth
+from read_models.health import BrokerHealth, GroupHealth, PipelineHealth
 
 # Each ingest counter (a key of the snapshot `iotp status` also reads), its heading and what
 # it counts: a message carries one or more readings and a reading one value per metric, so
@@ -36,9 +37,15 @@ def health() -> None:
     report = pipeline_report()
     if report is None:
         return
+    for alert in report.alerts:
+        (st.error if alert.level == "error" else st.warning)(alert.message)
     _tiles(report)
     st.subheader("Ingest")
     _ingest(report.ingest)
+    st.subheader("Broker")
+    _broker(report.broker)
+    st.subheader("Stream caps")
+    _stream_caps(report)
     st.subheader("Consumer groups")
     st.dataframe(
         pd.DataFrame([g.model_dump() for g in report.groups]), hide_index=True, width="stretch"
@@ -85,6 +92,78 @@ def _tiles(report: PipelineHealth) -> None:
         border=True,
         help="Lag plus pending entries over every consumer group (? while a lag is unknown)",
     )
+
+
+def _broker(broker: BrokerHealth) -> None:
+    if not broker.reported:
+        st.info(
+            broker.error or "No ingest process has reported the broker's counters ($SYS) recently."
+        )
+        return
+    # Highlighted (red delta) when the count grew since the previous refresh; the alerts
+    # above say so while it grew in the last minutes.
+    before = st.session_state.get("previous_dropped")
+    st.session_state["previous_dropped"] = broker.messages_dropped
+    grew = before is not None and (broker.messages_dropped or 0) > before
+    cols = st.columns(4)
+    cols[0].metric(
+        "Messages dropped",
+        f"{broker.messages_dropped or 0:,}",
+        delta=(broker.messages_dropped or 0) - before if grew and before is not None else None,
+        delta_color="inverse",
+        border=True,
+        help="QoS 1 messages the broker dropped because a subscriber's queue was full,"
+        " since the broker started ($SYS/broker/publish/messages/dropped)",
+    )
+    cols[1].metric(
+        "Messages stored",
+        _count(broker.stored_messages),
+        border=True,
+        help="Messages the broker holds: queued for sessions, retained, in flight",
+    )
+    cols[2].metric("Clients connected", _count(broker.clients_connected), border=True)
+    cols[3].metric(
+        "Sessions disconnected",
+        _count(broker.clients_disconnected),
+        border=True,
+        help="Persistent sessions whose client is not connected: the broker queues for them",
+    )
+
+
+def _stream_caps(report: PipelineHealth) -> None:
+    cap, healing, dead = report.stream_cap, report.healing, report.deadletter_stream
+    cols = st.columns(4)
+    cols[0].metric(
+        "Events cut unread",
+        f"{cap.entries_cut:,}",
+        border=True,
+        help=f"Telemetry events trimmed at the stream's cap ({_count(cap.cap)} entries,"
+        " IOTP_TELEMETRY_STREAM_MAXLEN) before every consumer group read them",
+    )
+    cols[1].metric(
+        "Cuts not healed",
+        f"{cap.unhealed_cuts:,}",
+        border=True,
+        help="Cuts whose events the read models still miss: the aggregators recompute the"
+        " read models from the write store once the cuts stop",
+    )
+    cols[2].metric(
+        "Heals",
+        f"{healing.heals:,}",
+        border=True,
+        help=healing.last_heal_reason or "Read models recomputed after a gap in the stream",
+    )
+    cols[3].metric(
+        "Dead letters dropped",
+        f"{dead.trimmed:,}",
+        border=True,
+        help=f"Dead letters trimmed at the dead-letter stream's cap ({_count(dead.cap)}"
+        " entries, IOTP_DEADLETTER_STREAM_MAXLEN)",
+    )
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
 
 
 def _events_waiting(groups: list[GroupHealth]) -> int | None:

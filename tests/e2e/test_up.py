@@ -14,7 +14,9 @@ import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotp.processes import IotpProcess, iotp_environment
+from iotp.settings import Settings
 from local_platform.broker import free_port
+from tests.support.broker import private_mosquitto
 from tests.support.processes import run_iotp
 from tests.support.waiting import wait_for
 
@@ -96,3 +98,30 @@ def test_up_refuses_the_amqtt_mode_that_cannot_enforce_identity(tmp_path: Path) 
     assert result.returncode == 2
     assert "amqtt" in result.stderr and "refused" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_up_says_once_that_a_broker_it_did_not_start_cannot_enforce_identity(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with private_mosquitto(tmp_path / "foreign") as url:
+        env = iotp_environment(
+            {
+                "database_url": settings.database_url,
+                "redis_url": settings.redis_url,
+                "mqtt_url": url,
+                "ingest_metrics_port": str(free_port()),
+            },
+            inherit_settings=False,
+        )
+        ports = [str(free_port()) for _ in range(3)]
+        args = ["up", "--state-dir", str(tmp_path / "state"), "--api-port", ports[0]]
+        args += ["--query-port", ports[1], "--dashboard-port", ports[2]]
+        up = IotpProcess(args, env, tmp_path / "up.log").start()
+        try:
+            up.wait_for("logs ", timeout=60)
+            said = [line for line in up.output().splitlines() if "device identity" in line]
+            assert len(said) == 1, up.output()
+            assert "cannot enforce" in said[0] and "--own-broker" in said[0]
+            assert "broker-sync" not in up.output()
+        finally:
+            up.stop()

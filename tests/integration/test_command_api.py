@@ -121,7 +121,7 @@ def test_idempotency_key_replays_the_first_answer(
     assert retry.json() == first.json()
     assert retry.headers.get("idempotent-replayed") == "true"
     assert other_body.status_code == 422
-    assert "Idempotency-Key" in other_body.json()["detail"]
+    assert "Idempotency-Key" in other_body.json()["detail"][0]["msg"]
     assert plain_retry.status_code == 409
     assert len(events) == 1
     assert counts(db) == (1, 1, 1)

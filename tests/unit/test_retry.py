@@ -188,3 +188,12 @@ def test_async_stop_ends_the_wait() -> None:
     with pytest.raises(Stopped):
         asyncio.run(main())
     assert time.monotonic() - started < 5
+
+
+def test_a_service_still_away_at_reconnect_is_retried() -> None:
+    from iotp.errors import ServiceUnavailable
+    from iotp.retry import TRANSIENT_ERRORS, service_of
+
+    error = ServiceUnavailable("PostgreSQL", "IOTP_DATABASE_URL", "postgresql://x", "refused")
+    assert isinstance(error, TRANSIENT_ERRORS)
+    assert service_of(error) == "postgresql"

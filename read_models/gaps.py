@@ -1,0 +1,172 @@
+"""Gaps in what a consumer group applied: found, healed from the write store, reported.
+
+A gap is an event the group never applied because it left the stream first: ingest cut it
+at the telemetry stream's cap (ingest counts each cut per group in STREAM_TRIMS_KEY), it was
+deleted while pending (Redis hands such entries back without fields), or Redis lost the
+stream (the read store tracked a position beyond what the group was ever delivered). The
+write store holds every stored reading and device, so a gap is healed by recomputing every
+read model from it (:func:`read_models.rebuild.rebuild`, whose hand-over joins the live
+stream exactly). Heals are recorded in READ_MODEL_HEALS_KEY, and a cut counts as healed
+only once a heal that started after it has finished, so a crash mid-heal heals again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from iotp.names import READ_MODEL_HEALS_KEY, STREAM_TRIMS_KEY, stream_cuts_field
+from iotp.redis_client import text
+from read_models.store import split_id
+
+logger = logging.getLogger(__name__)
+
+CHECK_SECONDS = 1.0
+Heal = Callable[[], object]
+
+# Raise a field to a value, never lower it (two aggregators may finish heals out of order).
+_RAISE_TO = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+"""
+
+
+def healed_field(group: str) -> str:
+    """The field of READ_MODEL_HEALS_KEY: the cuts into ``group``'s entries already healed."""
+    return f"healed:{group}"
+
+
+def cuts_into(client: redis.Redis, group: str) -> tuple[int, int]:
+    """How many cuts of the telemetry stream took entries ``group`` had not read, and healed."""
+    pipe: Any = client.pipeline(transaction=False)
+    pipe.hmget(STREAM_TRIMS_KEY, [stream_cuts_field(group), "cuts_without_group"])
+    pipe.hget(READ_MODEL_HEALS_KEY, healed_field(group))
+    (own, groupless), healed = pipe.execute()
+    return int(own or 0) + int(groupless or 0), int(healed or 0)
+
+
+class GapWatch:
+    """Finds the gaps of one consumer group and heals them (``heal`` None: reports only)."""
+
+    def __init__(self, client: redis.Redis, group: str, heal: Heal | None) -> None:
+        self.client = client
+        self.group = group
+        self.heal = heal
+        self._found: list[str] = []  # gaps found and not yet healed, as log phrases
+        self._cuts_seen: int | None = None
+        self._checked_at = 0.0
+        self._reported: tuple[str, ...] = ()
+
+    def entries_deleted(self, stream: str, count: int) -> None:
+        """``count`` entries of ``stream`` came back without fields: deleted before applied."""
+        logger.error(
+            "%s entries of %s were deleted from the stream before group %s applied them",
+            count,
+            stream,
+            self.group,
+        )
+        self.client.hincrby(READ_MODEL_HEALS_KEY, "deleted_entries", count)
+        self._found.append(f"{count} entries of {stream} deleted before they were applied")
+
+    def compare_positions(self, tracked: dict[str, str], delivered: dict[str, str]) -> None:
+        """At start: a stream position applied beyond what Redis says it delivered (by stream).
+
+        Positions only move forward, so Redis lost the stream or the group (a restart without
+        its data, a flush) and with it what was published after its last save.
+        """
+        for stream, applied in tracked.items():
+            sent = delivered.get(stream, "0-0")
+            lost = (
+                f"Redis lost entries of {stream} (applied up to {applied}, but the group"
+                f" was delivered only up to {sent})"
+            )
+            if split_id(applied) > split_id(sent) and lost not in self._found:
+                self._found.append(lost)
+
+    def check(self, *, force: bool = False) -> None:
+        """Heal the gaps found, at most once per CHECK_SECONDS (always with ``force``).
+
+        Cuts are healed once they stop (no new one since the previous check): healing while
+        the cap still cuts would be undone by the next cut.
+        """
+        now = time.monotonic()
+        if not force and now - self._checked_at < CHECK_SECONDS:
+            return
+        self._checked_at = now
+        cuts, healed = cuts_into(self.client, self.group)
+        found = list(self._found)
+        if cuts > healed:
+            if self._cuts_seen == cuts:
+                found.append(
+                    f"{cuts - healed} cuts of the telemetry stream at its cap"
+                    " (IOTP_TELEMETRY_STREAM_MAXLEN) took entries before they were read"
+                )
+            self._cuts_seen = cuts
+        if found:
+            self._heal(found, cuts)
+
+    def _heal(self, found: list[str], cuts: int) -> None:
+        if self.heal is None:
+            if tuple(found) != self._reported:
+                logger.error(
+                    "group %s missed events (%s); `iotp rebuild` recomputes the read models",
+                    self.group,
+                    "; ".join(found),
+                )
+                self._reported = tuple(found)
+            return
+        logger.error(
+            "group %s missed events (%s); recomputing the read models from the write store",
+            self.group,
+            "; ".join(found),
+        )
+        started = time.monotonic()
+        self.heal()
+        seconds = time.monotonic() - started
+        self._record(found, cuts, seconds)
+        self._found.clear()
+        self._cuts_seen = None
+        logger.warning(
+            "healed: the read models of group %s were recomputed from the write store in %.1fs",
+            self.group,
+            seconds,
+        )
+
+    def _record(self, found: list[str], cuts: int, seconds: float) -> None:
+        pipe: Any = self.client.pipeline(transaction=False)
+        pipe.hincrby(READ_MODEL_HEALS_KEY, "heals", 1)
+        pipe.hset(
+            READ_MODEL_HEALS_KEY,
+            mapping={
+                "last_heal_at": f"{time.time():.3f}",
+                "last_heal_seconds": f"{seconds:.3f}",
+                "last_heal_reason": "; ".join(found),
+            },
+        )
+        pipe.execute()
+        mark_healed(self.client, self.group, cuts)
+
+
+def mark_healed(client: redis.Redis, group: str, cuts: int) -> None:
+    """The first ``cuts`` cuts into ``group``'s entries are healed (a recompute began after)."""
+    client.eval(_RAISE_TO, 1, READ_MODEL_HEALS_KEY, healed_field(group), cuts)
+
+
+def delivered_positions(
+    client: redis.Redis, group: str, streams: tuple[str, ...]
+) -> dict[str, str]:
+    """The last entry id ``group`` was delivered on each stream (0-0 where it has none)."""
+    positions: dict[str, str] = {}
+    for stream in streams:
+        try:
+            infos: Any = client.xinfo_groups(stream)
+        except redis.ResponseError:
+            infos = []  # no stream
+        positions[stream] = next(
+            (text(g["last-delivered-id"]) for g in infos if text(g["name"]) == group), "0-0"
+        )
+    return positions

@@ -1,0 +1,185 @@
+"""The chaos rig: a platform under a steady publisher, faults injected, and the reckoning.
+
+Everything is real: a Mosquitto the rig can restart on the same port and data directory,
+PostgreSQL and Redis reached through TCP proxies the rig can cut, and `iotp` processes it
+can kill. The publisher behaves as a device: QoS 1, each reading unique, and anything not
+acknowledged is sent again after a reconnect, so at the end every reading was acknowledged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from local_platform.broker import free_port, mosquitto_config
+from tests.support.ingest_harness import BASE
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import wait_for
+
+METRICS = ("temp", "hum")
+RESULTS: list[ScenarioResult] = []
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    scenario: str
+    published: int
+    stored: int
+    modelled: int
+    lost: int
+    duplicated: int
+
+    def row(self) -> str:
+        return (
+            f"| {self.scenario} | {self.published} | {self.stored} | {self.modelled} |"
+            f" {self.lost} | {self.duplicated} |"
+        )
+
+
+def results_table() -> str:
+    lines = [
+        "| scenario | published | stored | modelled | lost | duplicated |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    return "\n".join(lines + [r.row() for r in RESULTS])
+
+
+class RestartableBroker:
+    """Mosquitto (configured like production) that can be stopped and started again on the
+    same port, with its persistence, as an operator's restart would."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir, self.port = data_dir, free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = data_dir / "mosquitto.conf"
+        self.config.write_text(mosquitto_config(self.port, data_dir))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with (self.data_dir / "mosquitto.stderr").open("ab") as log:
+            self.process = subprocess.Popen(
+                ["mosquitto", "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for(lambda: _listening(self.port), timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM: Mosquitto saves its sessions and queued messages, then exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=20)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def proxied(url: str, proxy: TcpProxy) -> str:
+    parts = urlsplit(url)
+    auth = f"{parts.username}@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
+
+
+@dataclass
+class SteadyPublisher:
+    """Publishes one unique reading per message, round-robin over ``devices``, at ``rate``."""
+
+    port: int
+    devices: list[str]
+    rate: float = 200.0
+    acked: set[int] = field(default_factory=set)
+    sent: dict[int, tuple[str, int]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> SteadyPublisher:
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"chaos-{free_port()}", protocol=mqtt.MQTTv5
+        )
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.client.on_publish = self._on_publish
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", self.port, clean_start=False, properties=properties)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self.client.loop_start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        if reason.value == 0:
+            with self._lock:
+                self.acked.add(mid)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        for i in itertools.count():
+            if self._stop.is_set():
+                return
+            device = self.devices[i % len(self.devices)]
+            reading = {
+                "ts": (BASE + timedelta(milliseconds=i)).isoformat(),
+                "metrics": {"temp": (i % 160) / 4, "hum": (i % 400) / 4},
+            }
+            info = self.client.publish(f"devices/{device}/telemetry", orjson.dumps(reading), 1)
+            with self._lock:
+                self.sent[info.mid] = (device, i)
+            time.sleep(max(0.0, start + (i + 1) / self.rate - time.monotonic()))
+
+    def finish(self, timeout: float = 90) -> int:
+        """Stop publishing; wait until the broker acknowledged every message; how many."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        wait_for(lambda: self._all_acked(), timeout=timeout, interval=0.2)
+        self.client.disconnect()
+        self.client.loop_stop()
+        return len(self.sent)
+
+    def _all_acked(self) -> bool:
+        with self._lock:
+            return set(self.sent) <= self.acked
+
+
+def reckon(scenario: str, db: psycopg.Connection[Any], published: int) -> ScenarioResult:
+    """What the stores hold for ``published`` one-reading messages of len(METRICS) values."""
+    row = db.execute(
+        "SELECT (SELECT count(*) FROM telemetry),"
+        " (SELECT coalesce(sum(count), 0) FROM read_models.metric_stats)"
+    ).fetchone()
+    assert row is not None
+    stored, modelled = int(row[0]) // len(METRICS), int(row[1]) // len(METRICS)
+    result = ScenarioResult(
+        scenario,
+        published,
+        stored,
+        modelled,
+        lost=max(0, published - stored),
+        duplicated=max(0, stored - published) + max(0, modelled - stored),
+    )
+    RESULTS.append(result)
+    return result
