@@ -126,8 +126,10 @@ def services(settings: Settings, state: Path, options: UpOptions) -> Iterator[Se
         ):
             resolved.warnings.append(
                 f"the MQTT broker at {redact_url(settings.mqtt_url)} was not started by iotp"
-                " up: it cannot enforce device identity on it (--own-broker or"
-                " IOTP_UP_OWN_BROKER=true runs a broker of its own that does)"
+                " up: it cannot enforce device identity on it, and its queue limits may drop"
+                " messages for a slow or offline ingest (Mosquitto's default"
+                " max_queued_messages is 1000; /pipeline shows drops); --own-broker or"
+                " IOTP_UP_OWN_BROKER=true runs a broker of its own that does neither"
             )
         else:
             _start_broker(stack, settings, state, options, resolved)

@@ -96,7 +96,7 @@ def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -
     page.screenshot(path=str(ARTIFACTS / "device.png"), full_page=True)
 
     page.goto(f"{base}/pipeline")
-    page.locator('[data-testid="stMetric"]', has_text="Dead letters").wait_for(timeout=30_000)
+    page.locator('[data-testid="stMetric"]', has_text="Dead letters").first.wait_for(timeout=30_000)
     # The grid keeps an accessible (hidden) copy of its cells in the DOM.
     page.locator('td[role="gridcell"]', has_text="iotp-aggregators").first.wait_for(
         state="attached", timeout=30_000

@@ -122,6 +122,7 @@ def test_up_says_once_that_a_broker_it_did_not_start_cannot_enforce_identity(
             said = [line for line in up.output().splitlines() if "device identity" in line]
             assert len(said) == 1, up.output()
             assert "cannot enforce" in said[0] and "--own-broker" in said[0]
+            assert "drop" in said[0]
             assert "broker-sync" not in up.output()
         finally:
             up.stop()

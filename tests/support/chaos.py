@@ -105,13 +105,20 @@ def proxied(url: str, proxy: TcpProxy) -> str:
 
 @dataclass
 class SteadyPublisher:
-    """Publishes one unique reading per message, round-robin over ``devices``, at ``rate``."""
+    """Publishes one unique reading per message, round-robin over ``devices``, at ``rate``.
+
+    Like a device, it sends a reading again when the broker has not acknowledged it after a
+    while (a restarted broker may have lost the publish it never answered): the store's
+    unique key makes the repeat harmless.
+    """
 
     port: int
     devices: list[str]
     rate: float = 200.0
-    acked: set[int] = field(default_factory=set)
-    sent: dict[int, tuple[str, int]] = field(default_factory=dict)
+    acked: set[int] = field(default_factory=set)  # reading numbers the broker acknowledged
+    sent: dict[int, tuple[str, bytes]] = field(default_factory=dict)  # reading -> message
+    _mids: dict[int, int] = field(default_factory=dict)  # MQTT packet id -> reading
+    _early: set[int] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -134,7 +141,21 @@ class SteadyPublisher:
     def _on_publish(self, _c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
         if reason.value == 0:
             with self._lock:
-                self.acked.add(mid)
+                if mid in self._mids:
+                    self.acked.add(self._mids.pop(mid))
+                else:
+                    self._early.add(mid)  # acknowledged before _send recorded its packet id
+
+    def _send(self, reading: int) -> None:
+        topic, payload = self.sent[reading]
+        # Not under the lock: paho may call on_publish while holding its own locks.
+        info = self.client.publish(topic, payload, 1)
+        with self._lock:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self.acked.add(reading)
+            else:
+                self._mids[info.mid] = reading
 
     def _run(self) -> None:
         start = time.monotonic()
@@ -146,23 +167,29 @@ class SteadyPublisher:
                 "ts": (BASE + timedelta(milliseconds=i)).isoformat(),
                 "metrics": {"temp": (i % 160) / 4, "hum": (i % 400) / 4},
             }
-            info = self.client.publish(f"devices/{device}/telemetry", orjson.dumps(reading), 1)
-            with self._lock:
-                self.sent[info.mid] = (device, i)
+            self.sent[i] = (f"devices/{device}/telemetry", orjson.dumps(reading))
+            self._send(i)
             time.sleep(max(0.0, start + (i + 1) / self.rate - time.monotonic()))
 
-    def finish(self, timeout: float = 90) -> int:
-        """Stop publishing; wait until the broker acknowledged every message; how many."""
+    def finish(self, rounds: int = 6) -> int:
+        """Stop publishing; resend what stays unacknowledged until the broker has
+        acknowledged every reading; how many readings were published."""
         self._stop.set()
         self._thread.join(timeout=10)
-        wait_for(lambda: self._all_acked(), timeout=timeout, interval=0.2)
+        for _ in range(rounds):
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and self._unacked():
+                time.sleep(0.2)
+            for reading in self._unacked():
+                self._send(reading)
+        wait_for(lambda: not self._unacked(), timeout=15, interval=0.2)
         self.client.disconnect()
         self.client.loop_stop()
         return len(self.sent)
 
-    def _all_acked(self) -> bool:
+    def _unacked(self) -> list[int]:
         with self._lock:
-            return set(self.sent) <= self.acked
+            return sorted(set(self.sent) - self.acked)
 
 
 def reckon(scenario: str, db: psycopg.Connection[Any], published: int) -> ScenarioResult:
