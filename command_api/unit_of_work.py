@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from command_api.domain import Device, DeviceAlreadyExists
 from command_api.outbox import write_outbox
+from iotp.db import device_columns
 from iotp.model import Location, MetricSpec
 
 
@@ -90,12 +91,7 @@ def _device_params(device: Device) -> dict[str, Any]:
     return {
         "at": at,
         "device_id": device.device_id,
-        "name": device.name,
-        "kind": device.kind,
-        "lat": device.location.lat if device.location else None,
-        "lon": device.location.lon if device.location else None,
-        "metadata": Jsonb(device.metadata),
-        "metrics": Jsonb([m.model_dump(exclude_none=True) for m in device.metrics]),
+        **device_columns(device),
         "status": device.status,
         "credential_hash": device.credential_hash,
     }

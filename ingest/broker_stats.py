@@ -19,12 +19,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import redis
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import CollectorRegistry, Gauge
 
+from ingest.mqtt_client import paho_client
 from iotp.mqtt_url import BrokerAddress, parse_mqtt_url, tls_context
 from iotp.names import BROKER_STATS_KEY, BROKER_SYS_TOPICS
-from iotp.retry import MAX_DELAY_SECONDS
 from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -112,17 +111,9 @@ class BrokerStats:
 
     def _make_client(self) -> mqtt.Client:
         v5 = self.options.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.options.client_id,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
+        client = paho_client(
+            self.broker, self.options.client_id, v5=v5, persistent=False, tls=self.options.tls
         )
-        if self.broker.username is not None:
-            client.username_pw_set(self.broker.username, self.broker.password)
-        if self.options.tls is not None:
-            client.tls_set_context(self.options.tls)
-        client.reconnect_delay_set(min_delay=1, max_delay=int(MAX_DELAY_SECONDS))
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message

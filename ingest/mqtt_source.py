@@ -22,14 +22,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ingest.mqtt_client import paho_client
 from iotp.mqtt_url import BrokerAddress
 from iotp.names import TELEMETRY_TOPIC_FILTER, shared_telemetry_subscription
-from iotp.retry import MAX_DELAY_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -85,20 +84,14 @@ class MqttSource:
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.options.client_id,
-            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
-            clean_session=None if self._v5 else False,
+        client = paho_client(
+            self.broker,
+            self.options.client_id,
+            v5=self._v5,
+            persistent=True,
+            tls=self.options.tls,
             manual_ack=True,
         )
-        if self.broker.username is not None:
-            client.username_pw_set(self.broker.username, self.broker.password)
-        if self.options.tls is not None:
-            client.tls_set_context(self.options.tls)
-        # paho reconnects in its own network thread, doubling from 1 s (whole seconds, no
-        # jitter); it waits no longer than the retry policy of the other services.
-        client.reconnect_delay_set(min_delay=1, max_delay=int(MAX_DELAY_SECONDS))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

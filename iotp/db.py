@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from iotp.errors import ServiceUnavailable, first_line, redact_url
+from iotp.model import Location, MetricSpec
 
 DATABASE_SETTING = "IOTP_DATABASE_URL"
 
@@ -46,3 +49,31 @@ async def open_pool(
             reason = first_line(direct)
         raise ServiceUnavailable("PostgreSQL", setting, redact_url(url), reason) from exc
     return pool
+
+
+class DescribedDevice(Protocol):
+    """What describes a device: the command side's aggregate and its events both have it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def location(self) -> Location | None: ...
+    @property
+    def metadata(self) -> Mapping[str, Any]: ...
+    @property
+    def metrics(self) -> tuple[MetricSpec, ...]: ...
+
+
+def device_columns(device: DescribedDevice) -> dict[str, Any]:
+    """A device's attributes as the column values of the devices tables (write and read
+    stores alike, so that a read model rebuilt from the write store matches the events)."""
+    return {
+        "name": device.name,
+        "kind": device.kind,
+        "lat": device.location.lat if device.location else None,
+        "lon": device.location.lon if device.location else None,
+        "metadata": Jsonb(dict(device.metadata)),
+        "metrics": Jsonb([m.model_dump(exclude_none=True) for m in device.metrics]),
+    }

@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
+from iotp.db import device_columns
 from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated
 from read_models.projection import BucketDelta, Deltas, DeviceEvent
 
@@ -210,12 +210,7 @@ def apply_device_event(conn: Conn, event: DeviceEvent) -> None:
             _UPSERT_DEVICE,
             {
                 "device_id": event.device_id,
-                "name": event.name,
-                "kind": event.kind,
-                "lat": event.location.lat if event.location else None,
-                "lon": event.location.lon if event.location else None,
-                "metadata": Jsonb(event.metadata),
-                "metrics": Jsonb([m.model_dump(exclude_none=True) for m in event.metrics]),
+                **device_columns(event),
                 "registered_at": (
                     event.occurred_at if isinstance(event, DeviceRegistered) else None
                 ),

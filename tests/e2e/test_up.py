@@ -9,33 +9,15 @@ import signal
 from pathlib import Path
 
 import httpx
-import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 
 from iotp.processes import IotpProcess, iotp_environment
 from iotp.settings import Settings
 from local_platform.broker import free_port
 from tests.support.broker import private_mosquitto
+from tests.support.identity import connack_code
 from tests.support.processes import run_iotp
 from tests.support.waiting import wait_for
-
-
-def _connect_code(port: int, username: str | None, password: str | None) -> int:
-    """The CONNACK reason an MQTT v5 client gets from the broker (0: accepted)."""
-    codes: list[int] = []
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
-    client.on_connect = lambda _c, _u, _f, reason, _p: codes.append(reason.value)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        wait_for(lambda: codes, timeout=10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return codes[0]
 
 
 def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path) -> None:
@@ -76,9 +58,9 @@ def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path) -> Non
         found = re.search(r"Mosquitto on port (\d+) .*account (\S+), password (\S+)", text)
         assert found is not None, text
         broker_port, user, password = int(found[1]), found[2], found[3]
-        assert _connect_code(broker_port, None, None) != 0  # anonymous
-        assert _connect_code(broker_port, user, password + "x") != 0
-        assert _connect_code(broker_port, user, password) == 0
+        assert connack_code(broker_port, None, None) != 0  # anonymous
+        assert connack_code(broker_port, user, password + "x") != 0
+        assert connack_code(broker_port, user, password) == 0
         family = psutil.Process(up.pid).children(recursive=True)
         assert len(family) >= 7
     finally:

@@ -20,13 +20,13 @@ from streamlit.testing.v1 import AppTest
 from ingest.broker_stats import BrokerStats, broker_stats_from
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import BROKER_STATS_KEY
-from iotp.settings import Settings, get_settings
+from iotp.settings import Settings
 from read_models.health import pipeline_health
 from tests.support.broker import private_mosquitto
+from tests.support.dashboard_pages import dashboard_settings, run_page
 from tests.support.ingest_harness import publish
 from tests.support.waiting import wait_for
 
-PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "views"
 # Mosquitto's default queue for an offline subscriber is 1000; a small one drops sooner.
 # $SYS every second instead of every ten, so the test need not wait.
 DROPPING_BROKER = "max_queued_messages 10\nsys_interval 1\n"
@@ -131,14 +131,5 @@ def test_a_broker_that_refuses_its_counters_is_reported(
 
 
 def _pipeline_page(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> AppTest:
-    for name, value in (
-        ("IOTP_DATABASE_URL", settings.database_url),
-        ("IOTP_REDIS_URL", settings.redis_url),
-        ("IOTP_DASHBOARD_REFRESH_SECONDS", "0"),
-    ):
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    try:
-        return AppTest.from_file(str(PAGES / "pipeline.py"), default_timeout=30).run()
-    finally:
-        get_settings.cache_clear()
+    with dashboard_settings(settings, monkeypatch):
+        return run_page("pipeline.py")

@@ -26,8 +26,8 @@ from local_platform.embedded import embedded_redis
 from read_models import store
 from read_models.consumer import AGGREGATOR_GROUP, ensure_groups
 from read_models.projection import fold
+from tests.support.dashboard_pages import dashboard_settings, run_page
 
-PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "views"
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 
 
@@ -35,10 +35,11 @@ NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 def seeded(
     settings: Settings, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[psycopg.Connection[Any]]:
-    monkeypatch.setenv("IOTP_DATABASE_URL", settings.database_url)
-    monkeypatch.setenv("IOTP_REDIS_URL", settings.redis_url)
-    monkeypatch.setenv("IOTP_DASHBOARD_REFRESH_SECONDS", "0")
-    get_settings.cache_clear()
+    with dashboard_settings(settings, monkeypatch):
+        yield _seed(db)
+
+
+def _seed(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     specs = (MetricSpec(name="temp", min=0, max=30),)
     events: list[Event] = []
     for n in range(12):
@@ -74,15 +75,10 @@ def seeded(
             )
     with db.transaction():
         store.apply_deltas(db, fold(events))
-    yield db
-    get_settings.cache_clear()
+    return db
 
 
-def _run(page: str, **query: str) -> AppTest:
-    app = AppTest.from_file(str(PAGES / page), default_timeout=30)
-    for key, value in query.items():
-        app.query_params[key] = value
-    return app.run()
+_run = run_page
 
 
 def _metrics(app: AppTest) -> dict[str, str]:

@@ -11,22 +11,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import redis
-from streamlit.testing.v1 import AppTest
 
 from ingest.publisher import StreamPublisher
 from iotp.names import STREAM_TRIMS_KEY, TELEMETRY_EVENTS_STREAM
 from iotp.redis_client import ingest_stats
-from iotp.settings import Settings, get_settings
+from iotp.settings import Settings
 from local_platform.embedded import embedded_redis
 from read_models.consumer import AGGREGATOR_GROUP, ensure_groups
 from read_models.health import PipelineHealth, pipeline_health
 from read_models.service import aggregator_for
+from tests.support.dashboard_pages import dashboard_settings, run_page
 from tests.support.ingest_harness import publish, single_messages, stored_count
 from tests.support.platform import Platform
 from tests.support.read_model_harness import assert_models_equal, from_write_store, read_models
@@ -35,7 +34,6 @@ from tests.support.waiting import wait_for
 CAP = 1000  # the least IOTP_TELEMETRY_STREAM_MAXLEN accepts
 DEVICES = [f"cap-{n}" for n in range(5)]
 QUICK_AGGREGATORS = {"aggregator_claim_idle_ms": "500", "aggregator_block_ms": "100"}
-PAGES = Path(__file__).resolve().parents[2] / "dashboard" / "views"
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +152,10 @@ def test_the_pipeline_page_shows_a_cut_first(
     redis_client: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name, value in (
-        ("IOTP_DATABASE_URL", settings.database_url),
-        ("IOTP_REDIS_URL", settings.redis_url),
-        ("IOTP_DASHBOARD_REFRESH_SECONDS", "0"),
-    ):
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
     ensure_groups(redis_client, AGGREGATOR_GROUP)
     StreamPublisher(redis_client, CAP, 100).publish(_events(1200))
-    app = AppTest.from_file(str(PAGES / "pipeline.py"), default_timeout=30).run()
-    get_settings.cache_clear()
+    with dashboard_settings(settings, monkeypatch):
+        app = run_page("pipeline.py")
     assert not app.exception
     assert "IOTP_TELEMETRY_STREAM_MAXLEN" in app.error[0].value
     metrics = {m.label: m.value for m in app.metric}
