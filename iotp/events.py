@@ -6,10 +6,18 @@ from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
 from uuid import UUID, uuid4
 
+import msgspec
 import orjson
 from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
-from iotp.model import DeviceAttributes, DeviceId, FrozenModel, MetricName
+from iotp.model import (
+    DEVICE_ID_PATTERN,
+    METRIC_NAME_PATTERN,
+    DeviceAttributes,
+    DeviceId,
+    FrozenModel,
+    MetricName,
+)
 
 SCHEMA_VERSION = 1
 
@@ -149,3 +157,50 @@ def from_fields(fields: dict[str, str] | dict[bytes, bytes]) -> AnyEvent:
         return _EVENT_ADAPTER.validate_json(decoded["data"])
     except (KeyError, ValidationError) as exc:
         raise UndecodableEvent(f"malformed event entry: {exc}") from exc
+
+
+# The aggregator's hot path: TelemetryRecorded decoded by msgspec into plain structs with the
+# fields the read models fold, instead of pydantic models (decoding them, and the garbage
+# collections their objects set off, were nearly half of an aggregator's time). The structs
+# accept a subset of what the pydantic model accepts: anything they refuse goes to
+# from_fields, which decodes it or names why not. `$` would let a trailing newline through
+# in Python's re, hence `\Z`. One known difference: a timestamp with more than six
+# fractional digits (never written by iotp, whose encoder writes microseconds) is rounded
+# here and truncated by pydantic.
+_FastDeviceId = Annotated[str, msgspec.Meta(pattern=DEVICE_ID_PATTERN.removesuffix("$") + r"\Z")]
+_FastMetric = Annotated[str, msgspec.Meta(pattern=METRIC_NAME_PATTERN.removesuffix("$") + r"\Z")]
+_FastAware = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class TelemetryReadingFacts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    ts: _FastAware
+    metrics: dict[_FastMetric, float]
+    out_of_range: tuple[_FastMetric, ...] = ()
+
+
+class TelemetryFacts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """A TelemetryRecorded event as the read models fold it (the same fields and values)."""
+
+    type: Literal["TelemetryRecorded"]  # required, as the pydantic union requires it
+    event_id: UUID
+    occurred_at: _FastAware
+    device_id: _FastDeviceId
+    readings: tuple[TelemetryReadingFacts, ...]
+    ingested_at: _FastAware
+    received_at: _FastAware | None = None
+
+
+_TELEMETRY_DECODER = msgspec.json.Decoder(TelemetryFacts)
+_VERSION = str(SCHEMA_VERSION).encode()
+
+
+def from_fields_to_fold(fields: dict[bytes, bytes]) -> AnyEvent | TelemetryFacts:
+    """:func:`from_fields`, with TelemetryRecorded entries decoded fast into TelemetryFacts."""
+    if fields.get(b"type") == b"TelemetryRecorded" and fields.get(b"schema_version") == _VERSION:
+        data = fields.get(b"data")
+        if data is not None:
+            try:
+                return _TELEMETRY_DECODER.decode(data)
+            except msgspec.DecodeError:  # ValidationError included
+                pass  # from_fields decides, with pydantic's rules and error messages
+    return from_fields(fields)

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import redis
 
-from iotp.events import AnyEvent, UndecodableEvent, from_fields
+from iotp.events import AnyEvent, TelemetryFacts, UndecodableEvent, from_fields_to_fold
 from iotp.names import DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
 from iotp.redis_client import text
 from iotp.retry import Stopped, retry_transient
@@ -195,7 +195,7 @@ class Aggregator:
 
     def process(self, batch: dict[str, list[Entry]]) -> BatchOutcome:
         """Apply one batch in one transaction, then acknowledge it."""
-        events: list[AnyEvent] = []
+        events: list[AnyEvent | TelemetryFacts] = []
         newest: dict[str, Any] = {}
         total = 0
         for stream, entries in batch.items():
@@ -207,7 +207,7 @@ class Aggregator:
                 if fields is None:
                     continue
                 try:
-                    event = from_fields(fields)
+                    event = from_fields_to_fold(fields)
                 except UndecodableEvent as exc:
                     logger.error("skipping undecodable entry %s of %s: %s", entry_id, stream, exc)
                     continue

@@ -18,6 +18,7 @@ from iotp.events import (
     DeviceRegistered,
     DeviceUpdated,
     Event,
+    TelemetryFacts,
     TelemetryRecorded,
 )
 
@@ -101,18 +102,18 @@ class Deltas:
                 bucket.max = max(bucket.max, part.max)
         return hours
 
-    def add(self, event: Event) -> None:
-        if isinstance(event, TelemetryRecorded):
+    def add(self, event: Event | TelemetryFacts) -> None:
+        if isinstance(event, TelemetryRecorded | TelemetryFacts):
             self._add_telemetry(event)
         elif isinstance(event, DeviceEvent):
             self.device_events.append(event)
 
-    def _add_telemetry(self, event: TelemetryRecorded) -> None:
+    def _add_telemetry(self, event: TelemetryRecorded | TelemetryFacts) -> None:
         device = event.device_id
         points = 0
         for reading in event.readings:
-            # Decoded timestamps carry pydantic's own tzinfo objects; comparing or hashing
-            # two of them calls back into Python. With the one stdlib UTC, the many key
+            # Timestamps decoded by pydantic carry its own tzinfo objects; comparing or
+            # hashing two of them calls back into Python. With the one stdlib UTC, the many key
             # look-ups below cost a sixth as much (the fold was most of an aggregator's time).
             ts = reading.ts.astimezone(UTC)
             minute = minute_bucket(ts)
@@ -154,7 +155,7 @@ def hour_bucket(ts: datetime) -> datetime:
     return ts.replace(minute=0, second=0, microsecond=0)
 
 
-def fold(events: Iterable[Event]) -> Deltas:
+def fold(events: Iterable[Event | TelemetryFacts]) -> Deltas:
     deltas = Deltas()
     for event in events:
         deltas.add(event)
