@@ -119,6 +119,7 @@ class RunResult:
     peak_rss_mb: float  # ingest
     aggregator_peak_rss_mb: float
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_1k_readings: float = 0.0  # ingests and aggregators together
     # (seconds, readings stored, readings applied), sampled every SAMPLE_SECONDS
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
 
@@ -187,6 +188,16 @@ class Measured:
     cpu: dict[str, float]
     rss: dict[str, float]
     samples: list[tuple[float, int, int]]
+    cpu_seconds: float = 0.0  # the span the CPU meter divided by
+
+
+IOTP_PROCESSES = ("ingest", "aggregator")
+
+
+def cpu_ms_per_1k_readings(cpu_cores: dict[str, float], seconds: float, readings: int) -> float:
+    """CPU of iotp's own processes (every ingest and aggregator) per 1,000 readings, in ms."""
+    iotp = sum(cores for name, cores in cpu_cores.items() if name.startswith(IOTP_PROCESSES))
+    return round(iotp * seconds * 1000 / (readings / 1000), 1) if readings else 0.0
 
 
 def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -> RunResult:
@@ -221,6 +232,9 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
         peak_rss_mb=seen.rss.get("ingest", 0.0),
         aggregator_peak_rss_mb=seen.rss.get("aggregator", 0.0),
         cpu_cores=seen.cpu,
+        cpu_ms_per_1k_readings=cpu_ms_per_1k_readings(
+            seen.cpu, seen.cpu_seconds, workload.readings
+        ),
         timeline=[(round(t, 2), s * per, a * per) for t, s, a in seen.samples],
     )
 
@@ -245,7 +259,7 @@ def _measure(
     cpu = meter.stop(seconds)
     samples = progress.stop()
     rss = {name: child.peak_rss_mb() for name, child in children.items()}  # high-water marks
-    return Measured(published, stored_at, applied_at, cpu, rss, samples)
+    return Measured(published, stored_at, applied_at, cpu, rss, samples, seconds)
 
 
 def run_drain(settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path) -> RunResult:

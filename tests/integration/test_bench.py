@@ -37,6 +37,7 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Pa
             *("ingest", "ingest-1", "aggregator", "aggregator-1"),
             *("broker", "postgresql", "redis"),
         }
+        assert run["cpu_ms_per_1k_readings"] > 0, name
         # The timeline counts up to everything stored and applied, never past it.
         seconds, stored, applied = zip(*run["timeline"], strict=True)
         assert list(seconds) == sorted(seconds) and max(stored) <= readings, name

@@ -31,3 +31,12 @@ def test_a_missing_mosquitto_client_is_a_clear_error(monkeypatch: pytest.MonkeyP
         limits._mosquitto_sub("mqtt://127.0.0.1:1883")
     with pytest.raises(ConfigurationError, match="mosquitto-clients"):
         burst.Devices("mqtt://127.0.0.1:1883", ["d"], [])
+
+
+def test_cpu_per_thousand_readings_counts_only_iotp_processes() -> None:
+    from benchmarks.ingest import cpu_ms_per_1k_readings
+
+    cores = {"ingest": 0.5, "ingest-1": 0.25, "aggregator": 0.25, "postgresql": 1.0, "broker": 0.1}
+    # 1 core for 10 s is 10,000 ms of CPU, over 20,000 readings: 500 ms per 1,000.
+    assert cpu_ms_per_1k_readings(cores, 10.0, 20_000) == 500.0
+    assert cpu_ms_per_1k_readings(cores, 10.0, 0) == 0.0
