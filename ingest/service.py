@@ -32,6 +32,7 @@ from iotp.mqtt_url import parse_mqtt_url, tls_context
 from iotp.names import ingest_stats_key
 from iotp.preflight import require_migrated_database, require_redis
 from iotp.retry import Stopped
+from iotp.runtime import settle_gc
 from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ def run_ingest(settings: Settings, stop: threading.Event) -> None:
         broker_counters = broker_stats_from(settings, client, counters.registry)
         try:
             _connect_to_broker(source)
+            settle_gc()
             broker_counters.start()
             presence.join(source.connected.is_set, stop)
             departure.start()

@@ -11,6 +11,7 @@ import redis
 
 from iotp.db import connect
 from iotp.preflight import READ_DATABASE_SETTING, require_read_store, require_redis
+from iotp.runtime import settle_gc
 from iotp.settings import Settings
 from read_models.consumer import AGGREGATOR_GROUP, Aggregator, ConsumerOptions
 from read_models.rebuild import rebuild
@@ -57,6 +58,7 @@ def run_aggregator(settings: Settings, stop: threading.Event) -> None:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
     aggregator = aggregator_for(settings, client)
     logger.info("aggregating as %s in group %s", settings.aggregator_consumer(), AGGREGATOR_GROUP)
+    settle_gc()
     try:
         aggregator.run(stop)
     finally:
