@@ -24,7 +24,7 @@ from broker_identity.accounts import BrokerState, HashLookup, MissingHash, apply
 from broker_identity.files import BrokerFiles
 from iotp.events import UndecodableEvent, from_fields
 from iotp.names import DEVICE_EVENTS_STREAM
-from iotp.redis_client import text
+from iotp.redis_client import split_id, text
 from iotp.retry import Stopped, retry_transient
 
 logger = logging.getLogger(__name__)
@@ -33,11 +33,6 @@ SYNC_GROUP = "iotp-broker-identity"
 SYNC_CONSUMER = "broker-sync"
 BATCH_SIZE = 500
 BLOCK_MS = 500
-
-
-def stream_position(entry_id: str) -> tuple[int, int]:
-    milliseconds, _, sequence = entry_id.partition("-")
-    return int(milliseconds), int(sequence or 0)
 
 
 @dataclass
@@ -98,7 +93,7 @@ class BrokerSync:
         """Apply the entries after the recorded position; True when an account changed."""
         changed = False
         for entry_id, fields in entries:
-            if stream_position(entry_id) <= stream_position(self.state.position):
+            if split_id(entry_id) <= split_id(self.state.position):
                 continue  # applied before a crash, and the files already say so
             if fields:
                 changed |= self._apply_one(entry_id, fields)

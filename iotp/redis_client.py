@@ -95,3 +95,9 @@ def number(values: dict[str, str], field: str) -> int | None:
         return int(float(values[field]))
     except (KeyError, ValueError):
         return None
+
+
+def split_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id as (milliseconds, sequence), so that ids compare in stream order."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -108,9 +108,15 @@ class LocalBroker:
 
 @contextmanager
 def local_mosquitto(
-    data_dir: Path, extra: str = "", *, identity: bool = False, tls: BrokerTls | None = None
+    data_dir: Path,
+    extra: str = "",
+    *,
+    identity: bool = False,
+    tls: BrokerTls | None = None,
+    port: int | None = None,
 ) -> Iterator[LocalBroker]:
-    """Run mosquitto on a free loopback port for the block.
+    """Run mosquitto on loopback ``port`` (a free one by default) for the block; stopped with
+    SIGTERM, it saves its sessions and queued messages in ``data_dir`` for the next run.
 
     With ``identity``, the password and ACL files must exist in ``data_dir`` (empty ones
     are made if not: nobody may connect until `iotp broker-sync` writes them).
@@ -118,7 +124,7 @@ def local_mosquitto(
     binary = shutil.which("mosquitto")
     if binary is None:
         raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
-    port = free_port()
+    port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "mosquitto.conf"
     config.write_text(mosquitto_config(port, data_dir, extra, identity=identity, tls=tls))

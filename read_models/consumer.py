@@ -22,7 +22,7 @@ import redis
 
 from iotp.events import AnyEvent, TelemetryFacts, UndecodableEvent, from_fields_to_fold
 from iotp.names import DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
-from iotp.redis_client import text
+from iotp.redis_client import split_id, text
 from iotp.retry import Stopped, retry_transient
 from read_models import queries, store
 from read_models.gaps import GapWatch, Heal, delivered_positions
@@ -224,7 +224,7 @@ class Aggregator:
             store.apply_deltas(conn, fold(fresh))
             for stream, entries in batch.items():
                 if entries:
-                    last = max((e for e, _ in entries), key=store.split_id)
+                    last = max((e for e, _ in entries), key=split_id)
                     store.track(conn, stream, self.options.group, last, newest.get(stream))
         for stream, entries in batch.items():
             if entries:

@@ -20,8 +20,7 @@ from typing import Any
 import redis
 
 from iotp.names import READ_MODEL_HEALS_KEY, STREAM_TRIMS_KEY, stream_cuts_field
-from iotp.redis_client import text
-from read_models.store import split_id
+from iotp.redis_client import split_id, text
 
 logger = logging.getLogger(__name__)
 

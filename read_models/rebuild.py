@@ -31,7 +31,7 @@ from psycopg.types.json import Jsonb
 from iotp.db import connect
 from iotp.events import AnyEvent, TelemetryRecorded, UndecodableEvent, from_fields
 from iotp.preflight import READ_DATABASE_SETTING
-from iotp.redis_client import text
+from iotp.redis_client import split_id, text
 from iotp.settings import Settings
 from read_models import store
 from read_models.consumer import AGGREGATOR_GROUP, STREAMS, ensure_groups
@@ -226,7 +226,7 @@ def _hand_over(
     for stream in STREAMS:
         start = _oldest_redeliverable(client, stream)
         for entry_id, event in _events(client, stream, start):
-            if store.split_id(entry_id) <= store.split_id(positions[stream]):
+            if split_id(entry_id) <= split_id(positions[stream]):
                 applied.add(event.event_id)  # its readings are in the snapshot
             else:
                 later.append(event)
@@ -250,11 +250,11 @@ def _oldest_redeliverable(client: redis.Redis, stream: str) -> str:
     group = next((g for g in groups if text(g["name"]) == AGGREGATOR_GROUP), None)
     if group is None:
         return "0-0"
-    start = store.split_id(text(group["last-delivered-id"]))
+    start = split_id(text(group["last-delivered-id"]))
     start = (start[0], start[1] + 1)
     pending: Any = client.xpending(stream, AGGREGATOR_GROUP)
     if pending and pending.get("min"):
-        start = min(start, store.split_id(text(pending["min"])))
+        start = min(start, split_id(text(pending["min"])))
     return f"{start[0]}-{start[1]}"
 
 
@@ -269,7 +269,7 @@ def _events(client: redis.Redis, stream: str, start: str) -> Iterator[tuple[str,
                 yield text(entry_id), from_fields(fields)
             except UndecodableEvent as exc:
                 logger.error("skipping undecodable entry %s: %s", text(entry_id), exc)
-        last = store.split_id(text(entries[-1][0]))
+        last = split_id(text(entries[-1][0]))
         cursor = f"{last[0]}-{last[1] + 1}"
 
 

@@ -14,6 +14,7 @@ import psycopg
 
 from iotp.db import device_columns
 from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated
+from iotp.redis_client import split_id
 from read_models.projection import BucketDelta, Deltas, DeviceEvent
 
 # The upserts take their arrays as binary parameters (%b): psycopg dumps a list several
@@ -120,11 +121,6 @@ ON CONFLICT (stream, group_name) DO UPDATE SET
     last_event_at = GREATEST(t.last_event_at, excluded.last_event_at),
     updated_at = now()
 """
-
-
-def split_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def claim_events(conn: Conn, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:

@@ -32,7 +32,9 @@ from tests.support.chaos import (
 from tests.support.ingest_harness import stored_count
 from tests.support.platform import Platform
 from tests.support.processes import ServiceProcess
-from tests.support.read_model_harness import assert_models_equal, from_write_store, read_models
+from tests.support.read_model_harness import (
+    wait_converged,
+)
 from tests.support.servers import TEST_TOKEN
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import answers, wait_for
@@ -92,21 +94,6 @@ def rig(
             broker.stop()
 
 
-def converged(rig: Rig) -> None:
-    def same() -> bool:
-        try:
-            assert_models_equal(read_models(rig.db), from_write_store(rig.db))
-        except AssertionError:
-            return False
-        return True
-
-    try:
-        wait_for(same, timeout=60, interval=0.5)
-    except pytest.fail.Exception:
-        assert_models_equal(read_models(rig.db), from_write_store(rig.db))  # says what differs
-        raise
-
-
 def run_scenario(rig: Rig, name: str, fault: Callable[[Rig, SteadyPublisher], None]) -> None:
     publisher = SteadyPublisher(rig.broker.port, DEVICES).start()
     time.sleep(2)
@@ -114,7 +101,7 @@ def run_scenario(rig: Rig, name: str, fault: Callable[[Rig, SteadyPublisher], No
     time.sleep(2)
     published = publisher.finish()
     wait_for(lambda: stored_count(rig.db) >= published * len(METRICS), timeout=90, interval=0.2)
-    converged(rig)
+    wait_converged(rig.db, timeout=60, interval=0.5)
     result = reckon(name, rig.db, published)
     assert (result.lost, result.duplicated) == (0, 0), result
     assert result.stored == result.modelled == published, result

@@ -19,6 +19,7 @@ from tests.support.read_model_harness import (
     assert_models_equal,
     from_write_store,
     read_models,
+    wait_converged,
 )
 from tests.support.waiting import wait_for
 
@@ -74,17 +75,7 @@ def settled(platform: Platform) -> None:
 
 def converged(platform: Platform) -> Models:
     settled(platform)
-
-    def same() -> Models | None:
-        expected = from_write_store(platform.db)
-        try:
-            assert_models_equal(read_models(platform.db), expected)
-        except AssertionError:
-            return None
-        return expected
-
-    result: Models = wait_for(same, timeout=60, interval=0.2)
-    return result
+    return wait_converged(platform.db, timeout=60, interval=0.2)
 
 
 def iotp_rebuild(platform: Platform) -> str:

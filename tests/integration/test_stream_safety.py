@@ -28,7 +28,9 @@ from read_models.service import aggregator_for
 from tests.support.dashboard_pages import dashboard_settings, run_page
 from tests.support.ingest_harness import publish, single_messages, stored_count
 from tests.support.platform import Platform
-from tests.support.read_model_harness import assert_models_equal, from_write_store, read_models
+from tests.support.read_model_harness import (
+    wait_converged,
+)
 from tests.support.waiting import wait_for
 
 CAP = 1000  # the least IOTP_TELEMETRY_STREAM_MAXLEN accepts
@@ -163,14 +165,7 @@ def test_the_pipeline_page_shows_a_cut_first(
 
 
 def _converged(platform: Platform) -> None:
-    def same() -> bool:
-        try:
-            assert_models_equal(read_models(platform.db), from_write_store(platform.db))
-        except AssertionError:
-            return False
-        return True
-
-    wait_for(same, timeout=90, interval=0.5)
+    wait_converged(platform.db, timeout=90, interval=0.5)
 
 
 def _events_published(platform: Platform) -> float:

@@ -8,10 +8,8 @@ acknowledged is sent again after a reconnect, so at the end every reading was ac
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import signal
-import socket
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from local_platform.broker import free_port, mosquitto_config
+from local_platform.broker import free_port, local_mosquitto
 from tests.support.ingest_harness import BASE
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import wait_for
@@ -66,35 +64,18 @@ class RestartableBroker:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir, self.port = data_dir, free_port()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.config = data_dir / "mosquitto.conf"
-        self.config.write_text(mosquitto_config(self.port, data_dir))
-        self.process: subprocess.Popen[bytes] | None = None
+        self._running = contextlib.ExitStack()
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        with (self.data_dir / "mosquitto.stderr").open("ab") as log:
-            self.process = subprocess.Popen(
-                ["mosquitto", "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_for(lambda: _listening(self.port), timeout=10)
+        self._running.enter_context(local_mosquitto(self.data_dir, port=self.port))
 
     def stop(self) -> None:
         """SIGTERM: Mosquitto saves its sessions and queued messages, then exits."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=20)
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
+        self._running.close()
 
 
 def proxied(url: str, proxy: TcpProxy) -> str:

@@ -6,6 +6,9 @@ from collections import defaultdict
 from typing import Any
 
 import psycopg
+import pytest
+
+from tests.support.waiting import wait_for
 
 Models = dict[str, dict[Any, tuple[Any, ...]]]
 
@@ -125,3 +128,25 @@ def assert_models_equal(actual: Models, expected: Models) -> None:
         assert not missing and not extra, (name, sorted(missing)[:5], sorted(extra)[:5])
         wrong = {k: (actual[name][k], v) for k, v in expected[name].items() if actual[name][k] != v}
         assert not wrong, (name, list(wrong.items())[:5])
+
+
+def wait_converged(
+    db: psycopg.Connection[Any], timeout: float = 60, interval: float = 0.2
+) -> Models:
+    """Wait until every read model equals a recompute from the write store; when it does not
+    in time, fail with what differs."""
+
+    def same() -> Models | None:
+        expected = from_write_store(db)
+        try:
+            assert_models_equal(read_models(db), expected)
+        except AssertionError:
+            return None
+        return expected
+
+    try:
+        result: Models = wait_for(same, timeout=timeout, interval=interval)
+    except pytest.fail.Exception:
+        assert_models_equal(read_models(db), from_write_store(db))  # says what differs
+        raise
+    return result
