@@ -9,11 +9,13 @@ COPY pyproject.toml README.md ./
 COPY iotp ./iotp
 COPY cli ./cli
 COPY command_api ./command_api
+COPY alarms ./alarms
 COPY ingest ./ingest
 COPY broker_identity ./broker_identity
 COPY read_models ./read_models
 COPY dashboard ./dashboard
 COPY device_simulator ./device_simulator
+COPY notifications ./notifications
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 iotp \
     && mkdir -p /mosquitto/auth && chown iotp /mosquitto/auth
 USER iotp

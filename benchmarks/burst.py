@@ -43,6 +43,7 @@ from benchmarks.workload import DECLARED, METRICS
 from iotp.errors import ConfigurationError
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import telemetry_topic
+from iotp.redis_client import redis_for
 from iotp.settings import Settings
 from local_platform.broker import local_mosquitto
 
@@ -214,7 +215,7 @@ def run_burst_bench(settings: Settings, plan: BurstPlan) -> dict[str, Any]:
     device_ids = [f"burst-{n:05d}" for n in range(plan.devices)]
     reset(settings)
     register(settings, device_ids, "thermostat", DECLARED)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_for(settings.redis_url, settings.redis_cluster)
     with (
         tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
         local_mosquitto(Path(tmp) / "broker") as broker,

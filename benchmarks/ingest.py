@@ -20,7 +20,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 import psycopg
-import redis
 from pydantic import SecretStr
 
 from benchmarks.platform import (
@@ -49,6 +48,7 @@ from iotp.names import (
     TELEMETRY_EVENTS_STREAM,
 )
 from iotp.processes import stop_all
+from iotp.redis_client import redis_for
 from iotp.settings import Settings
 from local_platform.broker import local_mosquitto
 
@@ -156,7 +156,7 @@ def reset_telemetry(settings: Settings) -> None:
         conn.execute(
             "TRUNCATE " + ", ".join(f"read_models.{t}" for t in READ_TABLES if t not in kept)
         )
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_for(settings.redis_url, settings.redis_cluster)
     client.delete(TELEMETRY_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM)
     for key in client.scan_iter(f"{INGEST_STATS_KEY_PREFIX}*"):
         client.delete(key)
@@ -202,7 +202,7 @@ def cpu_ms_per_1k_readings(cpu_cores: dict[str, float], seconds: float, readings
 
 def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -> RunResult:
     stored = stored_data_points(settings)
-    events, applied = event_counts(redis.Redis.from_url(settings.redis_url))
+    events, applied = event_counts(redis_for(settings.redis_url, settings.redis_cluster))
     readings_stored = stored // len(METRICS)
     end = seen.samples[-1][0] if seen.samples else 1.0
     stored_seconds = seen.stored_at or end

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import psycopg
-import redis
 
 from benchmarks.ingest import bench_settings
 from benchmarks.platform import STOP_GRACE_SECONDS, BenchProcess, start_service
@@ -23,6 +22,7 @@ from benchmarks.stores import BENCH_TOKEN, register, reset
 from ingest.publisher import StreamPublisher
 from iotp.events import telemetry_recorded_fields
 from iotp.names import TELEMETRY_EVENTS_STREAM
+from iotp.redis_client import redis_for
 from iotp.settings import Settings
 from local_platform.broker import free_port
 
@@ -33,7 +33,7 @@ def run_aggregate_bench(
     """Fill the telemetry stream with ``events`` events, then time one aggregator on it."""
     settings = bench_settings(settings)
     reset(settings)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_for(settings.redis_url, settings.redis_cluster)
     publisher = StreamPublisher(client, 10 * events, 1000)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     chunk: list[dict[str, str]] = []
@@ -271,7 +271,7 @@ def _time_pages(settings: Settings, shown: str, requests: int) -> dict[str, Any]
     from read_models.health import pipeline_health
 
     rule = queries.LivenessRule.from_settings(settings)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_for(settings.redis_url, settings.redis_cluster)
     now = datetime.now(UTC)
 
     def fleet(conn: queries.Conn) -> None:

@@ -6,9 +6,9 @@ import asyncio
 from typing import Any
 
 import psycopg
-import redis
 
 from iotp.migrate import migrate
+from iotp.redis_client import redis_for
 from iotp.settings import Settings
 from read_models.rebuild import MODEL_TABLES
 from read_models.schema import READ_STORE_MIGRATIONS
@@ -25,7 +25,7 @@ def reset(settings: Settings) -> None:
         conn.execute("TRUNCATE " + ", ".join(WRITE_TABLES))
     with psycopg.connect(settings.read_url(), autocommit=True) as conn:
         conn.execute("TRUNCATE " + ", ".join(f"read_models.{t}" for t in READ_TABLES))
-    redis.Redis.from_url(settings.redis_url).flushdb()
+    redis_for(settings.redis_url, settings.redis_cluster).flushdb()
 
 
 def register(

@@ -6,8 +6,6 @@ import logging
 import threading
 from pathlib import Path
 
-import redis
-
 from broker_identity.accounts import Account, BrokerState, HashLookup, with_services
 from broker_identity.files import BrokerFiles
 from broker_identity.sync import SYNC_GROUP, BrokerSync
@@ -17,6 +15,7 @@ from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import TELEMETRY_TOPIC_FILTER
 from iotp.password_hash import hash_password, verify_password
 from iotp.preflight import require_redis
+from iotp.redis_client import redis_for
 from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,7 +78,7 @@ def run_broker_sync(settings: Settings, stop: threading.Event) -> None:
     require_redis(settings)
     recorded = files.load()
     state = with_services(recorded, service_accounts(settings, recorded))
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = redis_for(settings.redis_url, settings.redis_cluster, socket_connect_timeout=5)
     sync = BrokerSync(client, files, state, write_store_lookup(settings))
     logger.info(
         "broker-sync: %s devices at position %s; group %s; files %s, %s",

@@ -120,6 +120,30 @@ def aggregate(
     run_aggregator(settings, stop_on_signals())
 
 
+@command(commands)
+def alarms() -> None:
+    """Raise and clear alarms from the telemetry events (consumer group iotp-alarms)."""
+    from alarms.service import run_alarms
+
+    run_alarms(load_settings(), stop_on_signals())
+
+
+@command(commands)
+def notify(
+    instance: Annotated[
+        str | None,
+        typer.Option(help="Instance name, part of the consumer name (IOTP_NOTIFY_INSTANCE)."),
+    ] = None,
+) -> None:
+    """Post alarm events to the registered webhooks (consumer group iotp-notifier)."""
+    from notifications.service import run_notifier
+
+    settings = load_settings()
+    if instance is not None:
+        settings = settings.model_copy(update={"notify_instance": instance})
+    run_notifier(settings, stop_on_signals())
+
+
 @command(commands, "query-api")
 def query_api(
     host: Annotated[str | None, typer.Option(help="Bind address (IOTP_QUERY_HOST).")] = None,

@@ -14,16 +14,11 @@ from rich.table import Table
 
 from command_api.outbox import OUTBOX_BACKLOG_SQL
 from iotp.db import connect
-from iotp.names import (
-    DEVICE_EVENTS_STREAM,
-    TELEMETRY_DEADLETTER_STREAM,
-    TELEMETRY_EVENTS_STREAM,
-)
-from iotp.redis_client import ingest_sessions, ingest_stats, redis_unavailable
+from iotp.event_shards import event_streams
+from iotp.names import ALARM_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM
+from iotp.redis_client import ingest_sessions, ingest_stats, redis_for, redis_unavailable
 from iotp.settings import Settings
 from read_models.health import loss_health
-
-STREAMS = (DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM)
 
 # Each ingest counter, and the heading that says what it counts: a message may carry several
 # readings, and a reading several values (one metric at one time), so the units differ.
@@ -38,14 +33,19 @@ INGEST_COLUMNS = {
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=5, decode_responses=True
+    client = redis_for(
+        settings.redis_url, settings.redis_cluster, socket_connect_timeout=5, decode_responses=True
+    )
+    names = (
+        *event_streams(settings.event_shards),
+        ALARM_EVENTS_STREAM,
+        TELEMETRY_DEADLETTER_STREAM,
     )
     try:
         ingest = ingest_stats(client)
         sessions = ingest_sessions(client, settings.ingest_live_seconds)
-        streams = {name: client.xlen(name) for name in STREAMS}
-        losses = loss_health(client).model_dump(mode="json")
+        streams = {name: client.xlen(name) for name in names}
+        losses = loss_health(client, shards=settings.event_shards).model_dump(mode="json")
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise redis_unavailable(settings.redis_url, exc) from exc
     finally:

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import psycopg
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 
+from command_api.alarms import alarm_rules, alarms
 from command_api.domain import (
     DeviceAlreadyExists,
     DeviceIsDecommissioned,
@@ -18,11 +18,13 @@ from command_api.domain import (
 )
 from command_api.relay import run_relay
 from command_api.routes import devices, health
+from command_api.webhooks import webhooks
 from iotp import __version__
 from iotp.db import open_pool
 from iotp.errors import ConfigurationError
 from iotp.http_errors import install_error_handlers, problem, refusal, unavailable
 from iotp.http_middleware import BearerTokenMiddleware, BodySizeLimitMiddleware
+from iotp.redis_client import async_redis_for
 from iotp.settings import Settings, token_problem
 from iotp.tasks import stop_task
 
@@ -43,7 +45,9 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await open_pool(settings.database_url)
-        client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        client = async_redis_for(
+            settings.redis_url, settings.redis_cluster, socket_connect_timeout=5
+        )
         app.state.settings, app.state.pool, app.state.redis = settings, pool, client
         app.state.pepper = token.encode()
         stop = asyncio.Event()
@@ -67,7 +71,11 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     )
     app.include_router(devices)
     app.include_router(health)
-    app.add_middleware(BearerTokenMiddleware, token=token, protected=("/devices",))
+    app.include_router(webhooks)
+    app.include_router(alarm_rules)
+    app.include_router(alarms)
+    protected = ("/devices", "/webhooks", "/alarm-rules", "/alarms")
+    app.add_middleware(BearerTokenMiddleware, token=token, protected=protected)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.request_max_bytes)
 
     install_error_handlers(app)

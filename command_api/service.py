@@ -31,7 +31,7 @@ async def serve_relay(settings: Settings, stop: asyncio.Event) -> None:
     command_side_preflight(settings)
     pool = await open_pool(settings.database_url, max_size=2)
     try:
-        client = await open_redis(settings.redis_url)
+        client = await open_redis(settings.redis_url, settings.redis_cluster)
         try:
             await run_relay(pool, client, settings, stop)
         finally:

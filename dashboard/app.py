@@ -23,7 +23,9 @@ def main() -> None:
         [
             st.Page(PAGES / "fleet.py", title="Fleet", url_path="fleet", default=True),
             st.Page(PAGES / "device.py", title="Device", url_path="device"),
+            st.Page(PAGES / "alarms.py", title="Alarms", url_path="alarms"),
             st.Page(PAGES / "pipeline.py", title="Pipeline", url_path="pipeline"),
+            st.Page(PAGES / "notifications.py", title="Notifications", url_path="notifications"),
         ],
         position="sidebar" if allowed else "hidden",
     )

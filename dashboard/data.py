@@ -27,8 +27,8 @@ def _pool(url: str) -> ConnectionPool[queries.Conn]:
 
 
 @st.cache_resource
-def _redis(url: str) -> redis.Redis:
-    return health_redis(url)
+def _redis(url: str, cluster: bool) -> redis.Redis:
+    return health_redis(url, cluster)
 
 
 def settings() -> Settings:
@@ -40,12 +40,12 @@ def liveness_rule() -> queries.LivenessRule:
 
 
 def redis_client() -> redis.Redis:
-    return _redis(settings().redis_url)
+    return _redis(settings().redis_url, settings().redis_cluster)
 
 
 @contextmanager
 def _connection() -> Iterator[queries.Conn]:
-    with _pool(settings().read_url()).connection(timeout=5) as conn:
+    with _pool(settings().reader_url()).connection(timeout=5) as conn:
         yield conn
 
 
@@ -56,9 +56,10 @@ def read(query: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
             return query(conn, *args, **kwargs)
     except (psycopg.OperationalError, psycopg.errors.UndefinedTable, PoolTimeout) as exc:
         config = settings()
+        setting = "IOTP_READ_REPLICA_URL" if config.read_replica_url else "IOTP_READ_DATABASE_URL"
         st.error(
-            f"The read store does not answer at {redact_url(config.read_url())}"
-            f" (IOTP_READ_DATABASE_URL): {str(exc).splitlines()[0] if str(exc) else exc}."
+            f"The read store does not answer at {redact_url(config.reader_url())}"
+            f" ({setting}): {str(exc).splitlines()[0] if str(exc) else exc}."
             " Is PostgreSQL running and `iotp migrate` applied?"
         )
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -70,7 +71,7 @@ def read(query: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
 
 def pipeline_report() -> PipelineHealth | None:
     """The pipeline health report, or None after showing why it is not available."""
-    return read(lambda conn: pipeline_health(conn, redis_client()))
+    return read(lambda conn: pipeline_health(conn, redis_client(), settings().event_shards))
 
 
 def local_times(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -80,3 +81,26 @@ def local_times(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
         if column in frame and not frame.empty:
             frame[column] = pd.to_datetime(frame[column], utc=True).dt.tz_convert(zone)
     return frame
+
+
+SEVERITY_MARKS = {"critical": "🔴", "major": "🟠", "minor": "🟡", "warning": "🔵"}
+
+
+def alarm_badge(open_alarms: dict[str, int]) -> str:
+    """Alarms not cleared, by severity (worst first), as one short text: "🔴 1 critical"."""
+    return " · ".join(
+        f"{mark} {open_alarms[severity]} {severity}"
+        for severity, mark in SEVERITY_MARKS.items()
+        if open_alarms.get(severity)
+    )
+
+
+def deferred(query: Callable[..., bytes], *args: Any) -> Callable[[], bytes]:
+    """A download's contents, read only when its button is pressed (Streamlit calls it on a
+    thread of its own, where a failure cannot be shown as ``read`` shows it: it is raised)."""
+
+    def contents() -> bytes:
+        with _connection() as conn:
+            return query(conn, *args)
+
+    return contents

@@ -16,12 +16,13 @@ FAULTS = (
     "out_of_order",
     "late",
     "silence",
+    "breach",
 )
 
 
 @dataclass(frozen=True)
 class FaultRates:
-    """Probability per message of each fault (silence: per device and second)."""
+    """Probability per message of each fault (silence and breach: per device and second)."""
 
     malformed: float = 0.0
     out_of_range: float = 0.0
@@ -30,6 +31,9 @@ class FaultRates:
     out_of_order: float = 0.0
     late: float = 0.0
     silence: float = 0.0
+    # A spell of 30-120 s in which one bounded metric of the device stays above its declared
+    # range, then returns: long enough for the default alarm rule to raise and then clear.
+    breach: float = 0.0
 
     @classmethod
     def parse(cls, text: str) -> FaultRates:
@@ -62,6 +66,7 @@ class FaultInjector:
         self.rates, self.rng = rates, rng
         self.injected: Counter[str] = Counter()
         self.silent_until: dict[str, float] = {}
+        self.breaching: dict[str, tuple[float, str]] = {}  # device -> (until, metric)
 
     def silent(self, device_id: str, now: float, interval: float) -> bool:
         """Whether the device is in a silent spell (and maybe start one)."""
@@ -72,6 +77,29 @@ class FaultInjector:
             self.injected["silence"] += 1
             return True
         return False
+
+    def hold_breach(
+        self,
+        device_id: str,
+        now: float,
+        interval: float,
+        metrics: dict[str, float],
+        declared: list[dict[str, Any]],
+    ) -> str | None:
+        """Hold a metric out of range while the device's breach spell lasts (maybe start one)."""
+        spell = self.breaching.get(device_id)
+        if spell is None or spell[0] <= now:
+            self.breaching.pop(device_id, None)
+            bounded = [m["name"] for m in declared if m.get("max") is not None]
+            if not bounded or self.rng.random() >= self.rates.breach * interval:
+                return None
+            spell = (now + self.rng.uniform(30, 120), self.rng.choice(bounded))
+            self.breaching[device_id] = spell
+            self.injected["breach"] += 1
+        spec = next(m for m in declared if m["name"] == spell[1])
+        high, low = float(spec["max"]), float(spec.get("min") or 0.0)
+        metrics[spell[1]] = high + max(abs(high - low) * 0.1, 1.0)
+        return "breach"
 
     def shift_time(self, ts: datetime) -> tuple[datetime, str | None]:
         if self.rates.late and self.rng.random() < self.rates.late:

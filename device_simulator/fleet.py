@@ -194,6 +194,11 @@ def messages(
         ts, fault = injector.shift_time(now - step * (schedule.batch - 1 - k))
         metrics = profile.reading(ts)
         distorted = injector.distort(metrics, profile.metrics)
+        if injector.rates.breach:
+            held = injector.hold_breach(
+                device.device_id, now.timestamp(), step.total_seconds(), metrics, profile.metrics
+            )
+            distorted = distorted or held
         faults += [f for f in (fault, distorted) if f]
         readings.append({"ts": ts.isoformat(), "metrics": metrics})
     payload = orjson.dumps(readings[0] if schedule.batch == 1 else readings)

@@ -4,7 +4,7 @@ The telemetry stream is trimmed so that no consumer group loses an entry it has 
 and acknowledged: it keeps entries up to its cap (IOTP_TELEMETRY_STREAM_MAXLEN, a memory
 bound), and past the cap it drops only what every group has acknowledged (XTRIM MINID to
 the oldest pending or undelivered entry of any group). Only when the unread entries alone
-exceed the cap are some of them cut: each cut is counted in STREAM_TRIMS_KEY (in all, and
+exceed the cap are some of them cut: each cut is counted in the shard's trim record (in all, and
 for each group that lost entries, which the aggregators heal from the write store) and
 logged as an error. Dead letters are capped (IOTP_DEADLETTER_STREAM_MAXLEN) and what the
 cap drops is counted there too.
@@ -20,7 +20,8 @@ from typing import Any
 import redis
 
 from ingest.store import StreamEntry
-from iotp.names import STREAM_TRIMS_KEY, TELEMETRY_DEADLETTER_STREAM, TELEMETRY_EVENTS_STREAM
+from iotp.event_shards import telemetry_stream_for, telemetry_streams, trims_key
+from iotp.names import TELEMETRY_DEADLETTER_STREAM
 from iotp.redis_client import text
 
 logger = logging.getLogger(__name__)
@@ -115,10 +116,13 @@ return dropped
 
 
 class StreamPublisher:
-    def __init__(self, client: redis.Redis, events_maxlen: int, deadletter_maxlen: int) -> None:
+    def __init__(
+        self, client: redis.Redis, events_maxlen: int, deadletter_maxlen: int, shards: int = 1
+    ) -> None:
         self.client = client
         self.events_maxlen = events_maxlen
         self.deadletter_maxlen = deadletter_maxlen
+        self.shards = shards
         self._unlogged_cut = 0
         self._cut_groups = ""
         self._cut_logged_at = 0.0
@@ -129,41 +133,59 @@ class StreamPublisher:
         deadletters: Sequence[StreamEntry] = (),
         stats: tuple[str, Mapping[str, str | int | float]] | None = None,
     ) -> None:
-        """XADD everything in one round trip; raises if Redis did not take all of it."""
+        """XADD everything in one round trip (per node); raises if Redis did not take it all.
+
+        Events go to their device's shard, each shard's in one script call (its keys share a
+        slot), in the order given. The cap applies to each shard.
+        """
         if not events and not deadletters and stats is None:
             return
         now = f"{time.time():.3f}"
         # Any: redis-py's stubs want invariant dicts of every scalar type for fields.
         pipe: Any = self.client.pipeline(transaction=False)
         # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, and a redis-py pipeline
-        # running a registered script asks SCRIPT EXISTS first (a second round trip).
-        if events:
-            keys = (TELEMETRY_EVENTS_STREAM, STREAM_TRIMS_KEY)
-            args = [fields[k] for fields in events for k in _EVENT_FIELDS]
-            pipe.eval(_XADD_EVENTS, 2, *keys, self.events_maxlen, now, *args)
+        # running a registered script asks SCRIPT EXISTS first (a second round trip). As a
+        # raw command: the cluster pipeline has no eval() of its own.
+        by_shard = self._by_shard(events)
+        for stream, shard_events in by_shard.items():
+            keys = (stream, trims_key(stream))
+            args = [fields[k] for fields in shard_events for k in _EVENT_FIELDS]
+            pipe.execute_command("EVAL", _XADD_EVENTS, 2, *keys, self.events_maxlen, now, *args)
         if deadletters:
-            keys = (TELEMETRY_DEADLETTER_STREAM, STREAM_TRIMS_KEY)
+            keys = (TELEMETRY_DEADLETTER_STREAM, trims_key(TELEMETRY_DEADLETTER_STREAM))
             counted = [
                 part
                 for fields in deadletters
                 for part in (str(len(fields)), *(v for item in fields.items() for v in item))
             ]
-            pipe.eval(_XADD_DEADLETTERS, 2, *keys, self.deadletter_maxlen, now, *counted)
+            pipe.execute_command(
+                "EVAL", _XADD_DEADLETTERS, 2, *keys, self.deadletter_maxlen, now, *counted
+            )
         # The caps as this process applies them, for /pipeline.
-        pipe.hset(
-            STREAM_TRIMS_KEY,
-            mapping={
-                "telemetry_cap": self.events_maxlen,
-                "deadletter_cap": self.deadletter_maxlen,
-            },
-        )
+        for stream in by_shard:
+            pipe.hset(trims_key(stream), "telemetry_cap", self.events_maxlen)
+        pipe.hset(trims_key(TELEMETRY_DEADLETTER_STREAM), "deadletter_cap", self.deadletter_maxlen)
         if stats is not None:
             key, values = stats
             pipe.hset(key, mapping=dict(values))
             pipe.expire(key, 120)
         results = pipe.execute()
         # Every publish (stats too, once a second) logs what the cap cut and is not logged.
-        self._report_cut(results[0] if events else [0])
+        cut = [0]
+        for result in results[: len(by_shard)]:
+            cut[0] += int(result[0])
+            cut += result[1:]
+        self._report_cut(cut)
+
+    def _by_shard(self, events: Sequence[StreamEntry]) -> dict[str, list[StreamEntry]]:
+        if self.shards <= 1:
+            return {telemetry_streams(1)[0]: list(events)} if events else {}
+        shards: dict[str, list[StreamEntry]] = {}
+        for fields in events:
+            shards.setdefault(telemetry_stream_for(fields["device_id"], self.shards), []).append(
+                fields
+            )
+        return shards
 
     def _report_cut(self, result: list[Any]) -> None:
         """An error line when the cap cut unread entries: the first at once, then one a while."""

@@ -31,6 +31,7 @@ from iotp.errors import ConfigurationError, ServiceUnavailable
 from iotp.mqtt_url import parse_mqtt_url, tls_context
 from iotp.names import ingest_stats_key
 from iotp.preflight import require_migrated_database, require_redis
+from iotp.redis_client import redis_for
 from iotp.retry import Stopped
 from iotp.runtime import settle_gc
 from iotp.settings import Settings
@@ -195,7 +196,9 @@ def session_record(settings: Settings, options: SourceOptions) -> SessionRecord:
 @contextmanager
 def _backends(settings: Settings) -> Iterator[tuple[redis.Redis, DeviceRegistry]]:
     """A Redis client and the device registry, kept current until the block ends."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    client = redis_for(
+        settings.redis_url, settings.redis_cluster, socket_connect_timeout=5, socket_timeout=30
+    )
     devices = DatabaseDevices(settings.database_url)
     done = threading.Event()
     try:
@@ -218,7 +221,10 @@ def _pipeline(
         source=source,
         store=TelemetryStore(settings.database_url, consumer=client_id),
         publisher=StreamPublisher(
-            client, settings.telemetry_stream_maxlen, settings.deadletter_stream_maxlen
+            client,
+            settings.telemetry_stream_maxlen,
+            settings.deadletter_stream_maxlen,
+            settings.event_shards,
         ),
         lookup=registry.lookup,
         counters=counters,
@@ -241,7 +247,9 @@ def _follow_registry(
     registry = DeviceRegistry(devices.fetch, settings.ingest_unknown_device_cache_seconds)
     registry.load(devices.fetch_all())
     logger.info("device registry loaded: %s devices", len(registry))
-    follower_client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    follower_client = redis_for(
+        settings.redis_url, settings.redis_cluster, socket_connect_timeout=5
+    )
     RegistryFollower(registry, follower_client, position, stop).start()
     return registry
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, TypeVar
 from uuid import UUID, uuid4
 
 import msgspec
@@ -20,19 +20,25 @@ from iotp.model import (
 )
 
 SCHEMA_VERSION = 1
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Event(FrozenModel):
+class Envelope(FrozenModel):
     """Envelope shared by every event: a unique id, when it happened, and its schema version."""
 
     schema_version: ClassVar[int] = SCHEMA_VERSION
 
     event_id: UUID = Field(default_factory=uuid4)
     occurred_at: AwareDatetime = Field(default_factory=utc_now)
+
+
+class Event(Envelope):
+    """An event about one device (every event but the platform's configuration events)."""
+
     device_id: DeviceId
 
 
@@ -85,27 +91,125 @@ class TelemetryRecorded(Event):
     ingested_at: AwareDatetime
 
 
+# Alarms (issue 16). An alarm is one episode of a rule's condition on one device: raised
+# once, acknowledged at most once by a person, cleared once. ``alarm_id`` is derived by the
+# alarm process from (rule, device, the position that raised it), so a process that raises
+# again after a crash writes the same id and consumers dedupe on it.
+Severity = Literal["critical", "major", "minor", "warning"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "major", "minor", "warning")
+AlarmCondition = Literal["above", "below", "outside_range", "offline"]
+
+
+class AlarmRaised(Event):
+    type: Literal["AlarmRaised"] = "AlarmRaised"
+    alarm_id: UUID
+    rule_id: str  # "range:<metric>" for the default rule of a declared metric range
+    metric: MetricName | None = None  # None for an offline alarm
+    condition: AlarmCondition
+    severity: Severity
+    raised_at: AwareDatetime  # the time of the reading (or timer) that completed the breach
+    value: float | None = None  # the reading that completed the breach
+    threshold_low: float | None = None
+    threshold_high: float | None = None
+
+
+class AlarmAcknowledged(Event):
+    type: Literal["AlarmAcknowledged"] = "AlarmAcknowledged"
+    alarm_id: UUID
+    acknowledged_by: str
+    acknowledged_at: AwareDatetime
+    note: str | None = None
+
+
+class AlarmCleared(Event):
+    type: Literal["AlarmCleared"] = "AlarmCleared"
+    alarm_id: UUID
+    cleared_at: AwareDatetime  # the time of the reading (or event) that ended the condition
+    value: float | None = None
+    reason: str | None = None  # e.g. "back in range", "reading received", "rule deleted"
+
+
+# Webhooks (issue 16): configuration of the notifier, about no device. The secret never
+# travels on a stream, nor the URL's path and query (they often hold a token): only where
+# deliveries go (scheme, host and port).
+class WebhookRegistered(Envelope):
+    type: Literal["WebhookRegistered"] = "WebhookRegistered"
+    webhook_id: UUID
+    name: str | None = None
+    url_origin: str
+    severities: tuple[Severity, ...]
+    has_secret: bool
+
+
+class WebhookDeleted(Envelope):
+    type: Literal["WebhookDeleted"] = "WebhookDeleted"
+    webhook_id: UUID
+
+
+# Alarm rules (issue 16): configuration of the alarm process, about no device (a rule may
+# watch a whole kind), on their own stream beside the alarms.
+class AlarmRuleAttributes(Envelope):
+    rule_id: UUID
+    scope: Literal["device", "kind"]
+    device_id: str | None = None
+    kind: str | None = None
+    metric: MetricName | None = None
+    condition: AlarmCondition
+    threshold_low: float | None = None
+    threshold_high: float | None = None
+    for_readings: int | None = None
+    for_seconds: int | None = None
+    clear_readings: int
+    severity: Severity
+
+
+class AlarmRuleCreated(AlarmRuleAttributes):
+    type: Literal["AlarmRuleCreated"] = "AlarmRuleCreated"
+
+
+class AlarmRuleUpdated(AlarmRuleAttributes):
+    """Carries every attribute of the rule after the update."""
+
+    type: Literal["AlarmRuleUpdated"] = "AlarmRuleUpdated"
+
+
+class AlarmRuleDeleted(Envelope):
+    type: Literal["AlarmRuleDeleted"] = "AlarmRuleDeleted"
+    rule_id: UUID
+
+
 AnyEvent = Annotated[
     DeviceRegistered
     | DeviceUpdated
     | DeviceDecommissioned
     | DeviceCredentialsRotated
-    | TelemetryRecorded,
+    | TelemetryRecorded
+    | AlarmRaised
+    | AlarmAcknowledged
+    | AlarmCleared,
     Field(discriminator="type"),
 ]
 _EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+# Apart from AnyEvent, whose every consumer relies on a device_id; on their own stream.
+AnyConfigurationEvent = Annotated[
+    WebhookRegistered | WebhookDeleted | AlarmRuleCreated | AlarmRuleUpdated | AlarmRuleDeleted,
+    Field(discriminator="type"),
+]
+_CONFIGURATION_ADAPTER: TypeAdapter[AnyConfigurationEvent] = TypeAdapter(AnyConfigurationEvent)
 
 
 class UndecodableEvent(ValueError):
     """A stream entry that is not an event this version of iotp understands."""
 
 
-def to_fields(event: Event) -> dict[str, str]:
+def to_fields(event: Envelope) -> dict[str, str]:
     """The Redis stream entry for ``event``: routing fields plus the event as JSON."""
+    # A configuration event (webhooks) is about no device: its entry has no device_id.
+    device = {"device_id": event.device_id} if isinstance(event, Event) else {}
     return {
         "type": str(getattr(event, "type")),  # noqa: B009 - every concrete event has one
         "event_id": str(event.event_id),
-        "device_id": event.device_id,
+        **device,
         "schema_version": str(event.schema_version),
         "data": event.model_dump_json(),
     }
@@ -146,6 +250,17 @@ def telemetry_recorded_fields(
 
 def from_fields(fields: dict[str, str] | dict[bytes, bytes]) -> AnyEvent:
     """Decode a stream entry written by :func:`to_fields`."""
+    return _decode(fields, _EVENT_ADAPTER)
+
+
+def configuration_event_from_fields(
+    fields: dict[str, str] | dict[bytes, bytes],
+) -> AnyConfigurationEvent:
+    """Decode a configuration event's stream entry written by :func:`to_fields`."""
+    return _decode(fields, _CONFIGURATION_ADAPTER)
+
+
+def _decode(fields: dict[str, str] | dict[bytes, bytes], adapter: TypeAdapter[T]) -> T:
     decoded = {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in fields.items()
@@ -154,7 +269,7 @@ def from_fields(fields: dict[str, str] | dict[bytes, bytes]) -> AnyEvent:
     if version != str(SCHEMA_VERSION):
         raise UndecodableEvent(f"unsupported schema_version {version!r}")
     try:
-        return _EVENT_ADAPTER.validate_json(decoded["data"])
+        return adapter.validate_json(decoded["data"])
     except (KeyError, ValidationError) as exc:
         raise UndecodableEvent(f"malformed event entry: {exc}") from exc
 

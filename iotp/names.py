@@ -5,6 +5,12 @@ from __future__ import annotations
 DEVICE_EVENTS_STREAM = "iotp:events:devices"
 TELEMETRY_EVENTS_STREAM = "iotp:events:telemetry"
 TELEMETRY_DEADLETTER_STREAM = "iotp:deadletter:telemetry"
+# AlarmRaised, AlarmAcknowledged and AlarmCleared, in the order they happened (issue 16).
+ALARM_EVENTS_STREAM = "iotp:events:alarms"
+# AlarmRuleCreated, AlarmRuleUpdated and AlarmRuleDeleted (issue 16): configuration events.
+ALARM_RULE_EVENTS_STREAM = "iotp:events:alarm-rules"
+# WebhookRegistered and WebhookDeleted, relayed from the command side's outbox (issue 16).
+WEBHOOK_EVENTS_STREAM = "iotp:events:webhooks"
 
 TELEMETRY_TOPIC_FILTER = "devices/+/telemetry"
 
@@ -25,7 +31,8 @@ def ingest_stats_key(client_id: str) -> str:
 # The persistent MQTT sessions of ingest processes (client id -> JSON record), and when each
 # last beat while connected (a sorted set scored by Redis time); ingest/presence.py.
 INGEST_SESSIONS_KEY = "iotp:ingest:sessions"
-INGEST_HEARTBEATS_KEY = "iotp:ingest:heartbeats"
+# In the sessions key's hash slot: one script reads both (ingest/presence.py), on a cluster too.
+INGEST_HEARTBEATS_KEY = "{iotp:ingest:sessions}:heartbeats"
 
 
 def shared_telemetry_subscription(group: str) -> str:
@@ -35,10 +42,10 @@ def shared_telemetry_subscription(group: str) -> str:
 
 RELAY_STATS_KEY = "iotp:relay:stats"  # outbox backlog, for the read side's pipeline view
 
-# What ingest trimmed from the streams: entries of the telemetry stream cut at its cap before
-# a consumer group read them (in all, and per group as "cuts:<group>"), dead letters dropped
-# at the dead-letter stream's cap, and the caps themselves.
-STREAM_TRIMS_KEY = "iotp:streams:trims"
+# What ingest trimmed from each stream is kept beside it, in "{<stream>}:trims" (one hash
+# slot with the stream: iotp.event_shards.trims_key): entries of a telemetry shard cut at its
+# cap before a consumer group read them (in all, and per group as "cuts:<group>"), dead
+# letters dropped at the dead-letter stream's cap, and the caps themselves.
 # Gaps the aggregators found in what they read, and their heals from the write store.
 READ_MODEL_HEALS_KEY = "iotp:read_models:heals"
 # Mosquitto's own counters ($SYS), as ingest last read them.
@@ -47,5 +54,5 @@ BROKER_SYS_TOPICS = "$SYS/broker/#"
 
 
 def stream_cuts_field(group: str) -> str:
-    """The field of STREAM_TRIMS_KEY counting the cuts into ``group``'s unread entries."""
+    """The field of a stream's trim record counting the cuts into ``group``'s unread entries."""
     return f"cuts:{group}"

@@ -11,14 +11,15 @@ import logging
 import redis
 
 from iotp.db import connect
-from iotp.errors import ConfigurationError
+from iotp.errors import ConfigurationError, redact_url
 from iotp.migrate import pending_migrations
-from iotp.redis_client import redis_unavailable
+from iotp.redis_client import redis_for, redis_unavailable
 from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 READ_DATABASE_SETTING = "IOTP_READ_DATABASE_URL"
+READ_REPLICA_SETTING = "IOTP_READ_REPLICA_URL"
 
 
 def require_migrated_database(settings: Settings) -> None:
@@ -37,9 +38,25 @@ def require_read_store(settings: Settings) -> None:
     connect(settings.read_url(), setting=READ_DATABASE_SETTING).close()
 
 
+def require_read_replica(settings: Settings) -> None:
+    """When IOTP_READ_REPLICA_URL is set, fail unless it answers and is a standby.
+
+    A primary there would be a second, independent read store that no aggregator updates.
+    """
+    if settings.read_replica_url is None:
+        return
+    with connect(settings.read_replica_url, setting=READ_REPLICA_SETTING) as conn:
+        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+    if not (row and row[0]):
+        raise ConfigurationError(
+            f"{READ_REPLICA_SETTING} ({redact_url(settings.read_replica_url)}) is not a replica"
+            " (pg_is_in_recovery() is false): point it at a streaming standby of the read store"
+        )
+
+
 def require_redis(settings: Settings) -> None:
     """Fail when Redis does not answer."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = redis_for(settings.redis_url, settings.redis_cluster, socket_connect_timeout=5)
     try:
         client.ping()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -50,7 +67,7 @@ def require_redis(settings: Settings) -> None:
 
 def warn_if_redis_down(settings: Settings) -> None:
     """Log a warning when Redis does not answer: the command side keeps working without it."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    client = redis_for(settings.redis_url, settings.redis_cluster, socket_connect_timeout=3)
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:

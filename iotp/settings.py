@@ -22,7 +22,14 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql://localhost:5432/iotp"
     read_database_url: str | None = None
+    # A streaming replica of the read store: the query API and the dashboard read there,
+    # the aggregators keep writing the read store above.
+    read_replica_url: str | None = None
     redis_url: str = "redis://localhost:6379/0"
+    # A Redis Cluster behind IOTP_REDIS_URL (a seed node): every client is redis-py's cluster
+    # client, and the telemetry events are sharded over IOTP_EVENT_SHARDS streams.
+    redis_cluster: bool = False
+    event_shards: int = Field(default=1, ge=1, le=1024)
     mqtt_url: str = "mqtt://localhost:1883"
 
     api_token: SecretStr | None = None
@@ -88,10 +95,16 @@ class Settings(BaseSettings):
     applied_events_keep_hours: int = Field(default=48, ge=1)
     liveness_timeout_seconds: int = Field(default=300, ge=1)
     liveness_timeouts: dict[str, int] = Field(default_factory=dict)
+    # The alarm process (`iotp alarms`, issue 16): readings per batch, and how often its
+    # offline timer looks for devices silent past their liveness timeout.
+    alarm_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    alarm_tick_seconds: float = Field(default=1.0, gt=0, le=60)
     query_token: SecretStr | None = None
     query_host: str = "127.0.0.1"
     query_port: int = Field(default=8001, ge=1, le=65535)
     query_max_page_size: int = Field(default=500, ge=1)
+    # Longest time range one export (GET /devices/{id}/export) may cover.
+    export_max_days: int = Field(default=31, ge=1, le=3660)
 
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int = Field(default=8501, ge=1, le=65535)
@@ -103,11 +116,33 @@ class Settings(BaseSettings):
     state_dir: str = ".iotp"
     up_own_broker: bool = False  # `iotp up` runs its own Mosquitto even when one answers
 
+    # The notifier (`iotp notify`, issue 16): its consumer of the alarm events, its delivery
+    # workers, and how long a delivery is retried (capped exponential back-off with jitter)
+    # before it is marked failed.
+    notify_instance: str = "0"
+    notify_batch_size: int = Field(default=200, ge=1, le=10_000)
+    notify_block_ms: int = Field(default=1000, ge=1)
+    notify_claim_idle_ms: int = Field(default=30_000, ge=100)
+    notify_workers: int = Field(default=4, ge=1, le=64)
+    notify_poll_seconds: float = Field(default=1.0, gt=0)
+    notify_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    notify_backoff_first_seconds: float = Field(default=5.0, gt=0)
+    notify_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    notify_give_up_hours: float = Field(default=24.0, gt=0)
+
     log_level: str = "INFO"
+
+    def notifier_consumer(self) -> str:
+        """The consumer name of this notifier process in its group."""
+        return f"notifier-{socket.gethostname()}-{self.notify_instance}"
 
     def read_url(self) -> str:
         """The read store's database: its own setting, else the write database."""
         return self.read_database_url or self.database_url
+
+    def reader_url(self) -> str:
+        """Where the query API and the dashboard read: the read store's replica, if any."""
+        return self.read_replica_url or self.read_url()
 
     def aggregator_consumer(self) -> str:
         """The consumer name of this aggregator process in its group."""

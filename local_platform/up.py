@@ -242,6 +242,8 @@ def children(options: UpOptions, resolved: Services) -> list[Child]:
         Child("query-api", ["query-api", "--port", str(options.query_port)]),
         Child("ingest", ["ingest"]),
         Child("aggregate", ["aggregate"]),
+        Child("alarms", ["alarms"]),
+        Child("notify", ["notify"]),
         Child("dashboard", ["dashboard", "--port", str(options.dashboard_port)]),
     ]
     if resolved.broker is not None:
@@ -263,6 +265,10 @@ def children(options: UpOptions, resolved: Services) -> list[Child]:
                     str(10 * 365 * 86400),
                     "--prefix",
                     "demo",
+                    # Now and then a metric held out of range for a minute or two, so that
+                    # alarms are raised and cleared within minutes (issue 16).
+                    "--faults",
+                    "breach=0.001",
                     "--api-url",
                     api_url,
                     "--json",

@@ -1,6 +1,7 @@
 """The query API application (`iotp query-api`): wiring of pools, routes and middleware.
 
-It reads the read models only, never the write store. Once started it outlives a restart
+It reads the read models only, but for a raw export (read_models.export), which reads
+the write store's telemetry in a read-only transaction. Once started it outlives a restart
 of PostgreSQL or Redis: the pools reconnect, and meanwhile the routes needing them answer 503.
 """
 
@@ -19,13 +20,15 @@ from iotp import __version__
 from iotp.errors import ConfigurationError
 from iotp.http_errors import install_error_handlers, unavailable
 from iotp.http_middleware import BearerTokenMiddleware
-from iotp.preflight import require_read_store
+from iotp.preflight import require_read_replica, require_read_store
 from iotp.settings import Settings, token_problem
+from read_models.alarm_routes import alarm_router
+from read_models.export import router as export_router
 from read_models.health import health_redis
 from read_models.queries import LivenessRule, open_read_pool
 from read_models.routes import router
 
-PROTECTED_PATHS = ("/devices", "/fleet", "/pipeline")
+PROTECTED_PATHS = ("/devices", "/fleet", "/pipeline", "/alarms")
 
 
 class QueryAPI(FastAPI):
@@ -62,6 +65,8 @@ def create_query_app(settings: Settings) -> FastAPI:
     for redis_down in (redis.ConnectionError, redis.TimeoutError):
         app.add_exception_handler(redis_down, unavailable("Redis"))
     app.include_router(router)
+    app.include_router(alarm_router)
+    app.include_router(export_router)
     return app
 
 
@@ -71,6 +76,7 @@ def run_query_api(settings: Settings, host: str | None = None, port: int | None 
     Raises the kernel's ServiceUnavailable or ConfigurationError, for one line on stderr.
     """
     require_read_store(settings)
+    require_read_replica(settings)
     application = create_query_app(settings)
     uvicorn.run(
         application,
@@ -83,9 +89,9 @@ def run_query_api(settings: Settings, host: str | None = None, port: int | None 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    pool = open_read_pool(settings.read_url(), name="iotp-read", max_size=8)
+    pool = open_read_pool(settings.reader_url(), name="iotp-read", max_size=8)
     app.state.pool = pool
-    app.state.redis = health_redis(settings.redis_url)
+    app.state.redis = health_redis(settings.redis_url, settings.redis_cluster)
     try:
         yield
     finally:

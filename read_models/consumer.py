@@ -20,8 +20,9 @@ from typing import Any
 import psycopg
 import redis
 
+from iotp.event_shards import Entry, by_stream, event_streams, read_group
 from iotp.events import AnyEvent, TelemetryFacts, UndecodableEvent, from_fields_to_fold
-from iotp.names import DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
+from iotp.names import ALARM_EVENTS_STREAM
 from iotp.redis_client import split_id, text
 from iotp.retry import Stopped, retry_transient
 from read_models import queries, store
@@ -31,8 +32,11 @@ from read_models.projection import fold
 logger = logging.getLogger(__name__)
 
 AGGREGATOR_GROUP = "iotp-aggregators"
-STREAMS = (DEVICE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM)
-Entry = tuple[str, dict[bytes, bytes] | None]
+
+
+def aggregated_streams(shards: int) -> tuple[str, ...]:
+    """Every stream the aggregators fold (IOTP_EVENT_SHARDS telemetry shards among them)."""
+    return (*event_streams(shards), ALARM_EVENTS_STREAM)
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class ConsumerOptions:
     block_ms: int
     claim_idle_ms: int
     applied_events_keep_hours: int
+    event_shards: int = 1
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return aggregated_streams(self.event_shards)
 
 
 @dataclass
@@ -52,9 +61,9 @@ class BatchOutcome:
     skipped: int
 
 
-def ensure_groups(client: redis.Redis, group: str) -> None:
-    """Create the consumer group on both streams (from their beginning) if missing."""
-    for stream in STREAMS:
+def ensure_groups(client: redis.Redis, group: str, streams: tuple[str, ...]) -> None:
+    """Create the consumer group on every stream (from its beginning) if missing."""
+    for stream in streams:
         try:
             client.xgroup_create(stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -73,7 +82,7 @@ class Aggregator:
         self.client = client
         self.connect = connect
         self.options = options
-        self.gaps = GapWatch(client, options.group, heal)
+        self.gaps = GapWatch(client, options.group, heal, options.event_shards)
         self._conn: psycopg.Connection[Any] | None = None
         self._last_claim = 0.0
         self._last_prune = 0.0
@@ -96,7 +105,7 @@ class Aggregator:
             retry_transient(action, stop, task="aggregator", on_retry=lambda _: self.close())
 
         try:
-            retry(lambda: ensure_groups(self.client, self.options.group))
+            retry(lambda: ensure_groups(self.client, self.options.group, self.options.streams))
             retry(self.look_for_gaps)
             retry(lambda: self.drain_own_pending(stop))
             while not stop.is_set():
@@ -112,20 +121,20 @@ class Aggregator:
             t["stream"]: t["last_applied_id"] for t in rows if t["group_name"] == self.options.group
         }
         self.gaps.compare_positions(
-            tracked, delivered_positions(self.client, self.options.group, STREAMS)
+            tracked, delivered_positions(self.client, self.options.group, self.options.streams)
         )
         self.gaps.check(force=True)
 
     def drain_own_pending(self, stop: threading.Event) -> None:
         """Apply what this consumer read but did not acknowledge before it stopped."""
         while not stop.is_set():
-            response: Any = self.client.xreadgroup(
+            batch = read_group(
+                self.client,
                 self.options.group,
                 self.options.consumer,
-                dict.fromkeys(STREAMS, "0"),
-                count=self.options.batch_size,
+                dict.fromkeys(self.options.streams, "0"),
+                self.options.batch_size,
             )
-            batch = _by_stream(response)
             if not any(batch.values()):
                 return
             self.process(batch)
@@ -136,7 +145,7 @@ class Aggregator:
         now = time.monotonic()
         if now - self._last_claim > self.options.claim_idle_ms / 1000:
             self._last_claim = now
-            for stream in STREAMS:
+            for stream in self.options.streams:
                 claimed = self.claim_abandoned(stream)
                 if claimed:
                     self.process({stream: claimed})
@@ -144,14 +153,15 @@ class Aggregator:
             self._last_prune = now
             with self._connection().transaction():
                 store.forget_applied(self._connection(), self.options.applied_events_keep_hours)
-        response: Any = self.client.xreadgroup(
+        batch = read_group(
+            self.client,
             self.options.group,
             self.options.consumer,
-            dict.fromkeys(STREAMS, ">"),
-            count=self.options.batch_size,
-            block=self.options.block_ms,
+            dict.fromkeys(self.options.streams, ">"),
+            self.options.batch_size,
+            self.options.block_ms,
         )
-        return self.process(_by_stream(response))
+        return self.process(batch)
 
     def claim_abandoned(self, stream: str) -> list[Entry]:
         entries: list[Entry] = []
@@ -189,7 +199,7 @@ class Aggregator:
         response: Any = self.client.xreadgroup(
             self.options.group, self.options.consumer, {stream: "0"}
         )
-        ids = [i for i, fields in _by_stream(response).get(stream, []) if fields is None]
+        ids = [i for i, fields in by_stream(response).get(stream, []) if fields is None]
         if ids:
             self.client.xack(stream, self.options.group, *ids)
 
@@ -232,9 +242,3 @@ class Aggregator:
         self.applied_total += len(fresh)
         return BatchOutcome(total, len(fresh), total - len(fresh))
 
-
-def _by_stream(response: Any) -> dict[str, list[Entry]]:
-    batch: dict[str, list[Entry]] = {}
-    for stream, entries in response or ():
-        batch[text(stream)] = [(text(i), f or None) for i, f in entries]
-    return batch

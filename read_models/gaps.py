@@ -1,7 +1,7 @@
 """Gaps in what a consumer group applied: found, healed from the write store, reported.
 
 A gap is an event the group never applied because it left the stream first: ingest cut it
-at the telemetry stream's cap (ingest counts each cut per group in STREAM_TRIMS_KEY), it was
+at a telemetry shard's cap (ingest counts each cut per group in the shard's trim record), it was
 deleted while pending (Redis hands such entries back without fields), or Redis lost the
 stream (the read store tracked a position beyond what the group was ever delivered). The
 write store holds every stored reading and device, so a gap is healed by recomputing every
@@ -19,7 +19,8 @@ from typing import Any
 
 import redis
 
-from iotp.names import READ_MODEL_HEALS_KEY, STREAM_TRIMS_KEY, stream_cuts_field
+from iotp.event_shards import stream_trims
+from iotp.names import READ_MODEL_HEALS_KEY, stream_cuts_field
 from iotp.redis_client import split_id, text
 
 logger = logging.getLogger(__name__)
@@ -39,21 +40,21 @@ def healed_field(group: str) -> str:
     return f"healed:{group}"
 
 
-def cuts_into(client: redis.Redis, group: str) -> tuple[int, int]:
-    """How many cuts of the telemetry stream took entries ``group`` had not read, and healed."""
-    pipe: Any = client.pipeline(transaction=False)
-    pipe.hmget(STREAM_TRIMS_KEY, [stream_cuts_field(group), "cuts_without_group"])
-    pipe.hget(READ_MODEL_HEALS_KEY, healed_field(group))
-    (own, groupless), healed = pipe.execute()
-    return int(own or 0) + int(groupless or 0), int(healed or 0)
+def cuts_into(client: redis.Redis, group: str, shards: int = 1) -> tuple[int, int]:
+    """How many cuts of the telemetry shards took entries ``group`` had not read, and healed."""
+    trims = stream_trims(client, shards)
+    healed: Any = client.hget(READ_MODEL_HEALS_KEY, healed_field(group))
+    own = int(trims.get(stream_cuts_field(group), 0))
+    return own + int(trims.get("cuts_without_group", 0)), int(healed or 0)
 
 
 class GapWatch:
     """Finds the gaps of one consumer group and heals them (``heal`` None: reports only)."""
 
-    def __init__(self, client: redis.Redis, group: str, heal: Heal | None) -> None:
+    def __init__(self, client: redis.Redis, group: str, heal: Heal | None, shards: int = 1) -> None:
         self.client = client
         self.group = group
+        self.shards = shards
         self.heal = heal
         self._found: list[str] = []  # gaps found and not yet healed, as log phrases
         self._cuts_seen: int | None = None
@@ -96,7 +97,7 @@ class GapWatch:
         if not force and now - self._checked_at < CHECK_SECONDS:
             return
         self._checked_at = now
-        cuts, healed = cuts_into(self.client, self.group)
+        cuts, healed = cuts_into(self.client, self.group, self.shards)
         found = list(self._found)
         if cuts > healed:
             if self._cuts_seen == cuts:

@@ -14,21 +14,21 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from iotp.event_shards import stream_trims, telemetry_streams
 from iotp.names import (
     BROKER_STATS_KEY,
     READ_MODEL_HEALS_KEY,
     RELAY_STATS_KEY,
-    STREAM_TRIMS_KEY,
     TELEMETRY_DEADLETTER_STREAM,
-    TELEMETRY_EVENTS_STREAM,
     stream_cuts_field,
 )
-from iotp.redis_client import ingest_sessions, ingest_stats, number, text, text_hash
+from iotp.redis_client import ingest_sessions, ingest_stats, number, redis_for, text, text_hash
 from read_models import queries
-from read_models.consumer import AGGREGATOR_GROUP, STREAMS
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.gaps import cuts_into
+from read_models.read_lag import ReplicaHealth, read_lag_seconds, replica_health
 
 LATEST_DEADLETTERS = 20
 # A cut of the telemetry stream, or a broker drop, this recent is a current condition.
@@ -147,20 +147,28 @@ class PipelineHealth(LossHealth):
     deadletters: int
     latest_deadletters: list[dict[str, str]]
     outbox_backlog: int | None
+    # Only while the readers read a streaming replica (IOTP_READ_REPLICA_URL): absent, not
+    # null, otherwise, so that the report stays as it was for those who read the read store.
+    # read_lag_seconds (the aggregators' delay plus the replica's) is absent while unknown.
+    replica: ReplicaHealth | None = Field(default=None, exclude_if=lambda v: v is None)
+    read_lag_seconds: float | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
-def health_redis(url: str) -> redis.Redis:
+def health_redis(url: str, cluster: bool = False) -> redis.Redis:
     """A Redis client for health reports: short timeouts, so a dead server is a quick error."""
-    return redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+    return redis_for(url, cluster, socket_connect_timeout=3, socket_timeout=5)
 
 
-def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
+def pipeline_health(conn: queries.Conn, client: redis.Redis, shards: int = 1) -> PipelineHealth:
+    """Every stream (each telemetry shard on its own), group and counter, with the alerts."""
     tracked = {(t["stream"], t["group_name"]): t for t in queries.tracking(conn)}
+    streams = aggregated_streams(shards)
     lengths = {
-        stream: int(client.xlen(stream)) for stream in (*STREAMS, TELEMETRY_DEADLETTER_STREAM)
+        stream: int(client.xlen(stream)) for stream in (*streams, TELEMETRY_DEADLETTER_STREAM)
     }
     now = datetime.now(UTC)
-    trims = text_hash(client, STREAM_TRIMS_KEY)
+    trims = stream_trims(client, shards)
+    shard_streams = telemetry_streams(shards)
     groups = [
         _group_health(
             client,
@@ -168,14 +176,17 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
             info,
             tracked.get((stream, text(info["name"]))),
             now,
-            stream == TELEMETRY_EVENTS_STREAM and _ever_cut(trims, text(info["name"])),
+            stream in shard_streams and _ever_cut(trims, text(info["name"])),
         )
-        for stream in STREAMS
+        for stream in streams
         for info in _groups_of(client, stream)
     ]
     latest: Any = client.xrevrange(TELEMETRY_DEADLETTER_STREAM, count=LATEST_DEADLETTERS)
     backlog: Any = client.hget(RELAY_STATS_KEY, "outbox_backlog")
+    replica = replica_health(conn)
     return PipelineHealth(
+        replica=replica,
+        read_lag_seconds=None if replica is None else read_lag_seconds(client, groups, replica),
         streams=lengths,
         groups=groups,
         ingest=ingest_stats(client),
@@ -185,19 +196,22 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis) -> PipelineHealth:
             {"id": text(i), **{text(k): text(v) for k, v in f.items()}} for i, f in latest
         ],
         outbox_backlog=None if backlog is None else int(backlog),
-        **dict(loss_health(client, trims, lengths[TELEMETRY_DEADLETTER_STREAM])),
+        **dict(loss_health(client, trims, lengths[TELEMETRY_DEADLETTER_STREAM], shards)),
     )
 
 
 def loss_health(
-    client: redis.Redis, trims: dict[str, str] | None = None, deadletters: int | None = None
+    client: redis.Redis,
+    trims: dict[str, str] | None = None,
+    deadletters: int | None = None,
+    shards: int = 1,
 ) -> LossHealth:
     """The streams' cuts and heals, dropped dead letters and broker drops, with the alerts."""
     if trims is None:
-        trims = text_hash(client, STREAM_TRIMS_KEY)
+        trims = stream_trims(client, shards)
     if deadletters is None:
         deadletters = int(client.xlen(TELEMETRY_DEADLETTER_STREAM))
-    cuts, healed = cuts_into(client, AGGREGATOR_GROUP)
+    cuts, healed = cuts_into(client, AGGREGATOR_GROUP, shards)
     cap = stream_cap_health(trims, max(cuts - healed, 0))
     dead = deadletter_stream_health(trims, deadletters)
     broker = broker_health(text_hash(client, BROKER_STATS_KEY))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from uuid import UUID
 
 from iotp.events import (
     DeviceCredentialsRotated,
@@ -21,6 +22,7 @@ from iotp.events import (
     TelemetryFacts,
     TelemetryRecorded,
 )
+from read_models.alarms import AlarmDelta, AlarmEvent, add_alarm_event
 
 DeviceEvent = DeviceRegistered | DeviceUpdated | DeviceDecommissioned | DeviceCredentialsRotated
 
@@ -84,6 +86,7 @@ class Deltas:
     fleet: dict[datetime, int] = field(default_factory=dict)
     activity: dict[str, Activity] = field(default_factory=dict)
     device_events: list[DeviceEvent] = field(default_factory=list)
+    alarms: dict[UUID, AlarmDelta] = field(default_factory=dict)
 
     @property
     def hour(self) -> dict[BucketKey, BucketDelta]:
@@ -107,6 +110,8 @@ class Deltas:
             self._add_telemetry(event)
         elif isinstance(event, DeviceEvent):
             self.device_events.append(event)
+        elif isinstance(event, AlarmEvent):
+            add_alarm_event(self.alarms, event)
 
     def _add_telemetry(self, event: TelemetryRecorded | TelemetryFacts) -> None:
         device = event.device_id

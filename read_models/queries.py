@@ -13,9 +13,10 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from iotp.settings import Settings
+from read_models.alarms import AlarmCounts, open_alarm_counts
 
 Conn = psycopg.Connection[Any]
 Liveness = Literal["online", "offline", "never_seen"]
@@ -120,6 +121,7 @@ class FleetSummary(BaseModel):
     by_kind: dict[str, int]
     breaching_devices: int
     readings_per_minute: list[tuple[datetime, int]]
+    alarms: AlarmCounts = Field(default_factory=AlarmCounts)
 
 
 _LIVENESS = """
@@ -325,6 +327,7 @@ def fleet(conn: Conn, rule: LivenessRule) -> FleetSummary:
         by_kind=by_kind,
         breaching_devices=breaching["n"] if breaching else 0,
         readings_per_minute=[(row["bucket"], row["readings"]) for row in per_minute],
+        alarms=open_alarm_counts(conn),
     )
 
 
@@ -342,3 +345,22 @@ def tracking(conn: Conn) -> list[dict[str, Any]]:
             "SELECT stream, group_name, last_id_ms || '-' || last_id_seq AS last_applied_id,"
             " last_event_at, updated_at FROM read_models.tracking ORDER BY stream, group_name"
         ).fetchall()
+
+
+MAX_DEVICE_CHOICES = 10_000
+
+
+class DeviceChoice(BaseModel):
+    device_id: str
+    name: str | None
+    status: str
+
+
+def device_choices(conn: Conn, limit: int = MAX_DEVICE_CHOICES) -> list[DeviceChoice]:
+    """Every device's id, name and status by id (at most ``limit``), for a picker."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            "SELECT device_id, name, status FROM read_models.devices ORDER BY device_id LIMIT %s",
+            (limit,),
+        ).fetchall()
+    return [DeviceChoice.model_validate(row) for row in rows]

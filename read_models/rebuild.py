@@ -10,6 +10,8 @@
    not (committed after S) are applied now. The consumers then resume where they were, and
    the event-id dedupe makes the join exact: no gap, nothing counted twice.
 
+Alarms are in no write table: their stream (never trimmed) is replayed up to P in step 3.
+
 It is also how a gap is healed (events cut from the stream before the aggregators read
 them, :mod:`read_models.gaps`): the cuts made before step 2 count as healed once it ends.
 """
@@ -30,11 +32,12 @@ from psycopg.types.json import Jsonb
 
 from iotp.db import connect
 from iotp.events import AnyEvent, TelemetryRecorded, UndecodableEvent, from_fields
+from iotp.names import ALARM_EVENTS_STREAM
 from iotp.preflight import READ_DATABASE_SETTING
-from iotp.redis_client import split_id, text
+from iotp.redis_client import redis_for, split_id, text
 from iotp.settings import Settings
 from read_models import store
-from read_models.consumer import AGGREGATOR_GROUP, STREAMS, ensure_groups
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
 from read_models.gaps import cuts_into, mark_healed
 from read_models.projection import Deltas
 
@@ -47,6 +50,7 @@ MODEL_TABLES = (
     "rollup_minute",
     "rollup_hour",
     "fleet_minute",
+    "alarms",
     "applied_events",
 )
 Progress = Callable[[int, int], None]
@@ -96,20 +100,22 @@ class RebuildReport:
 def rebuild(
     settings: Settings, progress: Progress | None = None, chunk_devices: int = 200
 ) -> RebuildReport:
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = redis_for(settings.redis_url, settings.redis_cluster, socket_connect_timeout=5)
+    streams = aggregated_streams(settings.event_shards)
     read = connect(settings.read_url(), setting=READ_DATABASE_SETTING)
     write = connect(settings.database_url)
     try:
-        ensure_groups(client, AGGREGATOR_GROUP)
+        ensure_groups(client, AGGREGATOR_GROUP, streams)
         read.execute("SELECT pg_advisory_lock(%s)", (store.REBUILD_LOCK_KEY,))
         read.commit()
         try:
-            cuts, _ = cuts_into(client, AGGREGATOR_GROUP)
-            positions = {stream: _last_id(client, stream) for stream in STREAMS}
+            cuts, _ = cuts_into(client, AGGREGATOR_GROUP, settings.event_shards)
+            positions = {stream: _last_id(client, stream) for stream in streams}
             write.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             write.execute("SELECT 1")  # the snapshot is taken here, after the positions
             with read.transaction():
                 report = _recompute(write, read, chunk_devices, progress)
+                _replay_alarms(client, read, positions)
                 _hand_over(client, write, read, positions, report)
             write.rollback()
             mark_healed(client, AGGREGATOR_GROUP, cuts)
@@ -223,7 +229,7 @@ def _hand_over(
 ) -> None:
     applied: set[uuid.UUID] = set()
     later: list[AnyEvent] = []
-    for stream in STREAMS:
+    for stream in positions:
         start = _oldest_redeliverable(client, stream)
         for entry_id, event in _events(client, stream, start):
             if split_id(entry_id) <= split_id(positions[stream]):
@@ -242,6 +248,22 @@ def _hand_over(
     store.apply_deltas(read, deltas)
     store.claim_events(read, sorted(applied))
     report.marked_applied = len(applied)
+
+
+def _replay_alarms(
+    client: redis.Redis, read: psycopg.Connection[Any], positions: dict[str, str]
+) -> None:
+    """Alarms are not in the write store: their stream, never trimmed, is replayed up to P."""
+    until = split_id(positions.get(ALARM_EVENTS_STREAM, "0-0"))
+    deltas = Deltas()
+    for entry_id, event in _events(client, ALARM_EVENTS_STREAM, "0-0"):
+        if split_id(entry_id) > until:
+            break
+        deltas.add(event)
+        if len(deltas.alarms) >= 10_000:
+            store.apply_deltas(read, deltas)
+            deltas = Deltas()
+    store.apply_deltas(read, deltas)
 
 
 def _oldest_redeliverable(client: redis.Redis, stream: str) -> str:

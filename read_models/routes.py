@@ -17,6 +17,7 @@ from read_models.dependencies import (
     PageWindowDep,
     ReadConnectionDep,
     RedisDep,
+    SettingsDep,
 )
 from read_models.health import PipelineHealth, pipeline_health
 
@@ -112,14 +113,15 @@ def get_series(
 
 @router.get("/fleet", response_model=queries.FleetSummary, responses=error_responses(*_READ_ERRORS))
 def get_fleet(db: ReadConnectionDep, rule: LivenessRuleDep) -> queries.FleetSummary:
-    """Devices by status, liveness and kind; readings per minute over the last hour."""
+    """Devices by status, liveness and kind; readings per minute over the last hour; alarms
+    not cleared, by severity and state."""
     return queries.fleet(db, rule)
 
 
 @router.get("/pipeline", response_model=PipelineHealth, responses=error_responses(*_READ_ERRORS))
-def get_pipeline(db: ReadConnectionDep, client: RedisDep) -> PipelineHealth:
+def get_pipeline(db: ReadConnectionDep, client: RedisDep, settings: SettingsDep) -> PipelineHealth:
     """Consumer groups, pending entries and lag, ingest counters, dead letters."""
-    return pipeline_health(db, client)
+    return pipeline_health(db, client, settings.event_shards)
 
 
 @router.get("/healthz", response_model=Healthy, responses=error_responses(503))

@@ -11,6 +11,7 @@ import redis
 
 from iotp.db import connect
 from iotp.preflight import READ_DATABASE_SETTING, require_read_store, require_redis
+from iotp.redis_client import redis_for
 from iotp.runtime import settle_gc
 from iotp.settings import Settings
 from read_models.consumer import AGGREGATOR_GROUP, Aggregator, ConsumerOptions
@@ -46,6 +47,7 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
             block_ms=settings.aggregator_block_ms,
             claim_idle_ms=settings.aggregator_claim_idle_ms,
             applied_events_keep_hours=settings.applied_events_keep_hours,
+            event_shards=settings.event_shards,
         ),
         heal=heal,
     )
@@ -55,7 +57,9 @@ def run_aggregator(settings: Settings, stop: threading.Event) -> None:
     """Aggregate until ``stop`` is set. Raises :class:`ServiceUnavailable` if a service is down."""
     require_redis(settings)
     require_read_store(settings)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    client = redis_for(
+        settings.redis_url, settings.redis_cluster, socket_connect_timeout=5, socket_timeout=30
+    )
     aggregator = aggregator_for(settings, client)
     logger.info("aggregating as %s in group %s", settings.aggregator_consumer(), AGGREGATOR_GROUP)
     settle_gc()

@@ -15,6 +15,7 @@ import psycopg
 from iotp.db import device_columns
 from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated
 from iotp.redis_client import split_id
+from read_models.alarms import apply_alarms
 from read_models.projection import BucketDelta, Deltas, DeviceEvent
 
 # The upserts take their arrays as binary parameters (%b): psycopg dumps a list several
@@ -178,6 +179,7 @@ def apply_deltas(conn: Conn, deltas: Deltas) -> None:
                 [a.readings for _, a in activity],
             ),
         )
+    apply_alarms(conn, deltas.alarms)
 
 
 def _upsert_rollup(

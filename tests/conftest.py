@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.support.fixtures_stores",
     "tests.support.fixtures_platform",
     "tests.support.chaos_report",
+    "tests.support.replica",
+    "tests.support.redis_cluster",
 ]

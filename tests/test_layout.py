@@ -28,13 +28,18 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "read_models": frozenset({KERNEL}),
     "device_simulator": frozenset({KERNEL}),
     "dashboard": frozenset({KERNEL, "read_models"}),
+    # The alarm process is the command side's process manager: it queues its events in the
+    # command side's outbox (command_api.outbox), in its own transaction.
+    "alarms": frozenset({KERNEL, "command_api"}),
+    # The notifier (`iotp notify`): webhook deliveries of the alarm events.
+    "notifications": frozenset({KERNEL}),
     # Local-only machinery runs the services; the benchmarks run them on a local broker.
     "local_platform": frozenset(
         {KERNEL, "command_api", "ingest", "broker_identity", "read_models"}
     ),
     "benchmarks": frozenset({KERNEL, "command_api", "ingest", "read_models", "local_platform"}),
     # The composition root: the one place that knows every part.
-    "cli": frozenset({KERNEL, *PARTS, "local_platform", "benchmarks"}),
+    "cli": frozenset({KERNEL, *PARTS, "alarms", "notifications", "local_platform", "benchmarks"}),
 }
 PACKAGES = frozenset(MAY_IMPORT)
 

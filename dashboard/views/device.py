@@ -8,15 +8,39 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import liveness_rule, local_times, read
-from read_models import queries
+from dashboard.data import alarm_badge, deferred, liveness_rule, local_times, read, settings
+from read_models import alarms, queries
+from read_models.export import MEDIA_TYPES, ExportRequest, export_bytes
 
 RANGES = {"1 h": timedelta(hours=1), "24 h": timedelta(days=1), "7 d": timedelta(days=7)}
 
+
+def _choice_label(device_id: str) -> str:
+    choice = choices.get(device_id)
+    if choice is None:
+        return device_id
+    retired = " (decommissioned)" if choice.status == "decommissioned" else ""
+    return f"{device_id} · {choice.name or ''}{retired}"
+
+
 st.title("Device")
-device_id = st.text_input("Device id", value=st.query_params.get("device", ""), key="device_id")
+choices = {c.device_id: c for c in read(queries.device_choices) or []}
+linked = st.query_params.get("device", "")
+# A link (the Fleet table's) may name a device the picker does not list: past the picker's
+# bound, or not in the read models (yet); it is offered anyway, so that the link works.
+options = [linked, *choices] if linked and linked not in choices else list(choices)
+device_id = st.selectbox(
+    "Device",
+    options,
+    index=options.index(linked) if linked else None,
+    format_func=_choice_label,
+    placeholder="Type to search by id or name",
+    key="device_id",
+)
+if len(choices) >= queries.MAX_DEVICE_CHOICES:
+    st.caption(f"The first {len(choices):,} devices by id; open others from the Fleet page.")
 if not device_id:
-    st.info("Enter a device id, or open one from the Fleet page.")
+    st.info("Choose a device, or open one from the Fleet page.")
     st.stop()
 st.query_params["device"] = device_id
 device = read(queries.get_device, liveness_rule(), device_id)
@@ -32,6 +56,10 @@ cols[2].metric("Kind", device.kind or "?")
 cols[3].metric("Values received", f"{device.readings:,}")
 seen = local_times(pd.DataFrame({"t": [device.last_seen]}), "t")["t"][0]
 st.caption(f"Last seen: {seen if device.last_seen else 'never'} · id `{device.device_id}`")
+open_alarms = (read(alarms.open_alarms_by_device, [device.device_id]) or {}).get(device.device_id)
+if open_alarms:
+    badge = alarm_badge(open_alarms)
+    st.markdown(f"**Alarms not cleared:** {badge} · [see them](alarms?device={device.device_id})")
 with st.expander("Metadata and declared metrics"):
     st.json(
         {
@@ -79,7 +107,28 @@ if choice == "custom":
 else:
     start = end - RANGES[choice]
 bucket = "1m" if end - start <= timedelta(days=1) else "1h"
+shown = ExportRequest(device.device_id, "minute" if bucket == "1m" else "hour", start, end)
+if end - start <= timedelta(days=settings().export_max_days):
+    for column, file_format in zip(st.columns(2), MEDIA_TYPES, strict=True):
+        column.download_button(
+            f"Download {'CSV' if file_format == 'csv' else 'Parquet'}",
+            data=deferred(export_bytes, shown, file_format),
+            file_name=shown.file_name(file_format),
+            mime=MEDIA_TYPES[file_format],
+            key=f"download_{file_format}",
+            on_click="ignore",
+        )
+    st.caption(f"Downloads: the {shown.source} buckets of every metric in the shown range.")
+else:
+    st.caption("Downloads cover IOTP_EXPORT_MAX_DAYS at most: narrow the range.")
 declared = {m["name"]: m for m in device.metrics}
+# Alarms drawn on the charts: raised before the range's end and not cleared before its start.
+alarm_page = read(alarms.list_alarms, device_id=device.device_id, end=end, limit=500)
+device_alarms = [
+    a
+    for a in (alarm_page.items if alarm_page else [])
+    if a.cleared_at is None or a.cleared_at >= start
+]
 for stat in stats:
     points = read(queries.series, device.device_id, stat.metric, start, end, bucket) or []
     st.subheader(f"{stat.metric} ({'minute' if bucket == '1m' else 'hour'} buckets)")
@@ -103,6 +152,19 @@ for stat in stats:
             alt.Chart(breaches)
             .mark_point(color="red", filled=True)
             .encode(x="bucket:T", y="max:Q", tooltip=["bucket:T", "min:Q", "max:Q"])
+        )
+    marks = [
+        {"at": at, "alarm": what}
+        for a in device_alarms
+        if a.metric in (stat.metric, None)  # an offline alarm (no metric) marks every chart
+        for at, what in ((a.raised_at, f"{a.severity} raised"), (a.cleared_at, "cleared"))
+        if at is not None and start <= at <= end
+    ]
+    if marks:
+        chart += (
+            alt.Chart(local_times(pd.DataFrame(marks), "at"))
+            .mark_rule(strokeDash=[4, 3])
+            .encode(x="at:T", color="alarm:N", tooltip=["at:T", "alarm:N"])
         )
     st.altair_chart(chart, width="stretch")
     st.caption(

@@ -5,9 +5,16 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from dashboard.data import liveness_rule, local_times, pipeline_report, read, settings
+from dashboard.data import (
+    alarm_badge,
+    liveness_rule,
+    local_times,
+    pipeline_report,
+    read,
+    settings,
+)
 from dashboard.refresh import refresh_interval
-from read_models import queries
+from read_models import alarms, queries
 
 st.title("Fleet")
 rule = liveness_rule()
@@ -52,6 +59,9 @@ def tiles() -> None:
         border=True,
         help="Events published but not yet applied to the read models",
     )
+    st.caption(
+        f"Alarms not cleared: {alarm_badge(fleet.alarms.model_dump()) or 'none'} · [Alarms](alarms)"
+    )
 
 
 tiles()
@@ -86,6 +96,7 @@ if page is not None:
     controls[2].caption(
         f"{page.total:,} devices, page {st.session_state.get('page', 1)} of {pages}"
     )
+    open_alarms = read(alarms.open_alarms_by_device, [d.device_id for d in page.items]) or {}
     frame = pd.DataFrame(
         [
             {
@@ -94,6 +105,7 @@ if page is not None:
                 "kind": d.kind,
                 "status": d.status,
                 "liveness": d.liveness,
+                "alarms": alarm_badge(open_alarms.get(d.device_id, {})),
                 "last seen": d.last_seen,
                 **{f"last {k}": v for k, v in sorted(d.last_values.items())},
             }

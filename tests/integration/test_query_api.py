@@ -163,6 +163,7 @@ def test_pipeline_reports_streams_and_groups(api: TestClient) -> None:
     assert set(pipeline["streams"]) == {
         "iotp:events:devices",
         "iotp:events:telemetry",
+        "iotp:events:alarms",
         "iotp:deadletter:telemetry",
     }
     assert pipeline["deadletters"] == 0 and pipeline["latest_deadletters"] == []

@@ -207,7 +207,7 @@ def test_rebuild_on_a_live_system_hands_over_exactly(platform: Platform) -> None
 
 
 def test_entries_a_dead_consumer_left_pending_are_claimed(platform: Platform) -> None:
-    from read_models.consumer import AGGREGATOR_GROUP, ensure_groups
+    from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
     from read_models.service import aggregator_for
 
     platform.register(*DEVICES[:2], metrics=DECLARED)
@@ -215,7 +215,7 @@ def test_entries_a_dead_consumer_left_pending_are_claimed(platform: Platform) ->
     publish(platform.mqtt_url, workload(8, DEVICES[:2], 50))
     settled(platform)
     ingest.stop()
-    ensure_groups(platform.redis, AGGREGATOR_GROUP)
+    ensure_groups(platform.redis, AGGREGATOR_GROUP, aggregated_streams(1))
     # A consumer that reads everything and dies before applying or acknowledging any of it.
     taken: Any = platform.redis.xreadgroup(
         AGGREGATOR_GROUP, "dead", {"iotp:events:devices": ">", "iotp:events:telemetry": ">"}

@@ -18,11 +18,12 @@ import pytest
 import redis
 
 from ingest.publisher import StreamPublisher
-from iotp.names import STREAM_TRIMS_KEY, TELEMETRY_EVENTS_STREAM
+from iotp.event_shards import trims_key
+from iotp.names import TELEMETRY_EVENTS_STREAM
 from iotp.redis_client import ingest_stats
 from iotp.settings import Settings
 from local_platform.embedded import embedded_redis
-from read_models.consumer import AGGREGATOR_GROUP, ensure_groups
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
 from read_models.health import PipelineHealth, pipeline_health
 from read_models.service import aggregator_for
 from tests.support.dashboard_pages import dashboard_settings, run_page
@@ -63,6 +64,9 @@ def _events(count: int) -> list[dict[str, str]]:
     ]
 
 
+TRIMS = trims_key(TELEMETRY_EVENTS_STREAM)
+
+
 def _ids(client: redis.Redis) -> list[str]:
     entries: Any = client.xrange(TELEMETRY_EVENTS_STREAM)
     return [entry_id for entry_id, _ in entries]
@@ -85,7 +89,7 @@ def test_trimming_keeps_every_entry_a_group_has_not_acknowledged(
     publisher.publish(_events(500))  # over the cap: only what was acknowledged may go
     ids = _ids(server)
     assert ids[: len(needed)] == needed and len(ids) == len(needed) + 500
-    assert not server.hget(STREAM_TRIMS_KEY, "telemetry_cut")
+    assert not server.hget(TRIMS, "telemetry_cut")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
@@ -98,7 +102,7 @@ def test_unread_entries_over_the_cap_are_cut_loudly(
     server.xgroup_create(TELEMETRY_EVENTS_STREAM, "keeping-up", id="$")
     publisher.publish(_events(300))
     assert server.xlen(TELEMETRY_EVENTS_STREAM) == CAP
-    trims = server.hgetall(STREAM_TRIMS_KEY)
+    trims = server.hgetall(TRIMS)
     assert trims["telemetry_cut"] == "100" and trims["telemetry_cuts"] == "1"
     assert trims["cuts:g"] == "1" and "cuts:keeping-up" not in trims  # it lost nothing
     (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -109,14 +113,14 @@ def test_unread_entries_over_the_cap_are_cut_loudly(
 def test_a_stream_no_group_reads_is_cut_at_the_cap_and_counted(server: redis.Redis) -> None:
     StreamPublisher(server, CAP, 100).publish(_events(1500))
     assert server.xlen(TELEMETRY_EVENTS_STREAM) == CAP
-    assert server.hget(STREAM_TRIMS_KEY, "cuts_without_group") == "1"
+    assert server.hget(TRIMS, "cuts_without_group") == "1"
 
 
 def test_pipeline_reports_the_cap_and_counts_the_lag_redis_7_gets_wrong(
     db: psycopg.Connection[Any], redis_client: redis.Redis
 ) -> None:
     publisher = StreamPublisher(redis_client, CAP, 100)
-    ensure_groups(redis_client, AGGREGATOR_GROUP)
+    ensure_groups(redis_client, AGGREGATOR_GROUP, aggregated_streams(1))
     publisher.publish(_events(1500))
     health = pipeline_health(db, redis_client)
     cap = health.stream_cap
@@ -154,7 +158,7 @@ def test_the_pipeline_page_shows_a_cut_first(
     redis_client: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    ensure_groups(redis_client, AGGREGATOR_GROUP)
+    ensure_groups(redis_client, AGGREGATOR_GROUP, aggregated_streams(1))
     StreamPublisher(redis_client, CAP, 100).publish(_events(1200))
     with dashboard_settings(settings, monkeypatch):
         app = run_page("pipeline.py")
@@ -229,7 +233,7 @@ def test_entries_deleted_while_pending_are_healed(platform: Platform) -> None:
     publish(platform.mqtt_url, single_messages(DEVICES[0], 0, 50))
     wait_for(lambda: stored_count(platform.db) == 50 * 3, timeout=60)
     ingest.stop()
-    ensure_groups(platform.redis, AGGREGATOR_GROUP)
+    ensure_groups(platform.redis, AGGREGATOR_GROUP, aggregated_streams(1))
     # A consumer that reads everything and dies; then some of its entries are deleted.
     platform.redis.xreadgroup(AGGREGATOR_GROUP, "dead", {TELEMETRY_EVENTS_STREAM: ">"})
     platform.redis.xdel(TELEMETRY_EVENTS_STREAM, *_ids(platform.redis)[:10])

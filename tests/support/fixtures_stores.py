@@ -56,7 +56,10 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
             "TRUNCATE devices, outbox, idempotency_keys, telemetry, ingest_ledger,"
             " read_models.devices, read_models.device_activity, read_models.metric_stats,"
             " read_models.rollup_minute, read_models.rollup_hour, read_models.fleet_minute,"
-            " read_models.tracking, read_models.applied_events"
+            " read_models.tracking, read_models.applied_events, read_models.alarms,"
+            " webhooks, webhook_deliveries, notifier_alarm_severities,"
+            " read_models.webhook_deliveries,"
+            " alarm_rules, alarms, alarm_evaluation, alarm_device_seen, alarm_positions"
         )
         yield conn
 

@@ -14,9 +14,10 @@ import psycopg
 import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
+from iotp.event_shards import telemetry_streams
 from iotp.events import TelemetryRecorded, from_fields
 from iotp.mqtt_url import parse_mqtt_url
-from iotp.names import TELEMETRY_DEADLETTER_STREAM, TELEMETRY_EVENTS_STREAM
+from iotp.names import TELEMETRY_DEADLETTER_STREAM
 from tests.support.waiting import wait_for
 
 if TYPE_CHECKING:
@@ -63,12 +64,14 @@ def stored_count(db: psycopg.Connection[Any]) -> int:
     return int(row[0]) if row else 0
 
 
-def telemetry_events(client: redis.Redis) -> list[TelemetryRecorded]:
+def telemetry_events(client: redis.Redis, shards: int = 1) -> list[TelemetryRecorded]:
+    """Every TelemetryRecorded on the telemetry stream (on each of its ``shards``)."""
     events = []
-    for _, fields in client.xrange(TELEMETRY_EVENTS_STREAM):  # type: ignore[union-attr]
-        event = from_fields(fields)
-        assert isinstance(event, TelemetryRecorded)
-        events.append(event)
+    for stream in telemetry_streams(shards):
+        for _, fields in client.xrange(stream):  # type: ignore[union-attr]
+            event = from_fields(fields)
+            assert isinstance(event, TelemetryRecorded)
+            events.append(event)
     return events
 
 

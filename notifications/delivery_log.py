@@ -1,0 +1,128 @@
+"""The delivery log in the read store, kept up to date from the delivery rows.
+
+Every change of a delivery row bumps its ``revision``. This copies the rows whose revision
+the log has not recorded yet into ``read_models.webhook_deliveries`` (a row there is only
+replaced by a higher revision), commits the read store, then records in the write store
+which revisions it copied. A crash in between copies them again, which changes nothing: the
+log catches up with the deliveries whatever stops, and never moves backwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from iotp.commands import url_origin
+from iotp.retry import Stopped, retry_transient
+
+logger = logging.getLogger(__name__)
+
+_UNLOGGED = """
+SELECT d.delivery_id, d.webhook_id, w.name AS webhook_name, w.url, d.event_id, d.event_type,
+       d.alarm_id, d.device_id, d.severity, d.state, d.attempts, d.last_status, d.last_error,
+       d.created_at, d.last_attempt_at,
+       CASE WHEN d.state = 'pending' THEN d.next_attempt_at END AS next_attempt_at,
+       d.finished_at, d.revision
+FROM webhook_deliveries d JOIN webhooks w USING (webhook_id)
+WHERE d.logged_revision < d.revision
+ORDER BY d.created_at
+LIMIT %s
+"""
+_LOG_COLUMNS = (
+    "delivery_id",
+    "webhook_id",
+    "webhook_name",
+    "webhook_origin",
+    "event_id",
+    "event_type",
+    "alarm_id",
+    "device_id",
+    "severity",
+    "state",
+    "attempts",
+    "last_status",
+    "last_error",
+    "created_at",
+    "last_attempt_at",
+    "next_attempt_at",
+    "finished_at",
+    "revision",
+)
+_UPSERT = (
+    f"INSERT INTO read_models.webhook_deliveries ({', '.join(_LOG_COLUMNS)})"  # noqa: S608
+    f" VALUES ({', '.join(f'%({c})s' for c in _LOG_COLUMNS)})"
+    " ON CONFLICT (delivery_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _LOG_COLUMNS[1:])
+    + " WHERE read_models.webhook_deliveries.revision < EXCLUDED.revision"
+)
+_MARK_LOGGED = """
+UPDATE webhook_deliveries SET logged_revision = greatest(logged_revision, logged.revision)
+FROM unnest(%s::uuid[], %s::bigint[]) AS logged(delivery_id, revision)
+WHERE webhook_deliveries.delivery_id = logged.delivery_id
+"""
+
+Connect = Callable[[], psycopg.Connection[Any]]
+
+
+def copy_batch(
+    write: psycopg.Connection[Any], read: psycopg.Connection[Any], limit: int = 500
+) -> int:
+    """Copy one batch of changed deliveries to the log; how many rows it copied."""
+    with write.transaction():
+        rows = write.execute(_UNLOGGED, (limit,)).fetchall()
+    if not rows:
+        return 0
+    entries = [{**row, "webhook_origin": url_origin(row.pop("url"))} for row in rows]
+    with read.transaction(), read.cursor() as cur:
+        cur.executemany(_UPSERT, entries)
+    with write.transaction():
+        write.execute(
+            _MARK_LOGGED, ([e["delivery_id"] for e in entries], [e["revision"] for e in entries])
+        )
+    return len(entries)
+
+
+class DeliveryLog:
+    """Keeps the read store's delivery log current; woken when deliveries change."""
+
+    def __init__(
+        self, connect_write: Connect, connect_read: Connect, wake: threading.Event, poll: float
+    ) -> None:
+        self.connect_write, self.connect_read = connect_write, connect_read
+        self.wake, self.poll = wake, poll
+        self._write: psycopg.Connection[Any] | None = None
+        self._read: psycopg.Connection[Any] | None = None
+
+    def close(self) -> None:
+        for conn in (self._write, self._read):
+            if conn is not None:
+                conn.close()
+        self._write = self._read = None
+
+    def step(self) -> int:
+        """Copy until the log has caught up; how many rows were copied."""
+        if self._write is None or self._write.closed:
+            self._write = self.connect_write()
+        if self._read is None or self._read.closed:
+            self._read = self.connect_read()
+        copied = 0
+        while moved := copy_batch(self._write, self._read):
+            copied += moved
+        return copied
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                retry_transient(
+                    self.step, stop, task="notifier delivery log", on_retry=lambda _: self.close()
+                )
+                if self.wake.wait(self.poll):
+                    self.wake.clear()
+        except Stopped:
+            return
+        finally:
+            self.close()
