@@ -42,11 +42,8 @@ from benchmarks.workload import (
     publish_all,
     start_publishers,
 )
-from iotp.names import (
-    INGEST_STATS_KEY_PREFIX,
-    TELEMETRY_DEADLETTER_STREAM,
-    TELEMETRY_EVENTS_STREAM,
-)
+from iotp.event_shards import telemetry_streams, trims_key
+from iotp.names import INGEST_STATS_KEY_PREFIX, TELEMETRY_DEADLETTER_STREAM
 from iotp.processes import stop_all
 from iotp.redis_client import redis_for
 from iotp.settings import Settings
@@ -157,7 +154,9 @@ def reset_telemetry(settings: Settings) -> None:
             "TRUNCATE " + ", ".join(f"read_models.{t}" for t in READ_TABLES if t not in kept)
         )
     client = redis_for(settings.redis_url, settings.redis_cluster)
-    client.delete(TELEMETRY_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM)
+    # One key at a time: on a cluster the shards live in different hash slots.
+    for stream in (*telemetry_streams(settings.event_shards), TELEMETRY_DEADLETTER_STREAM):
+        client.delete(stream, trims_key(stream))
     for key in client.scan_iter(f"{INGEST_STATS_KEY_PREFIX}*"):
         client.delete(key)
 
@@ -202,7 +201,8 @@ def cpu_ms_per_1k_readings(cpu_cores: dict[str, float], seconds: float, readings
 
 def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -> RunResult:
     stored = stored_data_points(settings)
-    events, applied = event_counts(redis_for(settings.redis_url, settings.redis_cluster))
+    client = redis_for(settings.redis_url, settings.redis_cluster)
+    events, applied = event_counts(client, settings.event_shards)
     readings_stored = stored // len(METRICS)
     end = seen.samples[-1][0] if seen.samples else 1.0
     stored_seconds = seen.stored_at or end
@@ -249,7 +249,7 @@ def _measure(
 ) -> Measured:
     """From now: run ``publish``, then wait until every message is stored and applied."""
     meter = meter_for(children, broker_pid)
-    progress = Progress(settings.redis_url)
+    progress = Progress(settings.redis_url, settings.redis_cluster, settings.event_shards)
     meter.start()
     progress.start()
     published = publish()

@@ -2,7 +2,7 @@
 
 Progress comes from two O(1) Redis calls, never from counting table rows while the
 platform runs (a ``count(*)`` every few milliseconds would be PostgreSQL's biggest load):
-- stored: events ever added to the telemetry stream. Ingest publishes a message's event
+- stored: events ever added to the telemetry stream (summed over its shards). Ingest publishes a message's event
   only after its readings committed, so this counts messages stored.
 - applied: events the aggregator group has read and acknowledged; an aggregator
   acknowledges only after the read models committed.
@@ -23,9 +23,9 @@ import redis
 
 from benchmarks.processes import peak_rss_mb
 from benchmarks.stores import BENCH_TOKEN
-from iotp.names import TELEMETRY_EVENTS_STREAM
+from iotp.event_shards import telemetry_streams
 from iotp.processes import IotpProcess, ProcessFailed, iotp_environment
-from iotp.redis_client import text
+from iotp.redis_client import redis_for, text
 from iotp.settings import Settings
 from read_models.consumer import AGGREGATOR_GROUP
 
@@ -57,6 +57,8 @@ def start_service(
         {
             "database_url": settings.database_url,
             "redis_url": settings.redis_url,
+            "redis_cluster": str(settings.redis_cluster).lower(),
+            "event_shards": str(settings.event_shards),
             "api_token": BENCH_TOKEN,
             **extra,
         },
@@ -91,14 +93,24 @@ def start_aggregator(settings: Settings, log: Path, **extra: str) -> BenchProces
     return start_service(settings, ["aggregate"], log, "aggregating as", **extra)
 
 
-def event_counts(client: redis.Redis) -> tuple[int, int]:
-    """(events ever added to the telemetry stream, events the aggregators acknowledged)."""
+def event_counts(client: redis.Redis, shards: int = 1) -> tuple[int, int]:
+    """(events ever added to the telemetry streams, events the aggregators acknowledged),
+    summed over the ``shards`` telemetry streams."""
+    added = applied = 0
+    for stream in telemetry_streams(shards):
+        shard_added, shard_applied = _stream_counts(client, stream)
+        added += shard_added
+        applied += shard_applied
+    return added, applied
+
+
+def _stream_counts(client: redis.Redis, stream_name: str) -> tuple[int, int]:
     try:
-        stream: Any = client.xinfo_stream(TELEMETRY_EVENTS_STREAM)
+        stream: Any = client.xinfo_stream(stream_name)
     except redis.ResponseError:  # no stream yet
         return 0, 0
     added = int(stream["entries-added"])
-    for group in client.xinfo_groups(TELEMETRY_EVENTS_STREAM):
+    for group in client.xinfo_groups(stream_name):
         if text(group["name"]) == AGGREGATOR_GROUP:
             read = group.get("entries-read")
             # Redis reports entries-read as unknown after some trims; the lag still holds.
@@ -112,6 +124,8 @@ class Progress:
     """Samples the event counts in a thread, from ``start()``."""
 
     redis_url: str
+    cluster: bool = False  # IOTP_REDIS_CLUSTER of the platform measured
+    shards: int = 1  # its IOTP_EVENT_SHARDS
     samples: list[tuple[float, int, int]] = field(default_factory=list)  # (s, stored, applied)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -123,9 +137,9 @@ class Progress:
         self._thread.start()
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(self.redis_url)
+        client = redis_for(self.redis_url, self.cluster)
         while True:
-            stored, applied = event_counts(client)
+            stored, applied = event_counts(client, self.shards)
             self.samples.append((time.perf_counter() - self.started, stored, applied))
             if self._stop.wait(SAMPLE_SECONDS):
                 return
@@ -134,12 +148,12 @@ class Progress:
         self, stored: int, applied: int, timeout: float, children: list[BenchProcess]
     ) -> tuple[float | None, float | None]:
         """Seconds from start until ``stored`` and ``applied`` events; None if not reached."""
-        client = redis.Redis.from_url(self.redis_url)
+        client = redis_for(self.redis_url, self.cluster)
         stored_at: float | None = None
         applied_at: float | None = None
         while True:
             now = time.perf_counter() - self.started
-            have_stored, have_applied = event_counts(client)
+            have_stored, have_applied = event_counts(client, self.shards)
             if stored_at is None and have_stored >= stored:
                 stored_at = now
             if applied_at is None and have_applied >= applied:

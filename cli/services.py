@@ -162,8 +162,10 @@ def dashboard(
 ) -> None:
     """Run the Streamlit dashboard over the read models."""
     import dashboard as package
+    from iotp.preflight import require_read_replica
 
     settings = load_settings()
+    require_read_replica(settings)  # a primary there would be a read store nobody updates
     app_path = Path(package.__file__).parent / "app.py"
     argv = [
         sys.executable,

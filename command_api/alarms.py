@@ -333,7 +333,7 @@ def _rule_not_found(rule_id: UUID) -> HTTPException:
     "",
     status_code=201,
     response_model=AlarmRuleChangedOut,
-    responses=error_responses(404, 409, 413),
+    responses=error_responses(400, 404, 409, 413),
 )
 async def post_rule(cmd: CreateAlarmRule, response: Response, pool: PoolDep) -> AlarmRuleChangedOut:
     """Create a rule; a rule on a metric replaces that metric's default range rule."""
@@ -367,7 +367,7 @@ async def get_rule(rule_id: UUID, pool: PoolDep) -> AlarmRuleOut:
 
 
 @alarm_rules.put(
-    "/{rule_id}", response_model=AlarmRuleChangedOut, responses=error_responses(404, 409, 413)
+    "/{rule_id}", response_model=AlarmRuleChangedOut, responses=error_responses(400, 404, 409, 413)
 )
 async def put_rule(rule_id: UUID, spec: CreateAlarmRule, pool: PoolDep) -> AlarmRuleChangedOut:
     """Replace every attribute of a rule; its open alarms clear."""
@@ -386,7 +386,7 @@ async def remove_rule(rule_id: UUID, pool: PoolDep) -> AlarmRuleDeletedOut:
 @alarms.post(
     "/{alarm_id}/acknowledge",
     response_model=AcknowledgedOut,
-    responses=error_responses(404, 409, 413),
+    responses=error_responses(400, 404, 409, 413),
 )
 async def post_acknowledge(alarm_id: UUID, body: AcknowledgeBody, pool: PoolDep) -> AcknowledgedOut:
     """Acknowledge an alarm (who, and an optional note); it stays acknowledged until it clears."""

@@ -33,6 +33,10 @@ webhooks = APIRouter(
     responses=error_responses(401, 422, 503),
 )
 
+# The shared 404 speaks of devices; these routes answer it for a webhook.
+_NO_SUCH_WEBHOOK: dict[int | str, dict[str, Any]] = {
+    404: {**error_responses(404)[404], "description": "No such webhook"}
+}
 _COLUMNS = "webhook_id, name, url, secret IS NOT NULL AS has_secret, severities, created_at"
 _INSERT = (
     "INSERT INTO webhooks (webhook_id, name, url, secret, severities, created_at)"
@@ -159,7 +163,7 @@ async def list_webhooks(pool: PoolDep) -> WebhookList:
     return WebhookList(webhooks=[_out(row) for row in rows])
 
 
-@webhooks.get("/{webhook_id}", response_model=WebhookOut, responses=error_responses(404))
+@webhooks.get("/{webhook_id}", response_model=WebhookOut, responses=_NO_SUCH_WEBHOOK)
 async def get_webhook(webhook_id: UUID, pool: PoolDep) -> WebhookOut:
     """One webhook; the secret is never shown, only whether one is set."""
     async with pool.connection() as conn:
@@ -174,7 +178,7 @@ async def get_webhook(webhook_id: UUID, pool: PoolDep) -> WebhookOut:
     return _out(row)
 
 
-@webhooks.delete("/{webhook_id}", response_model=WebhookDeletedOut, responses=error_responses(404))
+@webhooks.delete("/{webhook_id}", response_model=WebhookDeletedOut, responses=_NO_SUCH_WEBHOOK)
 async def remove_webhook(webhook_id: UUID, pool: PoolDep) -> WebhookDeletedOut:
     """Stop notifying a webhook; its pending deliveries are marked failed."""
     return await delete_webhook(DeleteWebhook(webhook_id=webhook_id), pool)

@@ -129,6 +129,7 @@ class Settings(BaseSettings):
     notify_backoff_first_seconds: float = Field(default=5.0, gt=0)
     notify_backoff_max_seconds: float = Field(default=300.0, gt=0)
     notify_give_up_hours: float = Field(default=24.0, gt=0)
+    notify_keep_days: int = Field(default=30, ge=1)  # finished deliveries, and their log
 
     log_level: str = "INFO"
 

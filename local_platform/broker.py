@@ -132,12 +132,12 @@ def local_mosquitto(
         for name in ("passwd", "acl"):
             (data_dir / name).touch()
     command = [binary, "-c", str(config)]
-    with _serving(command, port, data_dir / "mosquitto.stderr", "mosquitto", 10) as pid:
+    with serving(command, port, data_dir / "mosquitto.stderr", "mosquitto", 10) as pid:
         yield LocalBroker(f"mqtt://127.0.0.1:{port}", port, pid, data_dir)
 
 
 @contextmanager
-def _serving(
+def serving(
     command: list[str], port: int, log: Path, name: str, start_timeout: float
 ) -> Iterator[int]:
     """Run a broker until the block ends: wait for it to listen, then stop it."""

@@ -4,13 +4,15 @@ Every change of a delivery row bumps its ``revision``. This copies the rows whos
 the log has not recorded yet into ``read_models.webhook_deliveries`` (a row there is only
 replaced by a higher revision), commits the read store, then records in the write store
 which revisions it copied. A crash in between copies them again, which changes nothing: the
-log catches up with the deliveries whatever stops, and never moves backwards.
+log catches up with the deliveries whatever stops, and never moves backwards. Finished
+deliveries are forgotten after IOTP_NOTIFY_KEEP_DAYS, in both stores.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +67,17 @@ FROM unnest(%s::uuid[], %s::bigint[]) AS logged(delivery_id, revision)
 WHERE webhook_deliveries.delivery_id = logged.delivery_id
 """
 
+# Finished deliveries older than the retention, once the log has them; then their log rows.
+_FORGET_FINISHED = (
+    "DELETE FROM webhook_deliveries WHERE state <> 'pending' AND logged_revision = revision"
+    " AND finished_at < now() - %s * INTERVAL '1 day'"
+)
+_FORGET_LOGGED = (
+    "DELETE FROM read_models.webhook_deliveries WHERE state <> 'pending'"
+    " AND finished_at < now() - %s * INTERVAL '1 day'"
+)
+HOUSEKEEPING_SECONDS = 600.0
+
 Connect = Callable[[], psycopg.Connection[Any]]
 
 
@@ -90,10 +103,16 @@ class DeliveryLog:
     """Keeps the read store's delivery log current; woken when deliveries change."""
 
     def __init__(
-        self, connect_write: Connect, connect_read: Connect, wake: threading.Event, poll: float
+        self,
+        connect_write: Connect,
+        connect_read: Connect,
+        wake: threading.Event,
+        poll: float,
+        keep_days: int,
     ) -> None:
         self.connect_write, self.connect_read = connect_write, connect_read
-        self.wake, self.poll = wake, poll
+        self.wake, self.poll, self.keep_days = wake, poll, keep_days
+        self._last_housekeeping = 0.0
         self._write: psycopg.Connection[Any] | None = None
         self._read: psycopg.Connection[Any] | None = None
 
@@ -112,6 +131,12 @@ class DeliveryLog:
         copied = 0
         while moved := copy_batch(self._write, self._read):
             copied += moved
+        if time.monotonic() - self._last_housekeeping > HOUSEKEEPING_SECONDS:
+            with self._write.transaction():
+                self._write.execute(_FORGET_FINISHED, (self.keep_days,))
+            with self._read.transaction():
+                self._read.execute(_FORGET_LOGGED, (self.keep_days,))
+            self._last_housekeeping = time.monotonic()
         return copied
 
     def run(self, stop: threading.Event) -> None:

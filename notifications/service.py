@@ -86,7 +86,9 @@ def run_notifier(settings: Settings, stop: threading.Event) -> None:
     for number, http in enumerate(clients):
         worker = DeliveryWorker(write, http, policy, due, settings.notify_poll_seconds, changed.set)
         parts[f"delivery-{number}"] = worker.run
-    parts["log"] = DeliveryLog(write, read, changed, settings.notify_poll_seconds).run
+    parts["log"] = DeliveryLog(
+        write, read, changed, settings.notify_poll_seconds, settings.notify_keep_days
+    ).run
     logger.info(
         "notifying as %s in group %s with %s delivery workers",
         settings.notifier_consumer(),

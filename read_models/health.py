@@ -186,7 +186,13 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis, shards: int = 1) ->
     replica = replica_health(conn)
     return PipelineHealth(
         replica=replica,
-        read_lag_seconds=None if replica is None else read_lag_seconds(client, groups, replica),
+        read_lag_seconds=(
+            None
+            if replica is None
+            else read_lag_seconds(
+                client, [g for g in groups if g.group == AGGREGATOR_GROUP], replica
+            )
+        ),
         streams=lengths,
         groups=groups,
         ingest=ingest_stats(client),

@@ -53,11 +53,17 @@ def tiles() -> None:
     if health is not None and all(g.lag is not None for g in health.groups):
         lags = [g.lag or 0 for g in health.groups] + [g.pending for g in health.groups]
         lag = max(lags) if lags else 0
+    shown = "?" if lag is None else f"{lag:,} events"
+    replica = health.replica if health is not None else None
+    if replica is not None and not replica.caught_up:  # this page reads that replica
+        delay = replica.replay_delay_seconds
+        shown += " + replica " + ("?" if delay is None else f"{delay:,.1f} s")
     row[3].metric(
         "Read-model lag",
-        "?" if lag is None else f"{lag:,} events",
+        shown,
         border=True,
-        help="Events published but not yet applied to the read models",
+        help="Events published but not yet applied to the read models, and how far the read"
+        " replica (IOTP_READ_REPLICA_URL) is behind the read store when one is used",
     )
     st.caption(
         f"Alarms not cleared: {alarm_badge(fleet.alarms.model_dump()) or 'none'} · [Alarms](alarms)"

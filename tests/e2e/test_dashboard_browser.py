@@ -48,11 +48,15 @@ def browser() -> Iterator[Any]:
 def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -> None:
     api_port, dashboard_port = free_port(), free_port()
     env = platform.environment(
-        api_token=TEST_TOKEN, dashboard_refresh_seconds="2", aggregator_block_ms="100"
+        api_token=TEST_TOKEN,
+        api_port=str(api_port),  # where the dashboard sends acknowledgements
+        dashboard_refresh_seconds="2",
+        aggregator_block_ms="100",
     )
     platform.serve("api", "--port", str(api_port), env=env)
     platform.ingest()
     platform.serve("aggregate", env=env)
+    platform.serve("alarms", env=env, ready="evaluating in group")
     platform.serve("dashboard", "--port", str(dashboard_port), env=env)
     api = f"http://127.0.0.1:{api_port}"
     wait_for(lambda: answers(f"{api}/healthz"), timeout=30)
@@ -102,3 +106,40 @@ def test_fleet_and_device_pages_in_a_browser(platform: Platform, browser: Any) -
         state="attached", timeout=30_000
     )
     page.screenshot(path=str(ARTIFACTS / "pipeline.png"), full_page=True)
+    acknowledge_an_alarm(platform, page, base)
+
+
+def acknowledge_an_alarm(platform: Platform, page: Any, base: str) -> None:
+    """Readings over the declared range raise an alarm; the Alarms page acknowledges it."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.support.ingest_harness import publish
+
+    device, now = DEVICES[0], datetime.now(UTC)
+    hot = [
+        {"ts": (now + timedelta(seconds=n)).isoformat(), "metrics": {"temperature": 99.0}}
+        for n in range(3)  # the default rule raises on the third reading in a row
+    ]
+    publish(platform.mqtt_url, [(f"devices/{device}/telemetry", orjson.dumps(m)) for m in hot])
+
+    def alarm_states() -> list[str]:
+        rows = platform.db.execute(
+            "SELECT state FROM read_models.alarms WHERE device_id = %s", (device,)
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    wait_for(lambda: "active" in alarm_states(), timeout=60)
+    page.goto(f"{base}/alarms?device={device}")
+    page.get_by_text("Acknowledge an active alarm").wait_for(timeout=30_000)
+    page.get_by_label("Your name").fill("Ada Lovelace")
+    page.get_by_label("Note (optional)").fill("checking the boiler")
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "alarms-acknowledge.png"), full_page=True)
+    page.get_by_role("button", name="Acknowledge", exact=True).click()
+    page.get_by_text("acknowledged by Ada Lovelace").wait_for(timeout=30_000)
+    wait_for(lambda: "acknowledged" in alarm_states(), timeout=60)
+    page.goto(f"{base}/alarms?device={device}")
+    page.get_by_text("Acknowledged (1)").wait_for(timeout=30_000)
+    page.get_by_text("No cleared alarm.").wait_for(timeout=30_000)  # the whole page is drawn
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "alarms.png"), full_page=True)

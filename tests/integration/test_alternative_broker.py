@@ -30,7 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.settings import Settings
-from local_platform.broker import _serving, free_port
+from local_platform.broker import free_port, serving
 from tests.support.ingest_harness import (
     deadletters,
     event_readings,
@@ -85,7 +85,7 @@ def nats_cluster(tmp: Path) -> Iterator[list[str]]:
             config.write_text(node_config(name, node, routes, tmp / f"{name}-store"))
             command = [binary, "-c", str(config)]
             log = tmp / f"{name}.log"
-            running.enter_context(_serving(command, node["mqtt"], log, f"nats-server {name}", 20))
+            running.enter_context(serving(command, node["mqtt"], log, f"nats-server {name}", 20))
         wait_for(lambda: all(healthy(node["http"]) for node in ports), timeout=60, interval=0.2)
         yield [f"mqtt://127.0.0.1:{node['mqtt']}" for node in ports]
 

@@ -20,7 +20,13 @@ from iotp.settings import Settings
 from local_platform.broker import free_port
 from read_models import store
 from read_models.app import create_query_app
-from read_models.export import CHUNK_ROWS, ExportRequest, csv_chunks, fetch_chunks
+from read_models.export import (
+    CHUNK_ROWS,
+    ExportRequest,
+    csv_chunks,
+    fetch_chunks,
+    parquet_chunks,
+)
 from read_models.projection import fold
 from tests.support.servers import TEST_TOKEN
 
@@ -272,6 +278,11 @@ def test_a_large_export_streams_from_a_server_side_cursor(settings: Settings, la
         sizes = [first.count(b"\n"), *(chunk.count(b"\n") for chunk in chunks)]
     assert header == b"device_id,metric,ts,value\r\n"
     assert len(sizes) == large // CHUNK_ROWS and max(sizes) == CHUNK_ROWS and sum(sizes) == large
+    with psycopg.connect(settings.database_url) as conn:
+        pieces = list(parquet_chunks(export.columns, fetch_chunks(conn, export)))
+    # Each row group leaves as soon as it is written; the last piece is the footer.
+    assert len(pieces) == large // CHUNK_ROWS + 1 and all(pieces)
+    assert pq.ParquetFile(io.BytesIO(b"".join(pieces))).metadata.num_rows == large
 
 
 def test_a_large_export_over_http_is_chunked(api: TestClient, large: int) -> None:

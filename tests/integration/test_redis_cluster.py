@@ -13,6 +13,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import psycopg
 import redis
 from redis.cluster import RedisCluster
@@ -159,6 +160,14 @@ def test_two_ingests_and_two_aggregators_on_a_cluster_exactly_once(
     groups = [g for g in health.groups if g.group == AGGREGATOR_GROUP]
     assert {g.stream for g in groups} == set(aggregated_streams(SHARDS))
     wait_for(lambda: all(g.pending == 0 for g in _groups(db, client)), timeout=60)
+
+    status = on_cluster.run("status", "--json", env=env, timeout=60)
+    assert status.returncode == 0, status.stderr
+    streams = orjson.loads(status.stdout)["streams"]
+    assert sum(streams[s] for s in telemetry_streams(SHARDS)) == len(events)
+    rebuilt = on_cluster.run("rebuild", env=env, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    wait_converged(db, timeout=30)
 
 
 def _groups(db: psycopg.Connection[Any], client: redis.Redis) -> list[Any]:

@@ -31,6 +31,7 @@ from iotp.events import (
 from iotp.names import ALARM_EVENTS_STREAM, WEBHOOK_EVENTS_STREAM
 from iotp.processes import iotp_environment
 from iotp.settings import Settings
+from notifications.delivery_log import DeliveryLog
 from notifications.intake import NOTIFIER_GROUP, AlarmIntake, IntakeOptions, ensure_group
 from notifications.service import run_notifier
 from notifications.signing import verify
@@ -515,6 +516,26 @@ def test_a_deleted_webhook_gets_nothing_more(
     assert [row[3] for row in deliveries(db)] == ["failed"]
 
 
+def test_a_delivery_recorded_while_its_webhook_was_deleted_is_not_posted(
+    settings: Settings, db: psycopg.Connection[Any], receiver: Receiver
+) -> None:
+    webhook_id = register(settings, receiver.url)
+    with running_api(settings, relay=False) as client:
+        assert client.delete(f"/webhooks/{webhook_id}", headers=AUTH).status_code == 200
+    # As the intake's insert does when it read the webhook just before the deletion committed.
+    db.execute(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body)"
+        " VALUES (%s, %s, 'AlarmRaised', %s)",
+        (webhook_id, uuid.uuid4(), raised().model_dump_json()),
+    )
+    with notifier(fast(settings)):
+        wait_for(lambda: list(logged_states(db).values()) == ["failed"])
+    assert receiver.events() == []
+    assert db.execute("SELECT attempts, last_error FROM webhook_deliveries").fetchall() == [
+        (0, "webhook deleted")
+    ]
+
+
 def test_a_delivery_is_given_up_after_the_retry_window_and_the_dashboard_shows_it(
     settings: Settings,
     db: psycopg.Connection[Any],
@@ -609,3 +630,27 @@ def test_a_killed_notifier_and_a_dead_consumer_lose_nothing(
         assert keys.setdefault(request.key, request.event["event_id"]) == request.event["event_id"]
     assert len(keys) == 42
     assert redis_client.xpending(ALARM_EVENTS_STREAM, NOTIFIER_GROUP)["pending"] == 0
+
+
+def test_finished_deliveries_are_forgotten_after_the_retention(
+    settings: Settings, db: psycopg.Connection[Any], redis_client: redis.Redis, receiver: Receiver
+) -> None:
+    register(settings, receiver.url)
+    publish(redis_client, *[raised() for _ in range(3)])
+    with notifier(fast(settings)):
+        wait_for(lambda: all_delivered(db, 3) and len(logged_states(db)) == 3)
+    (old, *_) = deliveries(db)
+    for table in ("webhook_deliveries", "read_models.webhook_deliveries"):
+        db.execute(
+            f"UPDATE {table} SET finished_at = now() - INTERVAL '31 days' WHERE delivery_id = %s",
+            (old[0],),
+        )
+
+    def connect() -> psycopg.Connection[Any]:
+        return psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row)
+
+    log = DeliveryLog(connect, connect, threading.Event(), 0.1, keep_days=30)
+    log.step()
+    log.close()
+    assert len(deliveries(db)) == 2 and old[0] not in logged_states(db)
+    assert len(logged_states(db)) == 2

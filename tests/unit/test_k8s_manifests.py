@@ -113,6 +113,12 @@ def test_kustomization_applies_every_manifest_but_the_example_secret() -> None:
     assert all(d["metadata"].get("namespace") in ("iotp", None) for _, d in manifests())
 
 
+def test_every_iotp_service_of_docker_compose_runs_here_too() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    services = {s["command"][0] for s in compose.values() if "build" in s}
+    assert services <= {c["args"][0] for _, c in iotp_containers()}
+
+
 def test_every_container_runs_a_registered_iotp_command_with_valid_options() -> None:
     found = iotp_containers()
     commands = {c["args"][0] for _, c in found}

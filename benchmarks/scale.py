@@ -1,0 +1,252 @@
+"""`iotp bench scale`: what one ingest and one aggregator cost, on a local Redis Cluster.
+
+For each k of ``--ks``, k ingests share the MQTT subscription and k aggregators share the
+consumer group of every telemetry shard, against a 3-master Redis Cluster made for the
+bench (telemetry events sharded over ``--shards`` streams); each k runs the drain of
+`iotp bench ingest` (one reading a message) and must lose nothing. Every figure is per
+process or per unit of work: readings per ingest CPU-second, events per aggregator
+CPU-second, Redis commands per event, PostgreSQL CPU per 1,000 rows, bytes per reading.
+On a machine with fewer cores than processes the k processes share the same cores: the
+runs measure what each process costs, not how much faster k of them are.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from benchmarks.ingest import Deployment, DrainPlan, RunResult, bench_settings, run_drain
+from benchmarks.processes import machine
+from benchmarks.stores import register, reset
+from benchmarks.workload import DECLARED, METRICS, Workload
+from iotp.migrate import migrate
+from iotp.settings import Settings
+from local_platform.redis_cluster import LocalCluster, local_redis_cluster
+from read_models.schema import READ_STORE_MIGRATIONS
+
+MASTERS = 3
+# Its own database: `iotp bench ingest` (and its test) may run beside it on iotp_bench.
+SCALE_DATABASE = "iotp_bench_scale"
+# What the bench itself sends (progress polling) or a client sends to find the cluster's
+# slots: not part of what the platform costs per event.
+BENCH_COMMANDS = ("xinfo", "info", "cluster", "command", "config")
+NOTE = (
+    "k ingests and k aggregators share this machine's {cores} cores: these runs measure "
+    "what each process costs per reading or event (per CPU-second), not a speed-up with k."
+)
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    devices: int
+    readings: int  # one reading (3 metrics) a message
+    shards: int  # telemetry event streams over the cluster's masters
+    ks: tuple[int, ...]  # ingests (and as many aggregators) of each run
+    timeout: float  # seconds a run may take
+    publishers: int = 2
+
+    def workload(self) -> Workload:
+        return Workload(self.devices, self.readings, 1)
+
+    def drain(self, k: int) -> DrainPlan:
+        return DrainPlan(
+            self.devices, self.readings, 1, self.publishers, self.timeout, Deployment(k, k)
+        )
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    """``"1,2,4"`` as (1, 2, 4); ValueError unless every one is a whole number from 1 to 64."""
+    try:
+        ks = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if not all(1 <= k <= 64 for k in ks):
+        raise ValueError(f"each k must be from 1 to 64, got {text!r}")
+    return ks
+
+
+def scale_settings(settings: Settings, cluster: LocalCluster, shards: int) -> Settings:
+    """The bench's stores (a database of its own), with Redis on ``cluster``."""
+    settings = bench_settings(settings)
+    db = urlsplit(settings.database_url)
+    return settings.model_copy(
+        update={
+            "database_url": urlunsplit(db._replace(path=f"/{SCALE_DATABASE}")),
+            "read_database_url": None,
+            "redis_url": cluster.url,
+            "redis_cluster": True,
+            "event_shards": shards,
+        }
+    )
+
+
+def run_scale_bench(
+    settings: Settings, plan: ScalePlan, timescale_url: str | None = None
+) -> dict[str, Any]:
+    """One drain per k on a cluster made for the bench; the storage cost of a reading."""
+    with tempfile.TemporaryDirectory(prefix="iotp-bench-scale-") as tmp:
+        workdir = Path(tmp)
+        with local_redis_cluster(workdir / "redis-cluster", MASTERS) as cluster:
+            settings = scale_settings(settings, cluster, plan.shards)
+            reset(settings)
+            register(settings, plan.workload().device_ids(), "thermostat", DECLARED)
+            runs = [_run(settings, plan, k, cluster, workdir) for k in plan.ks]
+            storage = stored_bytes(settings)
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "workload": {
+            "devices": plan.devices,
+            "readings": plan.readings,
+            "metrics_per_reading": len(METRICS),
+            "per_message": 1,
+        },
+        "redis": {"cluster_masters": MASTERS, "event_shards": plan.shards},
+        "runs": runs,
+        "storage": storage,
+        "note": NOTE.format(cores=machine()["cores"]),
+    }
+    if timescale_url is not None:
+        report["storage"]["timescaledb"] = timescale_compression(timescale_url, plan.devices)
+    return report
+
+
+def _run(
+    settings: Settings, plan: ScalePlan, k: int, cluster: LocalCluster, root: Path
+) -> dict[str, Any]:
+    before = cluster.command_calls()
+    result = run_drain(settings, plan.drain(k), plan.workload(), root / f"k{k}")
+    after = cluster.command_calls()
+    return per_process(result, k, command_delta(before, after))
+
+
+def command_delta(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """(calls, microseconds) of each command between two readings of INFO commandstats."""
+    delta = {}
+    for name, (calls, usec) in after.items():
+        was_calls, was_usec = before.get(name, (0, 0))
+        if calls > was_calls:
+            delta[name] = (calls - was_calls, usec - was_usec)
+    return delta
+
+
+def _share(part: float, whole: float, digits: int = 1) -> float | None:
+    return round(part / whole, digits) if whole > 0 else None
+
+
+def per_process(run: RunResult, k: int, commands: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """One run's figures per process and per unit of work, from its drain and Redis's stats."""
+    seconds = run.seconds_applied or run.seconds_stored or 0.0
+    cores = run.cpu_cores
+    ingest = sum(v for name, v in cores.items() if name.startswith("ingest"))
+    aggregator = sum(v for name, v in cores.items() if name.startswith("aggregator"))
+    events = run.events_published
+    platform = {n: c for n, c in commands.items() if not n.startswith(BENCH_COMMANDS)}
+    calls = Counter({name: c for name, (c, _) in platform.items()})
+    rows = run.readings_stored * len(METRICS)
+    return {
+        "k": k,
+        "ingests": k,
+        "aggregators": k,
+        "readings_published": run.readings_published,
+        "readings_stored": run.readings_stored,
+        "readings_lost": run.readings_lost,
+        "events_published": events,
+        "events_applied": run.events_applied,
+        "seconds_stored": run.seconds_stored,
+        "seconds_applied": run.seconds_applied,
+        "readings_per_s_stored": run.readings_per_s_stored,
+        "readings_per_s_applied": run.readings_per_s_applied,
+        "cpu_cores": cores,
+        "ingest_cores": round(ingest, 2),
+        "aggregator_cores": round(aggregator, 2),
+        "readings_per_s_per_ingest_core": _share(run.readings_stored, ingest * seconds),
+        "events_per_s_per_aggregator_core": _share(run.events_applied, aggregator * seconds),
+        "redis_commands_per_event": _share(sum(calls.values()), events, 2),
+        "redis_commands_per_event_with_bench_polling": _share(
+            sum(c for c, _ in commands.values()), events, 2
+        ),
+        "redis_commands_per_event_by_command": {
+            name.removeprefix("cmdstat_"): _share(c, events, 3) for name, c in calls.most_common()
+        },
+        "redis_command_usec_per_event": _share(sum(u for _, u in platform.values()), events, 1),
+        "postgresql_cpu_ms_per_1k_rows": _share(cores.get("postgresql", 0) * seconds, rows / 1e6),
+        "cpu_ms_per_1k_readings": run.cpu_ms_per_1k_readings,
+    }
+
+
+def stored_bytes(settings: Settings) -> dict[str, Any]:
+    """Bytes a reading takes in ``telemetry`` on this PostgreSQL (heap, indexes, TOAST)."""
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT pg_total_relation_size('telemetry'), pg_relation_size('telemetry'),"
+            " (SELECT count(*) FROM telemetry)"
+        ).fetchone()
+    total, heap, rows = row if row else (0, 0, 0)
+    return {
+        "postgresql": {
+            "rows": rows,
+            "total_bytes": total,
+            "heap_bytes": heap,
+            "bytes_per_row": _share(total, rows),
+            "bytes_per_reading": _share(total * len(METRICS), rows),
+        }
+    }
+
+
+# One day of the bench workload's signals at one reading every 10 s, made in the server: a
+# noisy temperature (the hardest to compress), humidity to 0.1 and a slowly draining battery.
+GENERATE_DAY = """
+INSERT INTO telemetry (device_id, ts, metric, value, received_at)
+SELECT 'bench-' || lpad(d::text, 5, '0'), ts, m.metric,
+  CASE m.metric WHEN 'temperature' THEN round((21 + 3 * random_normal())::numeric, 2)
+                WHEN 'humidity' THEN round((30 + 30 * random())::numeric, 1)
+                ELSE round((100 - i * 0.001)::numeric, 3) END,
+  ts + (50 + 30 * random()) * interval '1 millisecond'
+FROM generate_series(0, %(devices)s - 1) d,
+     generate_series(0, 8640 - 1) i,
+     LATERAL (SELECT timestamptz '2026-01-01' + i * interval '10 seconds' AS ts) t,
+     (VALUES ('temperature'), ('humidity'), ('battery')) m(metric)
+"""
+
+
+def timescale_compression(url: str, devices: int) -> dict[str, Any]:
+    """Bytes per reading of one generated day on a TimescaleDB, before and after compression.
+
+    ``url`` must be a throw-away TimescaleDB database: its telemetry table is emptied.
+    """
+    migrate(Settings(database_url=url, timescaledb="on"), READ_STORE_MIGRATIONS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE telemetry")
+        conn.execute(GENERATE_DAY, {"devices": devices})
+        rows = _one(conn, "SELECT count(*) FROM telemetry")
+        before = _one(conn, "SELECT total_bytes FROM hypertable_detailed_size('telemetry')")
+        conn.execute("SELECT compress_chunk(c) FROM show_chunks('telemetry') c")
+        after = _one(conn, "SELECT total_bytes FROM hypertable_detailed_size('telemetry')")
+        version = conn.execute(
+            "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+        ).fetchone()
+    return {
+        "timescaledb_version": version[0] if version else None,
+        "devices": devices,
+        "interval_seconds": 10,
+        "rows": rows,
+        "uncompressed_bytes": before,
+        "compressed_bytes": after,
+        "bytes_per_reading_uncompressed": _share(before * len(METRICS), rows),
+        "bytes_per_reading_compressed": _share(after * len(METRICS), rows),
+        "compression_ratio": _share(before, after),
+    }
+
+
+def _one(conn: psycopg.Connection[Any], sql: str) -> int:
+    row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+    return int(row[0]) if row else 0
+
