@@ -171,3 +171,29 @@ def bench_rebuild(
     from benchmarks.read_models import run_rebuild_bench
 
     show(run_rebuild_bench(load_settings(), devices, rows), as_json)
+
+
+@command(bench, "scale")
+def bench_scale(
+    devices: DevicesOption = 100,
+    readings: Annotated[int, typer.Option(help="Readings of each run (one a message).")] = 20_000,
+    shards: Annotated[int, typer.Option(help="Telemetry event streams over the cluster.")] = 6,
+    ks: Annotated[
+        str, typer.Option(help="Runs of k ingests and k aggregators, e.g. 1,2,4.")
+    ] = "1,2,4",
+    timeout: TimeoutOption = 300,
+    timescale_url: Annotated[
+        str | None,
+        typer.Option(help="A throw-away TimescaleDB: also measure bytes per reading compressed."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Per-process cost of k ingests and k aggregators on a local 3-master Redis Cluster."""
+    from benchmarks.report import print_scale_report
+    from benchmarks.scale import ScalePlan, parse_ks, run_scale_bench
+
+    try:
+        plan = ScalePlan(devices, readings, shards, parse_ks(ks), timeout)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ks") from None
+    show(run_scale_bench(load_settings(), plan, timescale_url), as_json, print_scale_report)

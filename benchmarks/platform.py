@@ -2,8 +2,9 @@
 
 Progress comes from two O(1) Redis calls, never from counting table rows while the
 platform runs (a ``count(*)`` every few milliseconds would be PostgreSQL's biggest load):
-- stored: events ever added to the telemetry stream (summed over its shards). Ingest publishes a message's event
-  only after its readings committed, so this counts messages stored.
+- stored: events ever added to the telemetry stream (summed over its shards). Ingest
+  publishes a message's event only after its readings committed, so this counts messages
+  stored.
 - applied: events the aggregator group has read and acknowledged; an aggregator
   acknowledges only after the read models committed.
 """

@@ -87,3 +87,47 @@ def print_limits_report(report: dict[str, Any]) -> None:
             *(f"{report[name][key]:.1%}" for name in ("single", "batched")),
         )
     Console().print(table)
+
+
+SCALE_ROWS = (
+    ("readings stored", "readings_stored"),
+    ("readings lost", "readings_lost"),
+    ("events applied", "events_applied"),
+    ("readings/s stored", "readings_per_s_stored"),
+    ("readings/s applied", "readings_per_s_applied"),
+    ("CPU cores: all ingests", "ingest_cores"),
+    ("CPU cores: all aggregators", "aggregator_cores"),
+    ("readings/s per ingest core", "readings_per_s_per_ingest_core"),
+    ("events/s per aggregator core", "events_per_s_per_aggregator_core"),
+    ("Redis commands per event", "redis_commands_per_event"),
+    ("PostgreSQL CPU ms per 1,000 rows", "postgresql_cpu_ms_per_1k_rows"),
+)
+
+
+def print_scale_report(report: dict[str, Any]) -> None:
+    redis = report["redis"]
+    table = Table(
+        title=f"iotp bench scale ({report['machine']['cores']} cores, "
+        f"{report['workload']['devices']} devices, Redis Cluster of "
+        f"{redis['cluster_masters']} masters, {redis['event_shards']} shards)"
+    )
+    table.add_column("k ingests + k aggregators")
+    runs = report["runs"]
+    for run in runs:
+        table.add_column(f"k = {run['k']}", justify="right")
+    for label, key in SCALE_ROWS:
+        table.add_row(label, *(_cell(run[key]) for run in runs))
+    processes = sorted({p for run in runs for p in run["cpu_cores"]})
+    for process in processes:
+        table.add_row(
+            f"CPU cores: {process}", *(str(run["cpu_cores"].get(process, "")) for run in runs)
+        )
+    console = Console()
+    console.print(table)
+    for engine, figures in report["storage"].items():
+        console.print(f"storage, {engine}: {figures}")
+    console.print(report["note"])
+
+
+def _cell(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int | float) else str(value)

@@ -148,7 +148,8 @@ def per_process(run: RunResult, k: int, commands: dict[str, tuple[int, int]]) ->
     ingest = sum(v for name, v in cores.items() if name.startswith("ingest"))
     aggregator = sum(v for name, v in cores.items() if name.startswith("aggregator"))
     events = run.events_published
-    platform = {n: c for n, c in commands.items() if not n.startswith(BENCH_COMMANDS)}
+    named = {name.removeprefix("cmdstat_"): figures for name, figures in commands.items()}
+    platform = {n: f for n, f in named.items() if not n.startswith(BENCH_COMMANDS)}
     calls = Counter({name: c for name, (c, _) in platform.items()})
     rows = run.readings_stored * len(METRICS)
     return {
@@ -174,7 +175,7 @@ def per_process(run: RunResult, k: int, commands: dict[str, tuple[int, int]]) ->
             sum(c for c, _ in commands.values()), events, 2
         ),
         "redis_commands_per_event_by_command": {
-            name.removeprefix("cmdstat_"): _share(c, events, 3) for name, c in calls.most_common()
+            name: _share(c, events, 3) for name, c in calls.most_common()
         },
         "redis_command_usec_per_event": _share(sum(u for _, u in platform.values()), events, 1),
         "postgresql_cpu_ms_per_1k_rows": _share(cores.get("postgresql", 0) * seconds, rows / 1e6),
@@ -247,6 +248,5 @@ def timescale_compression(url: str, devices: int) -> dict[str, Any]:
 
 
 def _one(conn: psycopg.Connection[Any], sql: str) -> int:
-    row = conn.execute(sql).fetchone()  # type: ignore[arg-type]
+    row = conn.execute(sql).fetchone()
     return int(row[0]) if row else 0
-

@@ -22,7 +22,12 @@ from device_simulator.connections import Link, close_links, ensure_open_files, o
 from device_simulator.faults import FaultInjector, FaultRates
 from device_simulator.fleet import STOP_POLL_SECONDS, Fleet, Publisher, Schedule
 from device_simulator.profiles import Profile, profile_for
-from device_simulator.registration import SimulatedDevice, api_client, register
+from device_simulator.registration import (
+    SimulatedDevice,
+    api_client,
+    ensure_offline_rule,
+    register,
+)
 from iotp.mqtt_url import parse_mqtt_url
 
 
@@ -89,6 +94,9 @@ def run_simulation(
             if stop.is_set():  # a large fleet takes a while to register: stop means now
                 return Summary(devices=len(devices))
             devices.append(register(api, f"{config.prefix}-{n:05d}", profile.kind, profile.metrics))
+        if config.faults.silence:
+            for kind in sorted({profile.kind for profile in profiles}):
+                ensure_offline_rule(api, kind)
     return asyncio.run(publish_fleet(config, devices, profiles, stop, on_progress))
 
 

@@ -103,9 +103,8 @@ def _answers(port: int) -> bool:
 
 
 def _state_ok(port: int) -> bool:
-    return _node_says(
-        port, lambda node: "cluster_state:ok" in str(node.execute_command("CLUSTER", "INFO"))
-    )
+    # redis-py answers CLUSTER INFO as a dict of its fields.
+    return _node_says(port, lambda node: node.cluster("INFO").get("cluster_state") == "ok")
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -116,12 +115,12 @@ def _wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
         time.sleep(0.1)
 
 
-def _start_node(root: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_node(server: str, root: Path, port: int) -> subprocess.Popen[bytes]:
     directory = root / str(port)
     directory.mkdir(parents=True)
     return subprocess.Popen(  # noqa: S603 - the system's redis-server with our arguments
         [
-            "redis-server",
+            server,
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--cluster-enabled", "yes",
@@ -136,11 +135,11 @@ def _start_node(root: Path, port: int) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
-def _form(ports: tuple[int, ...]) -> None:
+def _form(cli: str, ports: tuple[int, ...]) -> None:
     _wait_until(lambda: all(_answers(port) for port in ports), 20, "a node did not answer")
+    nodes = [f"127.0.0.1:{port}" for port in ports]
     subprocess.run(  # noqa: S603 - the system's redis-cli with our arguments
-        ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports)]
-        + ["--cluster-replicas", "0", "--cluster-yes"],
+        [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
         check=True,
         capture_output=True,
         timeout=60,
@@ -155,13 +154,14 @@ def _form(ports: tuple[int, ...]) -> None:
 @contextmanager
 def local_redis_cluster(root: Path, masters: int = 3) -> Iterator[LocalCluster]:
     """A cluster of ``masters`` masters (no replicas), node directories under ``root``."""
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
         raise RuntimeError("redis-server and redis-cli are needed (Debian: redis-server)")
     ports = cluster_ports(masters)
     nodes: list[subprocess.Popen[bytes]] = []
     try:
-        nodes.extend(_start_node(root, port) for port in ports)
-        _form(ports)
+        nodes.extend(_start_node(server, root, port) for port in ports)
+        _form(cli, ports)
         yield LocalCluster(ports, tuple(node.pid for node in nodes))
     finally:
         for node in nodes:

@@ -265,10 +265,10 @@ def children(options: UpOptions, resolved: Services) -> list[Child]:
                     str(10 * 365 * 86400),
                     "--prefix",
                     "demo",
-                    # Now and then a metric held out of range for a minute or two, so that
-                    # alarms are raised and cleared within minutes (issue 16).
+                    # Now and then a metric held out of range, or a device silent, for a
+                    # minute or two: alarms are raised and cleared within minutes (issue 16).
                     "--faults",
-                    "breach=0.001",
+                    "breach=0.001,silence=0.0005",
                     "--api-url",
                     api_url,
                     "--json",

@@ -303,6 +303,8 @@ def test_alarms_page_shows_active_then_acknowledged_then_history(
     app.selectbox(key="alarm_severity").select("all")
     app.text_input(key="alarm_device").input("d00").run()
     assert [len(frame.value) for frame in app.dataframe] == [1, 1]
+    app.text_input(key="alarm_device").input("d00\x00'; --").run()
+    assert not app.exception and "A device id is" in app.warning[0].value
 
 
 def test_alarms_page_acknowledge_shows_the_command_apis_answer(

@@ -72,6 +72,9 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
         "0003_telemetry_hypertable",
         "0004_ingest_ledger",
         "0005_telemetry_key_byte_order",
+        "0010_alarms",
+        "0020_webhooks",
+        "0040_emqx_auth",
     ]
     assert "compression after 7 d" in report.policies
     assert "retention after 30 d" in report.policies

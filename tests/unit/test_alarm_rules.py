@@ -7,6 +7,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
+import httpx
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -24,6 +26,7 @@ from alarms.rules import (
     thresholds,
 )
 from device_simulator.faults import FaultInjector, FaultRates
+from device_simulator.registration import ensure_offline_rule
 from iotp.commands import AcknowledgeAlarm, CreateAlarmRule
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -217,3 +220,25 @@ def test_the_simulator_holds_a_metric_out_of_range_for_a_spell_then_returns() ->
         assert held["temp"] > 60
     quiet = FaultInjector(FaultRates(breach=0.0), random.Random(1))
     assert quiet.hold_breach("d", until + 1, 1.0, {"temp": 20.0}, declared) is None
+
+
+def test_the_simulator_asks_once_for_an_offline_rule_per_kind() -> None:
+    rules: list[dict[str, object]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"rules": rules})
+        rules.append(orjson.loads(request.content))
+        return httpx.Response(201, json=rules[-1])
+
+    client = httpx.Client(base_url="http://api", transport=httpx.MockTransport(answer))
+    for _ in range(2):
+        ensure_offline_rule(client, "thermostat")
+    assert rules == [
+        {"scope": "kind", "kind": "thermostat", "condition": "offline", "for_seconds": 20,
+         "severity": "minor"}
+    ]  # fmt: skip
+    refused = httpx.Client(
+        base_url="http://api", transport=httpx.MockTransport(lambda _: httpx.Response(404))
+    )
+    ensure_offline_rule(refused, "tracker")  # logged, not raised
