@@ -141,17 +141,26 @@ def _share(part: float, whole: float, digits: int = 1) -> float | None:
     return round(part / whole, digits) if whole > 0 else None
 
 
+def _rate(work: float, whole: float) -> float | None:
+    """Work per second or per CPU-second; None when none was done on the clock."""
+    return _share(work, whole) if work > 0 else None
+
+
 def per_process(run: RunResult, k: int, commands: dict[str, tuple[int, int]]) -> dict[str, Any]:
-    """One run's figures per process and per unit of work, from its drain and Redis's stats."""
+    """One run's figures per process and per unit of work, from its drain and Redis's stats.
+
+    The drain's clock (and its CPU meter) starts once the last ingest has connected; the
+    ones that connected first have drained part of their share by then. Rates and costs
+    are therefore of the work done on the clock: what was stored and applied after the
+    first progress sample, over the CPU used after it.
+    """
     seconds = run.seconds_applied or run.seconds_stored or 0.0
     cores = run.cpu_cores
     ingest = sum(v for name, v in cores.items() if name.startswith("ingest"))
     aggregator = sum(v for name, v in cores.items() if name.startswith("aggregator"))
-    events = run.events_published
-    named = {name.removeprefix("cmdstat_"): figures for name, figures in commands.items()}
-    platform = {n: f for n, f in named.items() if not n.startswith(BENCH_COMMANDS)}
-    calls = Counter({name: c for name, (c, _) in platform.items()})
-    rows = run.readings_stored * len(METRICS)
+    _, stored_before, applied_before = run.timeline[0] if run.timeline else (0.0, 0, 0)
+    stored = run.readings_stored - stored_before
+    applied = run.events_applied - applied_before  # one reading an event
     return {
         "k": k,
         "ingests": k,
@@ -159,27 +168,41 @@ def per_process(run: RunResult, k: int, commands: dict[str, tuple[int, int]]) ->
         "readings_published": run.readings_published,
         "readings_stored": run.readings_stored,
         "readings_lost": run.readings_lost,
-        "events_published": events,
+        "events_published": run.events_published,
         "events_applied": run.events_applied,
+        "readings_stored_before_the_clock": stored_before,
+        "events_applied_before_the_clock": applied_before,
         "seconds_stored": run.seconds_stored,
         "seconds_applied": run.seconds_applied,
-        "readings_per_s_stored": run.readings_per_s_stored,
-        "readings_per_s_applied": run.readings_per_s_applied,
+        "readings_per_s_stored": _rate(stored, run.seconds_stored or 0.0),
+        "readings_per_s_applied": _rate(applied, run.seconds_applied or 0.0),
         "cpu_cores": cores,
         "ingest_cores": round(ingest, 2),
         "aggregator_cores": round(aggregator, 2),
-        "readings_per_s_per_ingest_core": _share(run.readings_stored, ingest * seconds),
-        "events_per_s_per_aggregator_core": _share(run.events_applied, aggregator * seconds),
+        "readings_per_s_per_ingest_core": _rate(stored, ingest * seconds),
+        "events_per_s_per_aggregator_core": _rate(applied, aggregator * seconds),
+        **redis_cost(commands, run.events_published),
+        "postgresql_cpu_ms_per_1k_rows": _share(
+            cores.get("postgresql", 0) * seconds, stored * len(METRICS) / 1e6
+        ),
+    }
+
+
+def redis_cost(commands: dict[str, tuple[int, int]], events: int) -> dict[str, Any]:
+    """Redis commands (and their execution time) per event, over the whole run: without the
+    bench's own polling, with it, and by command."""
+    named = {name.removeprefix("cmdstat_"): figures for name, figures in commands.items()}
+    platform = {n: f for n, f in named.items() if not n.startswith(BENCH_COMMANDS)}
+    calls = Counter({name: c for name, (c, _) in platform.items()})
+    return {
         "redis_commands_per_event": _share(sum(calls.values()), events, 2),
         "redis_commands_per_event_with_bench_polling": _share(
-            sum(c for c, _ in commands.values()), events, 2
+            sum(c for c, _ in named.values()), events, 2
         ),
         "redis_commands_per_event_by_command": {
             name: _share(c, events, 3) for name, c in calls.most_common()
         },
         "redis_command_usec_per_event": _share(sum(u for _, u in platform.values()), events, 1),
-        "postgresql_cpu_ms_per_1k_rows": _share(cores.get("postgresql", 0) * seconds, rows / 1e6),
-        "cpu_ms_per_1k_readings": run.cpu_ms_per_1k_readings,
     }
 
 

@@ -241,4 +241,3 @@ class Aggregator:
                 self.client.xack(stream, self.options.group, *[i for i, _ in entries])
         self.applied_total += len(fresh)
         return BatchOutcome(total, len(fresh), total - len(fresh))
-

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from alarms.process import ALARM_GROUP, AlarmProcess
 from alarms.service import alarm_process_for
-from iotp.event_shards import telemetry_streams
+from iotp.event_shards import telemetry_stream_for, telemetry_streams
 from iotp.events import (
     AlarmAcknowledged,
     AlarmCleared,
@@ -348,5 +348,29 @@ def test_one_alarm_process_leads_at_a_time(settings: Settings, process: AlarmPro
         other.client.close()
 
 
-def test_every_telemetry_shard_is_read(settings: Settings, process: AlarmProcess) -> None:
-    assert process.options.streams == telemetry_streams(settings.event_shards)
+def test_every_telemetry_shard_is_read(
+    api: TestClient, settings: Settings, db: psycopg.Connection[Any], redis_client: redis.Redis
+) -> None:
+    sharded = settings.model_copy(update={"event_shards": 3})
+    process = alarm_process_for(sharded)
+    try:
+        assert process.options.streams == telemetry_streams(3)
+        devices = [f"s{n}" for n in range(6)]
+        for device in devices:
+            register(api, device)
+        for device in devices:
+            for second in (1, 2, 3):
+                received = datetime.now(UTC)
+                fields = telemetry_recorded_fields(
+                    device,
+                    [(T0 + timedelta(seconds=second), {"temp": 99.0}, ())],
+                    received,
+                    received,
+                )
+                redis_client.xadd(telemetry_stream_for(device, 3), fields)  # type: ignore[arg-type]
+        settle(process)
+    finally:
+        process.close()
+        process.client.close()
+    assert sorted(row[2] for row in alarm_rows(db)) == devices
+    assert len({telemetry_stream_for(d, 3) for d in devices}) > 1
