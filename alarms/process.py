@@ -27,6 +27,7 @@ import redis
 
 from alarms import state
 from alarms.evaluation import BatchEvaluation, OfflineSweep
+from iotp.db import ReconnectingConnection
 from iotp.event_shards import Entry, read_group, telemetry_streams
 from iotp.events import TelemetryFacts, TelemetryRecorded, UndecodableEvent, from_fields_to_fold
 from iotp.names import ALARM_EVENTS_STREAM
@@ -76,9 +77,8 @@ class AlarmProcess:
         options: AlarmOptions,
     ) -> None:
         self.client = client
-        self.connect = connect
         self.options = options
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = ReconnectingConnection(connect)
         self._leading = False
         self._last_tick = 0.0
         self._last_drain = 0.0
@@ -86,16 +86,13 @@ class AlarmProcess:
         self.cleared = 0
 
     def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
+        if self._db.closed:
             self._leading = False  # the lock was the old session's
-            self._conn = self.connect()
-        return self._conn
+        return self._db()
 
     def close(self) -> None:
         self._leading = False
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._db.close()
 
     def run(self, stop: threading.Event) -> None:
         """Evaluate until ``stop`` is set, riding out PostgreSQL and Redis outages."""

@@ -93,13 +93,15 @@ SCALE_ROWS = (
     ("readings stored", "readings_stored"),
     ("readings lost", "readings_lost"),
     ("events applied", "events_applied"),
-    ("readings/s stored", "readings_per_s_stored"),
+    ("readings stored before the clock", "readings_stored_before_the_clock"),
+    ("readings/s stored (on the clock)", "readings_per_s_stored"),
     ("readings/s applied", "readings_per_s_applied"),
     ("CPU cores: all ingests", "ingest_cores"),
     ("CPU cores: all aggregators", "aggregator_cores"),
     ("readings/s per ingest core", "readings_per_s_per_ingest_core"),
     ("events/s per aggregator core", "events_per_s_per_aggregator_core"),
     ("Redis commands per event", "redis_commands_per_event"),
+    ("Redis cluster CPU ms per 1,000 events", "redis_cluster_cpu_ms_per_1k_events"),
     ("PostgreSQL CPU ms per 1,000 rows", "postgresql_cpu_ms_per_1k_rows"),
 )
 

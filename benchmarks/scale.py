@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
 import psycopg
 
 from benchmarks.ingest import Deployment, DrainPlan, RunResult, bench_settings, run_drain
@@ -50,6 +51,7 @@ class ScalePlan:
     ks: tuple[int, ...]  # ingests (and as many aggregators) of each run
     timeout: float  # seconds a run may take
     publishers: int = 2
+    database: str = SCALE_DATABASE  # on the configured server; emptied before the runs
 
     def workload(self) -> Workload:
         return Workload(self.devices, self.readings, 1)
@@ -71,17 +73,17 @@ def parse_ks(text: str) -> tuple[int, ...]:
     return ks
 
 
-def scale_settings(settings: Settings, cluster: LocalCluster, shards: int) -> Settings:
-    """The bench's stores (a database of its own), with Redis on ``cluster``."""
+def scale_settings(settings: Settings, cluster: LocalCluster, plan: ScalePlan) -> Settings:
+    """The bench's stores (``plan.database``), with Redis on ``cluster``."""
     settings = bench_settings(settings)
     db = urlsplit(settings.database_url)
     return settings.model_copy(
         update={
-            "database_url": urlunsplit(db._replace(path=f"/{SCALE_DATABASE}")),
+            "database_url": urlunsplit(db._replace(path=f"/{plan.database}")),
             "read_database_url": None,
             "redis_url": cluster.url,
             "redis_cluster": True,
-            "event_shards": shards,
+            "event_shards": plan.shards,
         }
     )
 
@@ -93,7 +95,7 @@ def run_scale_bench(
     with tempfile.TemporaryDirectory(prefix="iotp-bench-scale-") as tmp:
         workdir = Path(tmp)
         with local_redis_cluster(workdir / "redis-cluster", MASTERS) as cluster:
-            settings = scale_settings(settings, cluster, plan.shards)
+            settings = scale_settings(settings, cluster, plan)
             reset(settings)
             register(settings, plan.workload().device_ids(), "thermostat", DECLARED)
             runs = [_run(settings, plan, k, cluster, workdir) for k in plan.ks]
@@ -119,10 +121,24 @@ def run_scale_bench(
 def _run(
     settings: Settings, plan: ScalePlan, k: int, cluster: LocalCluster, root: Path
 ) -> dict[str, Any]:
-    before = cluster.command_calls()
+    before, cpu_before = cluster.command_calls(), cpu_seconds(cluster.pids)
     result = run_drain(settings, plan.drain(k), plan.workload(), root / f"k{k}")
-    after = cluster.command_calls()
-    return per_process(result, k, command_delta(before, after))
+    after, cpu_after = cluster.command_calls(), cpu_seconds(cluster.pids)
+    figures = per_process(result, k, command_delta(before, after))
+    # The nodes' CPU over the whole run, the bench's own polling included: an upper bound.
+    figures["redis_cluster_cpu_ms_per_1k_events"] = _share(
+        (cpu_after - cpu_before) * 1e6, result.events_published
+    )
+    return figures
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User and system CPU seconds the processes ``pids`` have used so far."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def command_delta(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import psycopg
@@ -22,6 +22,33 @@ def connect(url: str, *, setting: str = DATABASE_SETTING, **kwargs: Any) -> psyc
         return psycopg.connect(url, connect_timeout=5, **kwargs)
     except psycopg.OperationalError as exc:
         raise ServiceUnavailable("PostgreSQL", setting, redact_url(url), first_line(exc)) from exc
+
+
+class ReconnectingConnection:
+    """The one connection of a service loop: made on first use, and again once it closed.
+
+    The loops' retry policy (iotp.retry) closes it on a transient error, so the next call
+    after the back-off connects anew instead of reusing a broken session.
+    """
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Whether the next call opens a new session (what the old one held is gone)."""
+        return self._conn is None or self._conn.closed
+
+    def __call__(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 async def open_pool(

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from iotp.db import ReconnectingConnection
 from iotp.errors import first_line
 from iotp.retry import Stopped, retry_transient
 from notifications.backoff import RetryPolicy, after_attempt
@@ -138,25 +139,18 @@ class DeliveryWorker:
         poll_seconds: float,
         on_progress: Callable[[], None] = lambda: None,
     ) -> None:
-        self.connect, self.http, self.policy = connect, http, policy
+        self.http, self.policy = http, policy
         self.wake, self.poll_seconds, self.on_progress = wake, poll_seconds, on_progress
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self.connect()
-        return self._conn
+        self._db = ReconnectingConnection(connect)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._db.close()
 
     def step(self, stop: threading.Event | None = None) -> int:
         """Post every due delivery (until ``stop``); how many attempts were made."""
         made = 0
         while not (stop is not None and stop.is_set()) and deliver_next(
-            self._connection(), self.http, self.policy
+            self._db(), self.http, self.policy
         ):
             made += 1
         if made:

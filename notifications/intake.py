@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 import redis
 
+from iotp.db import ReconnectingConnection
 from iotp.events import (
     SEVERITIES,
     AlarmAcknowledged,
@@ -133,20 +134,13 @@ class AlarmIntake:
         options: IntakeOptions,
         on_recorded: Callable[[], None] = lambda: None,
     ) -> None:
-        self.client, self.connect, self.options = client, connect, options
+        self.client, self.options = client, options
         self.on_recorded = on_recorded
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = ReconnectingConnection(connect)
         self._last_claim = 0.0
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self.connect()
-        return self._conn
-
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._db.close()
 
     def run(self, stop: threading.Event) -> None:
         """Record deliveries until ``stop`` is set, riding out PostgreSQL and Redis outages."""
@@ -202,7 +196,7 @@ class AlarmIntake:
         """Record the deliveries of ``entries`` in one transaction, then acknowledge them."""
         if not entries:
             return 0
-        conn = self._connection()
+        conn = self._db()
         with conn.transaction():
             recorded = sum(record_deliveries(conn, event) for event in decode(entries))
         self.client.xack(ALARM_EVENTS_STREAM, self.options.group, *[i for i, _ in entries])

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import redis
 
+from iotp.db import ReconnectingConnection
 from iotp.event_shards import Entry, by_stream, event_streams, read_group
 from iotp.events import AnyEvent, TelemetryFacts, UndecodableEvent, from_fields_to_fold
 from iotp.names import ALARM_EVENTS_STREAM
@@ -80,23 +81,15 @@ class Aggregator:
         heal: Heal | None = None,
     ) -> None:
         self.client = client
-        self.connect = connect
         self.options = options
         self.gaps = GapWatch(client, options.group, heal, options.event_shards)
-        self._conn: psycopg.Connection[Any] | None = None
+        self._db = ReconnectingConnection(connect)
         self._last_claim = 0.0
         self._last_prune = 0.0
         self.applied_total = 0
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = self.connect()
-        return self._conn
-
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._db.close()
 
     def run(self, stop: threading.Event) -> None:
         """Apply events until ``stop`` is set, riding out PostgreSQL and Redis outages."""
@@ -115,8 +108,8 @@ class Aggregator:
 
     def look_for_gaps(self) -> None:
         """At start: what Redis lost since the read store's positions, and cuts; heal them."""
-        with self._connection().transaction():
-            rows = queries.tracking(self._connection())
+        with self._db().transaction():
+            rows = queries.tracking(self._db())
         tracked = {
             t["stream"]: t["last_applied_id"] for t in rows if t["group_name"] == self.options.group
         }
@@ -151,8 +144,8 @@ class Aggregator:
                     self.process({stream: claimed})
         if now - self._last_prune > 600:
             self._last_prune = now
-            with self._connection().transaction():
-                store.forget_applied(self._connection(), self.options.applied_events_keep_hours)
+            with self._db().transaction():
+                store.forget_applied(self._db(), self.options.applied_events_keep_hours)
         batch = read_group(
             self.client,
             self.options.group,
@@ -226,7 +219,7 @@ class Aggregator:
                     newest[stream] = event.occurred_at
         if total == 0:
             return BatchOutcome(0, 0, 0)
-        conn = self._connection()
+        conn = self._db()
         with conn.transaction():
             store.lock_for_batch(conn)
             new = store.claim_events(conn, [e.event_id for e in events])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -43,11 +44,15 @@ PER_RUN = {
     "redis_commands_per_event",
     "redis_commands_per_event_by_command",
     "postgresql_cpu_ms_per_1k_rows",
+    "redis_cluster_cpu_ms_per_1k_events",
 }
 
 
 def test_tiny_scale_bench_loses_nothing_and_reports_per_process(settings: Settings) -> None:
-    report: dict[str, Any] = run_scale_bench(settings, ScalePlan(4, 200, 6, (1, 2), 60))
+    # In the test's own database: a real `iotp bench scale` may be running on its default one.
+    database = urlsplit(settings.database_url).path.lstrip("/")
+    plan = ScalePlan(4, 200, 6, (1, 2), 60, database=database)
+    report: dict[str, Any] = run_scale_bench(settings, plan)
     assert [run["k"] for run in report["runs"]] == [1, 2]
     assert report["redis"] == {"cluster_masters": 3, "event_shards": 6}
     for run in report["runs"]:
