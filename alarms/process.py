@@ -28,7 +28,7 @@ import redis
 from alarms import state
 from alarms.evaluation import BatchEvaluation, OfflineSweep
 from iotp.db import ReconnectingConnection
-from iotp.event_shards import Entry, read_group, telemetry_streams
+from iotp.event_shards import Entry, ensure_groups, read_group, telemetry_streams
 from iotp.events import TelemetryFacts, TelemetryRecorded, UndecodableEvent, from_fields_to_fold
 from iotp.names import ALARM_EVENTS_STREAM
 from iotp.redis_client import split_id
@@ -54,16 +54,6 @@ class AlarmOptions:
     @property
     def streams(self) -> tuple[str, ...]:
         return telemetry_streams(self.event_shards)
-
-
-def ensure_group(client: redis.Redis, streams: tuple[str, ...]) -> None:
-    """Create the alarm process's consumer group on every telemetry stream, from its start."""
-    for stream in streams:
-        try:
-            client.xgroup_create(stream, ALARM_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
 
 Reading = TelemetryRecorded | TelemetryFacts
@@ -116,7 +106,7 @@ class AlarmProcess:
             .fetchone()
         )
         if row is not None and row["got"]:
-            ensure_group(self.client, self.options.streams)
+            ensure_groups(self.client, ALARM_GROUP, self.options.streams)
             self._leading = True
             self._last_drain = 0.0
             logger.info("alarms: leading (group %s)", ALARM_GROUP)

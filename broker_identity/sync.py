@@ -22,6 +22,7 @@ import redis
 
 from broker_identity.accounts import BrokerState, HashLookup, MissingHash, apply_event
 from broker_identity.files import BrokerFiles
+from iotp.event_shards import ensure_groups
 from iotp.events import UndecodableEvent, from_fields
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.redis_client import split_id, text
@@ -53,11 +54,7 @@ class BrokerSync:
         """Write the files as the state stands (service accounts may have changed), reload."""
         self.files.write(self.state)
         self.files.reload_broker()
-        try:
-            self.client.xgroup_create(DEVICE_EVENTS_STREAM, SYNC_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        ensure_groups(self.client, SYNC_GROUP, (DEVICE_EVENTS_STREAM,))
 
     def run(self, stop: threading.Event) -> None:
         """Follow the stream until ``stop`` is set, riding out Redis outages."""

@@ -13,7 +13,7 @@ cluster with one per stream (a multi-stream read must stay in one slot there).
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -85,6 +85,16 @@ def stream_trims(client: redis.Redis, shards: int) -> dict[str, str]:
 
 def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
+
+
+def ensure_groups(client: redis.Redis, group: str, streams: Iterable[str]) -> None:
+    """Create ``group`` on every stream (from the stream's beginning) where it is missing."""
+    for stream in streams:
+        try:
+            client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
 
 def read_group(

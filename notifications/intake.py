@@ -25,6 +25,7 @@ import psycopg
 import redis
 
 from iotp.db import ReconnectingConnection
+from iotp.event_shards import Entry, ensure_groups
 from iotp.events import (
     SEVERITIES,
     AlarmAcknowledged,
@@ -41,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 NOTIFIER_GROUP = "iotp-notifier"
 AlarmEvent = AlarmRaised | AlarmAcknowledged | AlarmCleared
-Entry = tuple[str, dict[bytes, bytes] | None]
 
 _REMEMBER_SEVERITY = (
     "INSERT INTO notifier_alarm_severities (alarm_id, severity) VALUES (%s, %s)"
@@ -73,11 +73,7 @@ class IntakeOptions:
 
 def ensure_group(client: redis.Redis, group: str = NOTIFIER_GROUP) -> None:
     """Create the group on the alarm stream, from its beginning, if missing."""
-    try:
-        client.xgroup_create(ALARM_EVENTS_STREAM, group, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    ensure_groups(client, group, (ALARM_EVENTS_STREAM,))
 
 
 def decode(entries: list[Entry]) -> list[AlarmEvent]:

@@ -21,7 +21,7 @@ import psycopg
 import redis
 
 from iotp.db import ReconnectingConnection
-from iotp.event_shards import Entry, by_stream, event_streams, read_group
+from iotp.event_shards import Entry, by_stream, ensure_groups, event_streams, read_group
 from iotp.events import AnyEvent, TelemetryFacts, UndecodableEvent, from_fields_to_fold
 from iotp.names import ALARM_EVENTS_STREAM
 from iotp.redis_client import split_id, text
@@ -60,16 +60,6 @@ class BatchOutcome:
     entries: int
     applied: int
     skipped: int
-
-
-def ensure_groups(client: redis.Redis, group: str, streams: tuple[str, ...]) -> None:
-    """Create the consumer group on every stream (from its beginning) if missing."""
-    for stream in streams:
-        try:
-            client.xgroup_create(stream, group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
 
 class Aggregator:

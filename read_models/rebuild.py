@@ -31,13 +31,14 @@ import redis
 from psycopg.types.json import Jsonb
 
 from iotp.db import connect
+from iotp.event_shards import ensure_groups
 from iotp.events import AnyEvent, TelemetryRecorded, UndecodableEvent, from_fields
 from iotp.names import ALARM_EVENTS_STREAM
 from iotp.preflight import READ_DATABASE_SETTING
 from iotp.redis_client import redis_for, split_id, text
 from iotp.settings import Settings
 from read_models import store
-from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.gaps import cuts_into, mark_healed
 from read_models.projection import Deltas
 

@@ -113,7 +113,7 @@ def publish(bus: redis.Redis, *events: Envelope) -> None:
 
 def apply_all(agg: Aggregator) -> int:
     """Run the aggregator until the streams are drained; the events it applied."""
-    from read_models.consumer import ensure_groups
+    from iotp.event_shards import ensure_groups
 
     ensure_groups(agg.client, agg.options.group, agg.options.streams)
     applied = 0

@@ -16,6 +16,7 @@ import redis
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
+from iotp.event_shards import ensure_groups
 from iotp.events import (
     DeviceDecommissioned,
     DeviceRegistered,
@@ -28,7 +29,7 @@ from iotp.names import TELEMETRY_EVENTS_STREAM, ingest_stats_key
 from iotp.settings import Settings, get_settings
 from local_platform.embedded import embedded_redis
 from read_models import store
-from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.projection import fold
 from tests.support.dashboard_pages import dashboard_settings, run_page
 

@@ -14,11 +14,12 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from iotp.event_shards import ensure_groups
 from iotp.names import TELEMETRY_EVENTS_STREAM
 from iotp.settings import Settings
 from local_platform.embedded import embedded_redis
 from read_models.app import create_query_app
-from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.health import group_lag, pipeline_health
 from tests.support.servers import TEST_TOKEN
 

@@ -207,7 +207,8 @@ def test_rebuild_on_a_live_system_hands_over_exactly(platform: Platform) -> None
 
 
 def test_entries_a_dead_consumer_left_pending_are_claimed(platform: Platform) -> None:
-    from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
+    from iotp.event_shards import ensure_groups
+    from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
     from read_models.service import aggregator_for
 
     platform.register(*DEVICES[:2], metrics=DECLARED)

@@ -18,12 +18,12 @@ import pytest
 import redis
 
 from ingest.publisher import StreamPublisher
-from iotp.event_shards import trims_key
+from iotp.event_shards import ensure_groups, trims_key
 from iotp.names import TELEMETRY_EVENTS_STREAM
 from iotp.redis_client import ingest_stats
 from iotp.settings import Settings
 from local_platform.embedded import embedded_redis
-from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams, ensure_groups
+from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.health import PipelineHealth, pipeline_health
 from read_models.service import aggregator_for
 from tests.support.dashboard_pages import dashboard_settings, run_page
