@@ -26,6 +26,7 @@ from benchmarks.ingest import Deployment, DrainPlan, RunResult, bench_settings, 
 from benchmarks.processes import machine
 from benchmarks.stores import register, reset
 from benchmarks.workload import DECLARED, METRICS, Workload
+from iotp.errors import ConfigurationError, first_line
 from iotp.migrate import migrate
 from iotp.settings import Settings
 from local_platform.redis_cluster import LocalCluster, local_redis_cluster
@@ -92,6 +93,8 @@ def run_scale_bench(
     settings: Settings, plan: ScalePlan, timescale_url: str | None = None
 ) -> dict[str, Any]:
     """One drain per k on a cluster made for the bench; the storage cost of a reading."""
+    if timescale_url is not None:
+        check_timescale(timescale_url)  # before minutes of drains, not after
     with tempfile.TemporaryDirectory(prefix="iotp-bench-scale-") as tmp:
         workdir = Path(tmp)
         with local_redis_cluster(workdir / "redis-cluster", MASTERS) as cluster:
@@ -255,6 +258,19 @@ FROM generate_series(0, %(devices)s - 1) d,
      LATERAL (SELECT timestamptz '2026-01-01' + i * interval '10 seconds' AS ts) t,
      (VALUES ('temperature'), ('humidity'), ('battery')) m(metric)
 """
+
+
+def check_timescale(url: str) -> None:
+    """ConfigurationError unless ``url`` answers and offers the timescaledb extension."""
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+            ).fetchone()
+    except psycopg.Error as exc:
+        raise ConfigurationError(f"--timescale-url does not answer: {first_line(exc)}") from None
+    if row is None:
+        raise ConfigurationError("--timescale-url: that server has no timescaledb extension")
 
 
 def timescale_compression(url: str, devices: int) -> dict[str, Any]:

@@ -25,8 +25,10 @@ from benchmarks.scale import (
     per_process,
     run_scale_bench,
 )
+from iotp.errors import ConfigurationError
 from iotp.event_shards import telemetry_streams
 from iotp.settings import Settings
+from local_platform.broker import free_port
 from local_platform.redis_cluster import BUS_PORT_OFFSET, local_redis_cluster
 
 PER_RUN = {
@@ -143,6 +145,20 @@ def test_ks_are_parsed() -> None:
 def test_bad_ks_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="got"):
         parse_ks(text)
+
+
+def test_a_timescale_url_without_timescaledb_is_refused_before_any_run(
+    settings: Settings,
+) -> None:
+    # The suite's PostgreSQL has no timescaledb extension; tests/timescale serves one.
+    with pytest.raises(ConfigurationError, match="no timescaledb extension"):
+        run_scale_bench(settings, ScalePlan(4, 200, 6, (1,), 60), settings.database_url)
+
+
+def test_a_timescale_url_that_does_not_answer_is_refused(settings: Settings) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    with pytest.raises(ConfigurationError, match="does not answer"):
+        run_scale_bench(settings, ScalePlan(4, 200, 6, (1,), 60), url)
 
 
 def test_the_command_refuses_bad_ks_before_starting_anything() -> None:
