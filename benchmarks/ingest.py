@@ -117,6 +117,7 @@ class RunResult:
     aggregator_peak_rss_mb: float
     cpu_cores: dict[str, float] = field(default_factory=dict)
     cpu_ms_per_1k_readings: float = 0.0  # ingests and aggregators together
+    readings_stored_before_the_clock: int = 0  # by an ingest that connected before the others
     # (seconds, readings stored, readings applied), sampled every SAMPLE_SECONDS
     timeline: list[tuple[float, int, int]] = field(default_factory=list)
 
@@ -208,6 +209,11 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
     stored_seconds = seen.stored_at or end
     applied_seconds = seen.applied_at or end
     per = workload.per_message
+    # Several ingests start one after another, and the first to connect drains part of its
+    # share before the clock starts: rates and CPU count only what was done on the clock.
+    _, stored_before, applied_before = seen.samples[0] if seen.samples else (0.0, 0, 0)
+    timed_stored = readings_stored - stored_before * per
+    timed_applied = (applied - applied_before) * per
     return RunResult(
         mode=mode,
         per_message=per,
@@ -221,20 +227,19 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
         events_applied=applied,
         seconds_stored=None if seen.stored_at is None else round(seen.stored_at, 3),
         seconds_applied=None if seen.applied_at is None else round(seen.applied_at, 3),
-        readings_per_s_stored=round(readings_stored / stored_seconds, 1),
-        data_points_per_s_stored=round(stored / stored_seconds, 1),
-        readings_per_s_applied=round(applied * per / applied_seconds, 1),
+        readings_per_s_stored=round(timed_stored / stored_seconds, 1),
+        data_points_per_s_stored=round(timed_stored * len(METRICS) / stored_seconds, 1),
+        readings_per_s_applied=round(timed_applied / applied_seconds, 1),
         stored_fraction_of_publish_rate=(
-            round(readings_stored / stored_seconds / (seen.published.rate * per), 3)
+            round(timed_stored / stored_seconds / (seen.published.rate * per), 3)
             if mode == "live" and seen.published.rate
             else None
         ),
         peak_rss_mb=seen.rss.get("ingest", 0.0),
         aggregator_peak_rss_mb=seen.rss.get("aggregator", 0.0),
         cpu_cores=seen.cpu,
-        cpu_ms_per_1k_readings=cpu_ms_per_1k_readings(
-            seen.cpu, seen.cpu_seconds, workload.readings
-        ),
+        cpu_ms_per_1k_readings=cpu_ms_per_1k_readings(seen.cpu, seen.cpu_seconds, timed_stored),
+        readings_stored_before_the_clock=stored_before * per,
         timeline=[(round(t, 2), s * per, a * per) for t, s, a in seen.samples],
     )
 
