@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -88,6 +89,15 @@ class PublishResult:
         return self.messages / self.seconds if self.seconds else 0.0
 
 
+PUBLISH_WINDOW = 30_000
+
+
+def _acknowledged(info: mqtt.MQTTMessageInfo) -> None:
+    info.wait_for_publish(timeout=120)
+    if not info.is_published():
+        raise RuntimeError("the broker did not acknowledge a message within 120 s")
+
+
 def _publish_part(mqtt_url: str, workload: Workload, part: int, parts: int) -> PublishResult:
     messages = build_messages(workload, part, parts)
     cpu_started = time.process_time()
@@ -100,11 +110,15 @@ def _publish_part(mqtt_url: str, workload: Workload, part: int, parts: int) -> P
     client.connect(broker.host, broker.port)
     client.loop_start()
     started = time.perf_counter()
-    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-    for info in infos:
-        info.wait_for_publish(timeout=120)
-        if not info.is_published():
-            raise RuntimeError("the broker did not acknowledge a message within 120 s")
+    # paho numbers the messages it holds with 16-bit ids: past 65,535 unacknowledged ones it
+    # refuses more (ERR_QUEUE_SIZE), so at most PUBLISH_WINDOW wait for their PUBACK at once.
+    waiting: deque[mqtt.MQTTMessageInfo] = deque()
+    for topic, payload in messages:
+        if len(waiting) >= PUBLISH_WINDOW:
+            _acknowledged(waiting.popleft())
+        waiting.append(client.publish(topic, payload, qos=1))
+    for info in waiting:
+        _acknowledged(info)
     elapsed = time.perf_counter() - started
     client.disconnect()
     client.loop_stop()
