@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -24,7 +24,7 @@ from ingest.mqtt_source import InboundMessage
 from ingest.payloads import DeviceLookup, Limits, ParsedMessage, parse_message
 from ingest.publisher import StreamPublisher
 from ingest.store import StagedRow, StreamEntry, TelemetryStore
-from iotp.events import telemetry_recorded_fields
+from iotp.events import new_event_ids, telemetry_recorded_fields
 from iotp.retry import Stopped, retry_transient, service_of
 
 logger = logging.getLogger(__name__)
@@ -243,7 +243,9 @@ def _staged_rows(
     copy, so the stored value is the one the first message's event reports.
     """
     rows: list[StagedRow] = []
-    seen: set[tuple[str, str, datetime]] = set()
+    # Repeats are rare: each reading costs one lookup of its (device, time), and its metrics
+    # are compared only with the batch's earlier readings of that device at that time.
+    taken: dict[tuple[str, datetime], list[Mapping[str, float]]] = {}
     seq = -1
     for message, result in zip(batch, parsed, strict=True):
         device_id = result.device_id
@@ -252,13 +254,18 @@ def _staged_rows(
         received_at = message.received_at
         for reading in result.readings:
             ts = reading.ts
+            earlier = taken.get((device_id, ts))
+            if earlier is None:
+                taken[(device_id, ts)] = [reading.metrics]
+                for metric, value in reading.metrics.items():
+                    seq += 1
+                    rows.append((seq, device_id, ts, metric, value, received_at))
+                continue
             for metric, value in reading.metrics.items():
                 seq += 1
-                key = (device_id, metric, ts)
-                if key in seen:
-                    continue
-                seen.add(key)
-                rows.append((seq, device_id, ts, metric, value, received_at))
+                if not any(metric in metrics for metrics in earlier):
+                    rows.append((seq, device_id, ts, metric, value, received_at))
+            earlier.append(reading.metrics)
     return rows
 
 
@@ -272,6 +279,7 @@ def _events(
     """
     ingested_at = datetime.now(UTC)
     entries: list[StreamEntry] = []
+    event_ids = new_event_ids(len(batch))
     seq = 0
     for message, result in zip(batch, parsed, strict=True):
         device_id = result.device_id
@@ -289,7 +297,9 @@ def _events(
                 readings.append((reading.ts, metrics, breaches))
         if readings:
             entries.append(
-                telemetry_recorded_fields(device_id, readings, message.received_at, ingested_at)
+                telemetry_recorded_fields(
+                    device_id, readings, message.received_at, ingested_at, next(event_ids)
+                )
             )
     return entries
 

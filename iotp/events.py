@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal, TypeVar
 from uuid import UUID, uuid4
@@ -215,18 +217,36 @@ def to_fields(event: Envelope) -> dict[str, str]:
     }
 
 
+def new_event_ids(count: int) -> Iterator[str]:
+    """``count`` random (version 4) UUIDs as text, from one read of the system's randomness.
+
+    ``str(uuid4())`` per event was half the cost of ingest's events: one ``os.urandom`` call
+    and one UUID object each.
+    """
+    digits = os.urandom(16 * count).hex()
+    for start in range(0, 32 * count, 32):
+        h = digits[start : start + 32]
+        variant = _VARIANT[int(h[16], 16) & 3]
+        yield f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = "89ab"  # RFC 4122: the two top bits of the clock sequence are 10
+
+
 def telemetry_recorded_fields(
     device_id: str,
     readings: list[tuple[datetime, dict[str, float], tuple[str, ...]]],
     received_at: datetime,
     ingested_at: datetime,
+    event_id: str | None = None,
 ) -> dict[str, str]:
     """``to_fields(TelemetryRecorded(...))`` without building the model: ingest's hot path.
 
     The inputs are already validated by ingest; a unit test holds this equal to the model's
     own serialisation.
     """
-    event_id = str(uuid4())
+    if event_id is None:
+        event_id = str(uuid4())
     data = {
         "event_id": event_id,
         "occurred_at": ingested_at,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from ingest.mqtt_source import InboundMessage
 from ingest.payloads import ParsedMessage, Reading, Rejection
 from ingest.pipeline import _deadletters, _events, _staged_rows
-from iotp.events import TelemetryRecorded, from_fields, to_fields
+from iotp.events import TelemetryRecorded, from_fields, new_event_ids, to_fields
 
 T0 = datetime(2026, 11, 24, 10, tzinfo=UTC)
 T1 = datetime(2026, 11, 24, 10, 1, tzinfo=UTC)
@@ -34,6 +35,23 @@ def test_a_reading_held_twice_is_reported_once_by_the_first_message() -> None:
     assert first_event.readings[0].metrics == {"a": 1.0, "b": 2.0}
     assert [(r.ts, r.metrics, r.out_of_range) for r in second_event.readings] == [
         (T1, {"a": 3.0}, ("a",))
+    ]
+
+
+def test_repeats_of_a_device_time_keep_each_metric_once() -> None:
+    first = ParsedMessage("d", (Reading(T0, {"a": 1.0, "b": 2.0}),), ())
+    second = ParsedMessage("d", (Reading(T0, {"b": 5.0, "c": 6.0}),), ())
+    third = ParsedMessage("d", (Reading(T0, {"a": 7.0, "c": 8.0, "e": 9.0}),), ())
+    other = ParsedMessage("x", (Reading(T0, {"a": 4.0}),), ())
+    batch = [_message(), _message(), _message(), _message()]
+    rows = _staged_rows(batch, [first, second, other, third])
+    # seqs: first a0 b1; second b2 (repeat) c3; other a4 (another device); third a5 c6 e7
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
+        (0, "d", "a", 1.0),
+        (1, "d", "b", 2.0),
+        (3, "d", "c", 6.0),
+        (4, "x", "a", 4.0),
+        (7, "d", "e", 9.0),
     ]
 
 
@@ -72,3 +90,11 @@ def test_fast_serialisation_equals_the_models() -> None:
     )
     assert event == expected
     assert fields == to_fields(expected)
+
+
+def test_event_ids_are_distinct_version_4_uuids() -> None:
+    ids = list(new_event_ids(5000))
+    assert len(set(ids)) == 5000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
