@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     aggregator_instance: str = "0"
     aggregator_batch_size: int = Field(default=2000, ge=1, le=100_000)
     aggregator_block_ms: int = Field(default=500, ge=1)
+    # After a read of fewer events than a batch, wait this long for more to apply with them.
+    aggregator_gather_ms: int = Field(default=50, ge=0, le=5000)
     aggregator_claim_idle_ms: int = Field(default=30_000, ge=100)
     applied_events_keep_hours: int = Field(default=48, ge=1)
     liveness_timeout_seconds: int = Field(default=300, ge=1)

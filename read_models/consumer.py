@@ -49,6 +49,7 @@ class ConsumerOptions:
     claim_idle_ms: int
     applied_events_keep_hours: int
     event_shards: int = 1
+    gather_ms: int = 0  # after a short read, wait this long and add what arrived
 
     @property
     def streams(self) -> tuple[str, ...]:
@@ -136,15 +137,25 @@ class Aggregator:
             self._last_prune = now
             with self._db().transaction():
                 store.forget_applied(self._db(), self.options.applied_events_keep_hours)
-        batch = read_group(
+        batch = self._read_new(self.options.block_ms)
+        size = sum(len(entries) for entries in batch.values())
+        if 0 < size < self.options.batch_size and self.options.gather_ms:
+            # A trickle: gather what arrives next into the same batch, for one transaction
+            # per gather_ms rather than one per handful of events (each is a dozen round trips).
+            time.sleep(self.options.gather_ms / 1000)
+            for stream, entries in self._read_new(None, self.options.batch_size - size).items():
+                batch.setdefault(stream, []).extend(entries)
+        return self.process(batch)
+
+    def _read_new(self, block_ms: int | None, count: int | None = None) -> dict[str, list[Entry]]:
+        return read_group(
             self.client,
             self.options.group,
             self.options.consumer,
             dict.fromkeys(self.options.streams, ">"),
-            self.options.batch_size,
-            self.options.block_ms,
+            count or self.options.batch_size,
+            block_ms,
         )
-        return self.process(batch)
 
     def claim_abandoned(self, stream: str) -> list[Entry]:
         entries: list[Entry] = []

@@ -48,6 +48,7 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
             claim_idle_ms=settings.aggregator_claim_idle_ms,
             applied_events_keep_hours=settings.applied_events_keep_hours,
             event_shards=settings.event_shards,
+            gather_ms=settings.aggregator_gather_ms,
         ),
         heal=heal,
     )
