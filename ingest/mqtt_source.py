@@ -71,6 +71,10 @@ class MqttSource:
         self.last_error: str | None = None
         self._v5 = options.protocol == "5"
         self._queue: deque[InboundMessage] = deque()
+        # The taker is woken when the queue holds this many messages: the first one, or, while
+        # it waits out a batch's delay, a whole batch. Waking it for each message (a thread
+        # switch and a GIL hand-over each) made a steady trickle cost a third more CPU.
+        self._wake_at = 1
         self._buffered = 0
         self._cond = threading.Condition()
         self._epoch = 0
@@ -260,7 +264,11 @@ class MqttSource:
             self._delivered += 1
             if message.qos > 0:
                 self._unacked += 1
-            self._cond.notify_all()
+            if (
+                len(self._queue) >= self._wake_at
+                or self._buffered > self.options.max_buffered_bytes
+            ):
+                self._cond.notify_all()
 
     # the pipeline's side
 
@@ -281,7 +289,11 @@ class MqttSource:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or stop.is_set():
                         break
-                    self._cond.wait(remaining)
+                    self._wake_at = max_messages - len(batch)
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._wake_at = 1
                     continue
                 message = self._queue.popleft()
                 batch.append(message)

@@ -175,16 +175,18 @@ def test_sigkill_mid_stream_loses_nothing_and_doubles_nothing(platform: Platform
         for device in devices:
             messages += single_messages(device, start, 10)
             messages += batched_messages(device, start + 10, 10, per=10)
-    stop = threading.Event()
-    publisher = threading.Thread(
-        target=publish, args=(platform.mqtt_url, messages), kwargs={"stop": stop}
-    )
+    # The first half is published while ingest runs and is killed part-way through it; the
+    # second half after the kill (ingest may keep up with one publisher, so without it the
+    # kill could land after the last message), into the session, for the restarted ingest.
+    half = len(messages) // 2
+    publisher = threading.Thread(target=publish, args=(platform.mqtt_url, messages[:half]))
     publisher.start()
     wait_for(lambda: stored_count(platform.db) > 1500, timeout=30, interval=0.01)
     ingest.kill()
+    publisher.join(timeout=120)
+    publish(platform.mqtt_url, messages[half:])
     killed_at = stored_count(platform.db)
     ingest = platform.ingest()
-    publisher.join(timeout=120)
     expected = set().union(*(expected_keys(d, 0, total_per_device) for d in devices))
     wait_stored(platform, len(expected), timeout=90)
     wait_for(lambda: set(event_readings(telemetry_events(platform.redis))) >= expected, timeout=30)
