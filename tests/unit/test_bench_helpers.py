@@ -40,3 +40,13 @@ def test_cpu_per_thousand_readings_counts_only_iotp_processes() -> None:
     # 1 core for 10 s is 10,000 ms of CPU, over 20,000 readings: 500 ms per 1,000.
     assert cpu_ms_per_1k_readings(cores, 10.0, 20_000) == 500.0
     assert cpu_ms_per_1k_readings(cores, 10.0, 0) == 0.0
+
+
+def test_ingest_path_bench_reports_each_step_per_message() -> None:
+    from benchmarks.ingest_path import run_ingest_path_bench
+
+    report = run_ingest_path_bench(200, 2)
+    steps = report["us_per_message"]
+    assert set(steps) == {"parse", "rows", "events", "total"}
+    assert all(value > 0 for value in steps.values())
+    assert steps["total"] == round(steps["parse"] + steps["rows"] + steps["events"], 2)
