@@ -72,6 +72,7 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
         "0003_telemetry_hypertable",
         "0004_ingest_ledger",
         "0005_telemetry_key_byte_order",
+        "0006_ingest_ledger_uncompressed",
         "0010_alarms",
         "0020_webhooks",
         "0040_emqx_auth",
