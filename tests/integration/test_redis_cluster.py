@@ -28,12 +28,14 @@ from iotp.event_shards import (
     trims_key,
 )
 from iotp.events import telemetry_recorded_fields
+from iotp.names import ALARM_EVENTS_STREAM
 from iotp.redis_client import redis_for
 from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.health import pipeline_health
 from tests.support.ingest_harness import (
     event_readings,
     publish,
+    reading,
     single_messages,
     stored,
     stored_count,
@@ -168,6 +170,36 @@ def test_two_ingests_and_two_aggregators_on_a_cluster_exactly_once(
     rebuilt = on_cluster.run("rebuild", env=env, timeout=120)
     assert rebuilt.returncode == 0, rebuilt.stderr
     wait_converged(db, timeout=30)
+
+
+def test_alarms_on_a_cluster_are_raised_once_and_reach_the_read_model(
+    platform: Platform, redis_cluster: LocalCluster, db: psycopg.Connection[Any]
+) -> None:
+    redis_cluster.flush()
+    on_cluster = _cluster_platform(platform, redis_cluster)
+    env = _environment(platform, redis_cluster)
+    on_cluster.register(*DEVICES)
+    on_cluster.serve("ingest", "--instance", "0", env=env, ready="subscribed to")
+    on_cluster.serve("aggregate", "--instance", "0", env=env, ready="aggregating as")
+    on_cluster.serve("relay", env=env, ready=None)
+    on_cluster.serve("alarms", env=env, ready="evaluating in group")
+    hot = DEVICES[3]  # its shard is one of several, on one of the masters
+    breach = [(f"devices/{hot}/telemetry", orjson.dumps(reading(i, temp=99.0))) for i in range(5)]
+    calm = [m for d in DEVICES if d != hot for m in single_messages(d, 0, 5)]
+    publish(on_cluster.mqtt_url, calm + breach)
+    client: Any = on_cluster.redis
+
+    def raised() -> list[Any]:
+        return [f for _, f in client.xrange(ALARM_EVENTS_STREAM) if f["type"] == "AlarmRaised"]
+
+    wait_for(raised, timeout=60)
+    [alarm] = raised()  # 5 readings over the range: one alarm, raised once
+    assert alarm["device_id"] == hot
+    row = wait_for(
+        lambda: db.execute("SELECT device_id, metric, state FROM read_models.alarms").fetchall(),
+        timeout=60,
+    )
+    assert row == [(hot, "temp", "active")]
 
 
 def _groups(db: psycopg.Connection[Any], client: redis.Redis) -> list[Any]:
