@@ -103,7 +103,10 @@ def _cluster_platform(platform: Platform, cluster: LocalCluster) -> Platform:
         update={"redis_url": cluster.url, "redis_cluster": True, "event_shards": SHARDS}
     )
     client: Any = redis_for(cluster.url, cluster=True, decode_responses=True)
-    return Platform(settings, platform.mqtt_url, platform.db, client, platform.tmp)
+    # The same children: the platform fixture stops them however the test ends.
+    return Platform(
+        settings, platform.mqtt_url, platform.db, client, platform.tmp, platform.children
+    )
 
 
 def _environment(platform: Platform, cluster: LocalCluster) -> dict[str, str]:
