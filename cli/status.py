@@ -15,7 +15,12 @@ from rich.table import Table
 from command_api.outbox import OUTBOX_BACKLOG_SQL
 from iotp.db import connect
 from iotp.event_shards import event_streams
-from iotp.names import ALARM_EVENTS_STREAM, TELEMETRY_DEADLETTER_STREAM
+from iotp.names import (
+    ALARM_EVENTS_STREAM,
+    ALARM_RULE_EVENTS_STREAM,
+    TELEMETRY_DEADLETTER_STREAM,
+    WEBHOOK_EVENTS_STREAM,
+)
 from iotp.redis_client import ingest_sessions, ingest_stats, redis_for, redis_unavailable
 from iotp.settings import Settings
 from read_models.health import loss_health
@@ -39,6 +44,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     names = (
         *event_streams(settings.event_shards),
         ALARM_EVENTS_STREAM,
+        ALARM_RULE_EVENTS_STREAM,
+        WEBHOOK_EVENTS_STREAM,
         TELEMETRY_DEADLETTER_STREAM,
     )
     try:

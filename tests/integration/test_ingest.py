@@ -345,4 +345,7 @@ def test_counters_reach_prometheus_and_iotp_status(platform: Platform) -> None:
     (counters,) = report["ingest"].values()
     assert counters["received"] == 6 and counters["deadletters"] == 1
     assert report["streams"]["iotp:deadletter:telemetry"] == 1
+    assert {"iotp:events:alarms", "iotp:events:alarm-rules", "iotp:events:webhooks"} <= set(
+        report["streams"]
+    )
     ingest.stop()
