@@ -18,6 +18,7 @@ import psycopg
 import redis
 
 from ingest.payloads import DeviceInfo, MetricRange
+from iotp.db import ReconnectingConnection
 from iotp.events import (
     DeviceDecommissioned,
     DeviceRegistered,
@@ -101,12 +102,9 @@ class DatabaseDevices:
 
     def __init__(self, database_url: str) -> None:
         self._url = database_url
-        self._conn: psycopg.Connection[Any] | None = None
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=5)
-        return self._conn
+        self._connection = ReconnectingConnection(
+            lambda: psycopg.connect(self._url, autocommit=True, connect_timeout=5)
+        )
 
     def fetch(self, device_id: str) -> DeviceInfo | None:
         try:
@@ -126,9 +124,7 @@ class DatabaseDevices:
             return [_from_row(row) for row in cur]
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._connection.close()
 
 
 def last_device_event_id(client: redis.Redis) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 import psycopg
 
+from iotp.db import ReconnectingConnection
+
 # (seq, device_id, ts, metric, value, received_at); no two rows of a batch share a key
 StagedRow = tuple[int, str, datetime, str, float, datetime]
 StreamEntry = dict[str, str]
@@ -95,19 +97,16 @@ class TelemetryStore:
     def __init__(self, database_url: str, consumer: str) -> None:
         self._url = database_url
         self.consumer = consumer
-        self._conn: psycopg.Connection[Any] | None = None
+        self._connection = ReconnectingConnection(self._open)
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self._url, connect_timeout=5)
-            self._conn.execute(_STAGING)
-            self._conn.commit()
-        return self._conn
+    def _open(self) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(self._url, connect_timeout=5)
+        conn.execute(_STAGING)  # a temporary table: each session makes its own
+        conn.commit()
+        return conn
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._connection.close()
 
     def write(
         self,

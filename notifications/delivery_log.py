@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 
 from iotp.commands import url_origin
+from iotp.db import ReconnectingConnection
 from iotp.retry import Stopped, retry_transient
 
 logger = logging.getLogger(__name__)
@@ -110,32 +111,26 @@ class DeliveryLog:
         poll: float,
         keep_days: int,
     ) -> None:
-        self.connect_write, self.connect_read = connect_write, connect_read
         self.wake, self.poll, self.keep_days = wake, poll, keep_days
         self._last_housekeeping = 0.0
-        self._write: psycopg.Connection[Any] | None = None
-        self._read: psycopg.Connection[Any] | None = None
+        self._write = ReconnectingConnection(connect_write)
+        self._read = ReconnectingConnection(connect_read)
 
     def close(self) -> None:
-        for conn in (self._write, self._read):
-            if conn is not None:
-                conn.close()
-        self._write = self._read = None
+        self._write.close()
+        self._read.close()
 
     def step(self) -> int:
         """Copy until the log has caught up; how many rows were copied."""
-        if self._write is None or self._write.closed:
-            self._write = self.connect_write()
-        if self._read is None or self._read.closed:
-            self._read = self.connect_read()
+        write, read = self._write(), self._read()
         copied = 0
-        while moved := copy_batch(self._write, self._read):
+        while moved := copy_batch(write, read):
             copied += moved
         if time.monotonic() - self._last_housekeeping > HOUSEKEEPING_SECONDS:
-            with self._write.transaction():
-                self._write.execute(_FORGET_FINISHED, (self.keep_days,))
-            with self._read.transaction():
-                self._read.execute(_FORGET_LOGGED, (self.keep_days,))
+            with write.transaction():
+                write.execute(_FORGET_FINISHED, (self.keep_days,))
+            with read.transaction():
+                read.execute(_FORGET_LOGGED, (self.keep_days,))
             self._last_housekeeping = time.monotonic()
         return copied
 
