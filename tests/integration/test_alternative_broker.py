@@ -17,7 +17,7 @@ from __future__ import annotations
 import shutil
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,14 @@ import paho.mqtt.client as mqtt
 import psycopg
 import pytest
 import redis
-from paho.mqtt.enums import CallbackAPIVersion
 
-from iotp.mqtt_url import parse_mqtt_url
 from iotp.settings import Settings
 from local_platform.broker import free_port, serving
 from tests.support.ingest_harness import (
     deadletters,
     event_readings,
     expected_keys,
+    publish,
     single_messages,
     stored,
     telemetry_events,
@@ -90,24 +89,6 @@ def nats_cluster(tmp: Path) -> Iterator[list[str]]:
         yield [f"mqtt://127.0.0.1:{node['mqtt']}" for node in ports]
 
 
-def publish_v311(url: str, messages: Iterable[tuple[str, bytes]]) -> int:
-    """Publish QoS 1 over MQTT 3.1.1, as a device would, and wait for each PUBACK."""
-    broker = parse_mqtt_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    client.max_queued_messages_set(0)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-        for info in sent:
-            info.wait_for_publish(timeout=30)
-            assert info.is_published()
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return len(sent)
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[list[str]]:
     with nats_cluster(tmp_path / "nats") as urls:
@@ -139,15 +120,15 @@ def test_ingest_stores_once_what_devices_publish_to_other_nodes(
     platform.register("nats-a", "nats-b")
     ingest = platform.ingest("0", **ALTERNATIVE)
 
-    publish_v311(first, single_messages("nats-a", 0, 40))
-    publish_v311(third, single_messages("nats-b", 0, 40))
-    publish_v311(third, single_messages("nats-unregistered", 0, 1))
+    publish(first, single_messages("nats-a", 0, 40), protocol=mqtt.MQTTv311)
+    publish(third, single_messages("nats-b", 0, 40), protocol=mqtt.MQTTv311)
+    publish(third, single_messages("nats-unregistered", 0, 1), protocol=mqtt.MQTTv311)
     wait_stored(platform, 2 * 40 * 3)
 
     # Stopped, the only instance keeps its session: NATS holds what arrives meanwhile.
     ingest.stop()
-    publish_v311(first, single_messages("nats-a", 40, 30))
-    publish_v311(third, single_messages("nats-b", 40, 30))
+    publish(first, single_messages("nats-a", 40, 30), protocol=mqtt.MQTTv311)
+    publish(third, single_messages("nats-b", 40, 30), protocol=mqtt.MQTTv311)
     # The same instance (client id) comes back through another node of the cluster.
     elsewhere = Platform(settings, third, db, redis_client, tmp_path / "elsewhere")
     platform_on.append(elsewhere)

@@ -31,10 +31,11 @@ def publish(
     messages: Iterable[tuple[str, bytes]],
     qos: int = 1,
     stop: threading.Event | None = None,
+    protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5,
 ) -> int:
     """Publish and wait for the broker's acknowledgement of each; how many were published."""
     broker = parse_mqtt_url(mqtt_url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
     client.max_inflight_messages_set(200)
     client.max_queued_messages_set(0)
     client.connect(broker.host, broker.port)
