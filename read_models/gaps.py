@@ -40,9 +40,15 @@ def healed_field(group: str) -> str:
     return f"healed:{group}"
 
 
-def cuts_into(client: redis.Redis, group: str, shards: int = 1) -> tuple[int, int]:
-    """How many cuts of the telemetry shards took entries ``group`` had not read, and healed."""
-    trims = stream_trims(client, shards)
+def cuts_into(
+    client: redis.Redis, group: str, shards: int = 1, trims: dict[str, str] | None = None
+) -> tuple[int, int]:
+    """How many cuts of the telemetry shards took entries ``group`` had not read, and healed.
+
+    ``trims`` is :func:`stream_trims`'s record when the caller read it already.
+    """
+    if trims is None:
+        trims = stream_trims(client, shards)
     healed: Any = client.hget(READ_MODEL_HEALS_KEY, healed_field(group))
     own = int(trims.get(stream_cuts_field(group), 0))
     return own + int(trims.get("cuts_without_group", 0)), int(healed or 0)

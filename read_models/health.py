@@ -217,7 +217,7 @@ def loss_health(
         trims = stream_trims(client, shards)
     if deadletters is None:
         deadletters = int(client.xlen(TELEMETRY_DEADLETTER_STREAM))
-    cuts, healed = cuts_into(client, AGGREGATOR_GROUP, shards)
+    cuts, healed = cuts_into(client, AGGREGATOR_GROUP, shards, trims)
     cap = stream_cap_health(trims, max(cuts - healed, 0))
     dead = deadletter_stream_health(trims, deadletters)
     broker = broker_health(text_hash(client, BROKER_STATS_KEY))
