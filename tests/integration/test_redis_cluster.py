@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import pytest
 import redis
 from redis.cluster import RedisCluster
 
@@ -119,13 +120,21 @@ def _environment(platform: Platform, cluster: LocalCluster) -> dict[str, str]:
     )
 
 
-def test_two_ingests_and_two_aggregators_on_a_cluster_exactly_once(
-    platform: Platform, redis_cluster: LocalCluster, db: psycopg.Connection[Any]
-) -> None:
+@pytest.fixture
+def cluster_platform(
+    platform: Platform, redis_cluster: LocalCluster
+) -> tuple[Platform, dict[str, str]]:
+    """The platform on an emptied cluster with DEVICES registered, and its children's env."""
     redis_cluster.flush()
     on_cluster = _cluster_platform(platform, redis_cluster)
-    env = _environment(platform, redis_cluster)
     on_cluster.register(*DEVICES)
+    return on_cluster, _environment(platform, redis_cluster)
+
+
+def test_two_ingests_and_two_aggregators_on_a_cluster_exactly_once(
+    cluster_platform: tuple[Platform, dict[str, str]], db: psycopg.Connection[Any]
+) -> None:
+    on_cluster, env = cluster_platform
     for instance in ("0", "1"):
         on_cluster.serve("ingest", "--instance", instance, env=env, ready="subscribed to",
                          log=f"ingest-{instance}")  # fmt: skip
@@ -176,12 +185,9 @@ def test_two_ingests_and_two_aggregators_on_a_cluster_exactly_once(
 
 
 def test_alarms_on_a_cluster_are_raised_once_and_reach_the_read_model(
-    platform: Platform, redis_cluster: LocalCluster, db: psycopg.Connection[Any]
+    cluster_platform: tuple[Platform, dict[str, str]], db: psycopg.Connection[Any]
 ) -> None:
-    redis_cluster.flush()
-    on_cluster = _cluster_platform(platform, redis_cluster)
-    env = _environment(platform, redis_cluster)
-    on_cluster.register(*DEVICES)
+    on_cluster, env = cluster_platform
     on_cluster.serve("ingest", "--instance", "0", env=env, ready="subscribed to")
     on_cluster.serve("aggregate", "--instance", "0", env=env, ready="aggregating as")
     on_cluster.serve("relay", env=env, ready=None)
