@@ -3,7 +3,9 @@
 In one run, with the same workload and the same publishers as `iotp bench ingest`:
 - broker ceiling: the workload queued for a persistent session, then drained by a
   subscriber that only counts: Mosquitto's own C client (``mosquitto_sub``), and a paho-mqtt
-  subscriber (the ceiling of any single-process Python consumer);
+  subscriber (the ceiling of any single-process Python consumer), twice: acknowledging in
+  its own loop, and as ingest uses paho (network thread, manual acknowledgements sent in
+  batches from another thread), whose CPU per message is the floor under ingest's;
 - database ceiling: binary COPY of the same data points, pre-encoded so that only
   PostgreSQL's work is timed, into a table shaped like ``telemetry`` without and with its
   unique key;
@@ -12,12 +14,15 @@ In one run, with the same workload and the same publishers as `iotp bench ingest
 
 from __future__ import annotations
 
+import gc
 import io
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,10 +40,15 @@ from benchmarks.workload import METRICS, Workload, publish_all
 from iotp.errors import ConfigurationError
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import TELEMETRY_TOPIC_FILTER
+from iotp.runtime import settle_gc
 from iotp.settings import Settings
 from local_platform.broker import local_mosquitto
 
 COUNTER_ID = "iotp-bench-counter"
+# The counter that acknowledges as ingest does: what ingest's batches hold by default
+# (IOTP_INGEST_BATCH_MAX_MESSAGES, IOTP_INGEST_BATCH_MAX_DELAY_MS).
+ACK_BATCH = 2000
+ACK_DELAY_SECONDS = 0.05
 # Fixed names, so that every statement here is a constant.
 _CREATE = (
     "CREATE TABLE bench_copy_ceiling (device_id text NOT NULL, ts timestamptz NOT NULL,"
@@ -90,34 +100,67 @@ def drain_with_mosquitto_sub(
 
 
 def drain_with_paho(
-    workload: Workload, publishers: int, workdir: Path, timeout: float
+    workload: Workload, publishers: int, workdir: Path, timeout: float, *, as_ingest: bool = False
 ) -> dict[str, Any]:
-    """Messages/s a paho-mqtt subscriber (QoS 1, MQTT 5) drains when it only counts."""
-    with local_mosquitto(workdir / f"broker-paho-{workload.per_message}") as broker:
-        _PahoCounter(broker.url, 0).run(timeout=30)  # creates the session
+    """Messages/s a paho-mqtt subscriber (QoS 1, MQTT 5) drains when it only counts.
+
+    ``as_ingest``: paho as ingest runs it (its network thread, manual acknowledgements sent
+    from another thread a batch at a time) rather than acknowledging in its own loop.
+    """
+    name = f"broker-paho-{'ingest-' if as_ingest else ''}{workload.per_message}"
+    with local_mosquitto(workdir / name) as broker:
+        _PahoCounter(broker.url, 0, as_ingest).run(timeout=30)  # creates the session
         published = publish_all(broker.url, workload, publishers)
         meter = CpuMeter()
         meter.add("broker", [psutil.Process(broker.pid)])
         meter.start()
-        counter = _PahoCounter(broker.url, published.messages)
-        cpu_before = time.process_time()
-        started = time.perf_counter()
-        counter.run(timeout)
-        seconds = time.perf_counter() - started
+        counter = _PahoCounter(broker.url, published.messages, as_ingest)
+        with _settled_gc():
+            cpu_before = time.process_time()
+            started = time.perf_counter()
+            counter.run(timeout)
+            seconds = time.perf_counter() - started
+            subscriber_cpu = time.process_time() - cpu_before
         cpu = meter.stop(seconds)
-        cpu["subscriber"] = round((time.process_time() - cpu_before) / seconds, 2)
+        cpu["subscriber"] = round(subscriber_cpu / seconds, 2)
     if counter.count < published.messages:
         raise RuntimeError(f"paho counter got {counter.count} of {published.messages}")
-    return _drain_figures(published.messages, workload.per_message, seconds, cpu)
+    figures = _drain_figures(published.messages, workload.per_message, seconds, cpu)
+    figures["subscriber_cpu_ms_per_1k_messages"] = round(
+        subscriber_cpu * 1e6 / published.messages, 1
+    )
+    return figures
+
+
+@contextmanager
+def _settled_gc() -> Iterator[None]:
+    """The garbage collector as ingest runs it (iotp.runtime.settle_gc), for the count only.
+
+    This process holds much more than an ingest does (the benchmark's own state): so that the
+    counter's CPU per message is paho's, not that of collecting this process's objects.
+    """
+    thresholds = gc.get_threshold()
+    settle_gc()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 class _PahoCounter:
-    def __init__(self, url: str, expected: int) -> None:
+    def __init__(self, url: str, expected: int, as_ingest: bool = False) -> None:
         self.expected, self.count = expected, 0
+        self.as_ingest = as_ingest
         self.done = threading.Event()
+        self._unacked: list[tuple[int, int]] = []
+        self._batch = threading.Condition()
         broker = parse_mqtt_url(url)
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=COUNTER_ID, protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=COUNTER_ID,
+            protocol=mqtt.MQTTv5,
+            manual_ack=as_ingest,
         )
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
@@ -136,14 +179,34 @@ class _PahoCounter:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: Any) -> None:
         self.count += 1
+        if self.as_ingest:
+            with self._batch:
+                self._unacked.append((message.mid, message.qos))
+                if len(self._unacked) >= ACK_BATCH:
+                    self._batch.notify()
         if self.count >= self.expected:
             self.done.set()
 
     def run(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not self.done.is_set() and time.monotonic() < deadline:
-            self.client.loop(timeout=0.1)
+        if not self.as_ingest:
+            while not self.done.is_set() and time.monotonic() < deadline:
+                self.client.loop(timeout=0.1)
+            self.client.disconnect()
+            return
+        self.client.loop_start()
+        while time.monotonic() < deadline:
+            finished = self.done.is_set()
+            with self._batch:
+                if not finished:
+                    self._batch.wait(ACK_DELAY_SECONDS)
+                batch, self._unacked = self._unacked, []
+            for mid, qos in batch:
+                self.client.ack(mid, qos)
+            if finished:
+                break
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def _drain_figures(
@@ -230,6 +293,9 @@ def _drains(
     iotp = run_drain(settings, plan, workload, workdir)
     broker_c = drain_with_mosquitto_sub(workload, plan.publishers, workdir, plan.timeout)
     broker_paho = drain_with_paho(workload, plan.publishers, workdir, plan.timeout)
+    paho_as_ingest = drain_with_paho(
+        workload, plan.publishers, workdir, plan.timeout, as_ingest=True
+    )
     stored = iotp.readings_per_s_stored
     return {
         "iotp": {
@@ -237,11 +303,14 @@ def _drains(
             "readings_per_s_applied": iotp.readings_per_s_applied,
             "readings_lost": iotp.readings_lost,
             "cpu_cores": iotp.cpu_cores,
+            "cpu_ms_per_1k_readings": iotp.cpu_ms_per_1k_readings,
         },
         "broker_mosquitto_sub": broker_c,
         "broker_paho": broker_paho,
+        "broker_paho_as_ingest": paho_as_ingest,
         "fraction_of_broker_mosquitto_sub": _fraction(stored, broker_c["readings_per_s"]),
         "fraction_of_broker_paho": _fraction(stored, broker_paho["readings_per_s"]),
+        "fraction_of_broker_paho_as_ingest": _fraction(stored, paho_as_ingest["readings_per_s"]),
         "fraction_of_database_copy_no_index": _fraction(
             stored, database["no_index"]["readings_per_s"]
         ),

@@ -70,6 +70,7 @@ def print_limits_report(report: dict[str, Any]) -> None:
         ("iotp, applied to read models", "iotp", "readings_per_s_applied"),
         ("broker: mosquitto_sub counting", "broker_mosquitto_sub", "readings_per_s"),
         ("broker: paho counting", "broker_paho", "readings_per_s"),
+        ("broker: paho counting, acking as ingest", "broker_paho_as_ingest", "readings_per_s"),
     ]
     for label, part, key in rows:
         table.add_row(label, *(f"{report[name][part][key]:,.0f}" for name in ("single", "batched")))
@@ -79,6 +80,7 @@ def print_limits_report(report: dict[str, Any]) -> None:
     for key in (
         "fraction_of_broker_mosquitto_sub",
         "fraction_of_broker_paho",
+        "fraction_of_broker_paho_as_ingest",
         "fraction_of_database_copy_no_index",
         "fraction_of_database_copy_unique_key",
     ):
@@ -86,6 +88,16 @@ def print_limits_report(report: dict[str, Any]) -> None:
             f"iotp stored / {key.removeprefix('fraction_of_').replace('_', ' ')}",
             *(f"{report[name][key]:.1%}" for name in ("single", "batched")),
         )
+    # CPU per message: ingests and aggregators together, beside what paho alone takes.
+    for label, part, key in (
+        ("CPU ms per 1,000 readings: iotp", "iotp", "cpu_ms_per_1k_readings"),
+        (
+            "CPU ms per 1,000 messages: paho acking as ingest",
+            "broker_paho_as_ingest",
+            "subscriber_cpu_ms_per_1k_messages",
+        ),
+    ):
+        table.add_row(label, *(f"{report[name][part][key]:.1f}" for name in ("single", "batched")))
     Console().print(table)
 
 
