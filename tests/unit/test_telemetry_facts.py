@@ -11,6 +11,7 @@ from iotp.events import (
     TelemetryFacts,
     TelemetryRecorded,
     UndecodableEvent,
+    _NameCheck,
     from_fields,
     from_fields_to_fold,
     telemetry_recorded_fields,
@@ -57,6 +58,12 @@ def test_offsets_other_than_utc_fold_alike() -> None:
         {"device_id": "bad id"},
         {"readings": [{"ts": "2026-01-02T03:04:05", "metrics": {"m": 1.0}}]},  # naive
         {"readings": [{"ts": TS.isoformat(), "metrics": {"bad metric": 1.0}}]},
+        {"readings": [{"ts": TS.isoformat(), "metrics": {"m\n": 1.0}}]},
+        {"readings": [{"ts": TS.isoformat(), "metrics": {"": 1.0}}]},
+        {"readings": [{"ts": TS.isoformat(), "metrics": {"m" * 65: 1.0}}]},
+        {"readings": [{"ts": TS.isoformat(), "metrics": {"m": 1.0}, "out_of_range": ["bad m"]}]},
+        {"device_id": "d" * 65},
+        {"device_id": ""},
         {"readings": [{"ts": TS.isoformat(), "metrics": {"m": True}}]},
         {"readings": [{"ts": TS.isoformat(), "metrics": {"m": 1.0}, "extra": 1}]},
         {"unexpected": 1},
@@ -92,3 +99,12 @@ def test_an_entry_without_its_type_in_the_data_is_refused_as_before() -> None:
     entry[b"data"] = orjson.dumps(data)
     with pytest.raises(UndecodableEvent):
         from_fields_to_fold(entry)
+
+
+def test_a_name_check_answers_the_same_once_its_memory_is_full() -> None:
+    check = _NameCheck(r"^[a-z]{1,3}$", remember=2)
+    names = ["a", "b", "c", "a", "toolong", "b\n", "d", "c", "A"]
+    expected = [True, True, True, True, False, False, True, True, False]
+    assert [check(name) for name in names] == expected
+    assert [check(name) for name in names] == expected  # again, from memory or not
+    assert len(check._good) <= 2
