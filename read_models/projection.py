@@ -8,9 +8,10 @@ be applied in any order by any number of aggregators and still converge.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from iotp.events import (
@@ -76,14 +77,19 @@ class Activity:
 
 
 SeriesKey = tuple[str, str]
-BucketKey = tuple[str, str, datetime]
+# Buckets are keyed by whole minutes since the Unix epoch, not by datetimes: building and
+# hashing a datetime per value was about an eighth of the fold. The store turns each distinct
+# bucket into its timestamp once (minute_start).
+Minute = int
+BucketKey = tuple[str, str, Minute]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
 class Deltas:
     stats: dict[SeriesKey, StatDelta] = field(default_factory=dict)
     minute: dict[BucketKey, BucketDelta] = field(default_factory=dict)
-    fleet: dict[datetime, int] = field(default_factory=dict)
+    fleet: dict[Minute, int] = field(default_factory=dict)
     activity: dict[str, Activity] = field(default_factory=dict)
     device_events: list[DeviceEvent] = field(default_factory=list)
     alarms: dict[UUID, AlarmDelta] = field(default_factory=dict)
@@ -94,7 +100,7 @@ class Deltas:
         the work of updating both per value."""
         hours: dict[BucketKey, BucketDelta] = {}
         for (device, metric, minute), part in self.minute.items():
-            key = (device, metric, hour_bucket(minute))
+            key = (device, metric, hour_of(minute))
             bucket = hours.get(key)
             if bucket is None:
                 hours[key] = BucketDelta(part.count, part.sum, part.min, part.max)
@@ -115,26 +121,32 @@ class Deltas:
 
     def _add_telemetry(self, event: TelemetryRecorded | TelemetryFacts) -> None:
         device = event.device_id
+        stats, minutes, fleet = self.stats, self.minute, self.fleet
         points = 0
         for reading in event.readings:
             # Timestamps decoded by pydantic carry its own tzinfo objects; comparing or
             # hashing two of them calls back into Python. With the one stdlib UTC, the many key
             # look-ups below cost a sixth as much (the fold was most of an aggregator's time).
             ts = reading.ts.astimezone(UTC)
-            minute = minute_bucket(ts)
+            minute = minute_of(ts)
             breaching = reading.out_of_range
             for metric, value in reading.metrics.items():
                 points += 1
                 out = metric in breaching
-                stat = self.stats.get((device, metric))
+                stat = stats.get((device, metric))
                 if stat is None:
-                    self.stats[(device, metric)] = StatDelta(
+                    stats[(device, metric)] = StatDelta(
                         1, value, value, ts, value, ts, ts, ts, value, out, int(out)
                     )
                 else:
                     stat.add(ts, value, out)
-                _bucket(self.minute, (device, metric, minute), value)
-            self.fleet[minute] = self.fleet.get(minute, 0) + len(reading.metrics)
+                key = (device, metric, minute)
+                bucket = minutes.get(key)
+                if bucket is None:
+                    minutes[key] = BucketDelta(1, value, value, value)
+                else:
+                    bucket.add(value)
+            fleet[minute] = fleet.get(minute, 0) + len(reading.metrics)
         seen = event.received_at or event.ingested_at
         activity = self.activity.get(device)
         if activity is None:
@@ -144,20 +156,22 @@ class Deltas:
             activity.readings += points
 
 
-def _bucket(buckets: dict[BucketKey, BucketDelta], key: BucketKey, value: float) -> None:
-    bucket = buckets.get(key)
-    if bucket is None:
-        buckets[key] = BucketDelta(1, value, value, value)
-    else:
-        bucket.add(value)
+def minute_of(ts: datetime) -> Minute:
+    """The minute ``ts`` falls in, in whole minutes since the epoch: exact (no float), and
+    the floor before 1970 too (a timedelta's seconds are never negative)."""
+    since = ts - EPOCH
+    return since.days * 1440 + since.seconds // 60
 
 
-def minute_bucket(ts: datetime) -> datetime:
-    return ts.replace(second=0, microsecond=0)
+def hour_of(minute: Minute) -> Minute:
+    """The first minute of the hour ``minute`` falls in."""
+    return minute - minute % 60
 
 
-def hour_bucket(ts: datetime) -> datetime:
-    return ts.replace(minute=0, second=0, microsecond=0)
+@functools.lru_cache(maxsize=4096)
+def minute_start(minute: Minute) -> datetime:
+    """The bucket's timestamp, as the read models store it."""
+    return EPOCH + timedelta(minutes=minute)
 
 
 def fold(events: Iterable[Event | TelemetryFacts]) -> Deltas:

@@ -16,7 +16,7 @@ from iotp.db import device_columns
 from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated
 from iotp.redis_client import split_id
 from read_models.alarms import apply_alarms
-from read_models.projection import BucketDelta, Deltas, DeviceEvent
+from read_models.projection import BucketDelta, BucketKey, Deltas, DeviceEvent, minute_start
 
 # The upserts take their arrays as binary parameters (%b): psycopg dumps a list several
 # times faster in binary than as array text, and that dumping bounded the aggregator.
@@ -168,7 +168,7 @@ def apply_deltas(conn: Conn, deltas: Deltas) -> None:
     _upsert_rollup(conn, "rollup_hour", deltas.hour)
     if deltas.fleet:
         fleet = sorted(deltas.fleet.items())
-        conn.execute(_UPSERT_FLEET, ([k for k, _ in fleet], [v for _, v in fleet]))
+        conn.execute(_UPSERT_FLEET, ([minute_start(k) for k, _ in fleet], [v for _, v in fleet]))
     if deltas.activity:
         activity = sorted(deltas.activity.items())
         conn.execute(
@@ -182,9 +182,7 @@ def apply_deltas(conn: Conn, deltas: Deltas) -> None:
     apply_alarms(conn, deltas.alarms)
 
 
-def _upsert_rollup(
-    conn: Conn, table: str, buckets: dict[tuple[str, str, datetime], BucketDelta]
-) -> None:
+def _upsert_rollup(conn: Conn, table: str, buckets: dict[BucketKey, BucketDelta]) -> None:
     if not buckets:
         return
     keys, values = zip(*sorted(buckets.items()), strict=True)
@@ -193,7 +191,7 @@ def _upsert_rollup(
         (
             [k[0] for k in keys],
             [k[1] for k in keys],
-            [k[2] for k in keys],
+            [minute_start(k[2]) for k in keys],
             [v.count for v in values],
             [v.sum for v in values],
             [v.min for v in values],
