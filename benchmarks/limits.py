@@ -45,10 +45,6 @@ from iotp.settings import Settings
 from local_platform.broker import local_mosquitto
 
 COUNTER_ID = "iotp-bench-counter"
-# The counter that acknowledges as ingest does: what ingest's batches hold by default
-# (IOTP_INGEST_BATCH_MAX_MESSAGES, IOTP_INGEST_BATCH_MAX_DELAY_MS).
-ACK_BATCH = 2000
-ACK_DELAY_SECONDS = 0.05
 # Fixed names, so that every statement here is a constant.
 _CREATE = (
     "CREATE TABLE bench_copy_ceiling (device_id text NOT NULL, ts timestamptz NOT NULL,"
@@ -155,6 +151,10 @@ class _PahoCounter:
         self.done = threading.Event()
         self._unacked: list[tuple[int, int]] = []
         self._batch = threading.Condition()
+        # Acknowledged as ingest's batches are by default: this many, or after this delay.
+        fields = Settings.model_fields
+        self._ack_batch: int = fields["ingest_batch_max_messages"].default
+        self._ack_delay: float = fields["ingest_batch_max_delay_ms"].default / 1000
         broker = parse_mqtt_url(url)
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -182,7 +182,7 @@ class _PahoCounter:
         if self.as_ingest:
             with self._batch:
                 self._unacked.append((message.mid, message.qos))
-                if len(self._unacked) >= ACK_BATCH:
+                if len(self._unacked) >= self._ack_batch:
                     self._batch.notify()
         if self.count >= self.expected:
             self.done.set()
@@ -199,7 +199,7 @@ class _PahoCounter:
             finished = self.done.is_set()
             with self._batch:
                 if not finished:
-                    self._batch.wait(ACK_DELAY_SECONDS)
+                    self._batch.wait(self._ack_delay)
                 batch, self._unacked = self._unacked, []
             for mid, qos in batch:
                 self.client.ack(mid, qos)
