@@ -33,18 +33,26 @@ from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.projection import fold
 from tests.support.dashboard_pages import dashboard_settings, run_page
 
-NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+
+@pytest.fixture
+def now() -> datetime:
+    """The minute a test seeds its data in: the pages' windows ("the last hour", liveness)
+    follow the clock, so a module-wide instant would age as the suite runs."""
+    return datetime.now(UTC).replace(second=0, microsecond=0)
 
 
 @pytest.fixture
 def seeded(
-    settings: Settings, db: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+    settings: Settings,
+    db: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    now: datetime,
 ) -> Iterator[psycopg.Connection[Any]]:
     with dashboard_settings(settings, monkeypatch):
-        yield _seed(db)
+        yield _seed(db, now)
 
 
-def _seed(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+def _seed(db: psycopg.Connection[Any], now: datetime) -> psycopg.Connection[Any]:
     specs = (MetricSpec(name="temp", min=0, max=30),)
     events: list[Event] = []
     for n in range(12):
@@ -55,14 +63,14 @@ def _seed(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
                 name=f"Room {n}",
                 kind=kind,
                 metrics=specs,
-                occurred_at=NOW - timedelta(days=2),
+                occurred_at=now - timedelta(days=2),
             )
         )
-    events.append(DeviceDecommissioned(device_id="d11", occurred_at=NOW))
+    events.append(DeviceDecommissioned(device_id="d11", occurred_at=now))
     for n in range(8):  # d08..d11 never report
         for minute in range(30):
-            ts = NOW - timedelta(minutes=minute)
-            seen = NOW if n < 6 else NOW - timedelta(hours=3)
+            ts = now - timedelta(minutes=minute)
+            seen = now if n < 6 else now - timedelta(hours=3)
             value = 20.0 + minute % 5 if n != 3 else 45.0
             events.append(
                 TelemetryRecorded(
@@ -239,7 +247,7 @@ def test_device_downloads_hold_the_shown_rollups(
 
 
 @pytest.fixture
-def alarmed(seeded: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+def alarmed(seeded: psycopg.Connection[Any], now: datetime) -> psycopg.Connection[Any]:
     """Seeded devices with alarms: two active, one acknowledged, two cleared."""
     from uuid import UUID
 
@@ -254,7 +262,7 @@ def alarmed(seeded: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     ]
     events: list[Event] = []
     for n, (device, severity, state) in enumerate(cases):
-        alarm_id, at = UUID(int=n + 1), NOW - timedelta(minutes=2 * n)
+        alarm_id, at = UUID(int=n + 1), now - timedelta(minutes=2 * n)
         events.append(
             AlarmRaised(
                 device_id=device,

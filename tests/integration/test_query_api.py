@@ -27,7 +27,6 @@ from read_models.projection import fold
 from tests.support.servers import TEST_TOKEN
 
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
-NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 SPECS = (MetricSpec(name="temp", min=0, max=50), MetricSpec(name="hum"))
 
 
@@ -36,13 +35,15 @@ def _apply(db: psycopg.Connection[Any], events: list[Event]) -> None:
         store.apply_deltas(db, fold(events))
 
 
-def _registered(device_id: str, kind: str = "thermostat", name: str | None = None) -> Event:
+def _registered(
+    device_id: str, at: datetime, kind: str = "thermostat", name: str | None = None
+) -> Event:
     return DeviceRegistered(
         device_id=device_id,
         name=name or device_id.upper(),
         kind=kind,
         metrics=SPECS,
-        occurred_at=NOW - timedelta(days=1),
+        occurred_at=at - timedelta(days=1),
     )
 
 
@@ -57,25 +58,32 @@ def _telemetry(device_id: str, ts: datetime, seen: datetime, **metrics: float) -
 
 
 @pytest.fixture
-def seeded(db: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    events: list[Event] = [_registered(f"t{n}") for n in range(6)]
+def now() -> datetime:
+    """The minute a test seeds its data in: the API's windows ("the last hour", liveness)
+    follow the clock, so a module-wide instant aged as the suite ran (a flake)."""
+    return datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+@pytest.fixture
+def seeded(db: psycopg.Connection[Any], now: datetime) -> psycopg.Connection[Any]:
+    events: list[Event] = [_registered(f"t{n}", now) for n in range(6)]
     events += [
-        _registered("car-1", kind="tracker", name="Delivery van"),
-        _registered("silent"),
-        _registered("gone"),
+        _registered("car-1", now, kind="tracker", name="Delivery van"),
+        _registered("silent", now),
+        _registered("gone", now),
     ]
-    events.append(DeviceDecommissioned(device_id="gone", occurred_at=NOW))
+    events.append(DeviceDecommissioned(device_id="gone", occurred_at=now))
     for n in range(6):
         for minute in range(90):
-            ts = NOW - timedelta(minutes=minute)
+            ts = now - timedelta(minutes=minute)
             events.append(
                 _telemetry(
-                    f"t{n}", ts, NOW - timedelta(seconds=30), temp=20 + n + minute % 3, hum=40.0
+                    f"t{n}", ts, now - timedelta(seconds=30), temp=20 + n + minute % 3, hum=40.0
                 )
             )
-    events.append(_telemetry("t5", NOW, NOW, temp=99.0))  # a breach, as its last value
+    events.append(_telemetry("t5", now, now, temp=99.0))  # a breach, as its last value
     events.append(
-        _telemetry("car-1", NOW - timedelta(hours=2), NOW - timedelta(hours=2), temp=10.0)
+        _telemetry("car-1", now - timedelta(hours=2), now - timedelta(hours=2), temp=10.0)
     )
     _apply(db, events)
     return db
@@ -114,7 +122,7 @@ def test_devices_list_filters_sorts_and_paginates(api: TestClient) -> None:
     assert empty["items"] == [] and empty["total"] == 9
 
 
-def test_device_detail_stats_and_series(api: TestClient) -> None:
+def test_device_detail_stats_and_series(api: TestClient, now: datetime) -> None:
     device = api.get("/devices/t1", headers=AUTH).json()
     assert device["liveness"] == "online" and device["status"] == "active"
     assert device["readings"] == 180 and device["kind"] == "thermostat"
@@ -126,8 +134,8 @@ def test_device_detail_stats_and_series(api: TestClient) -> None:
         headers=AUTH,
         params={
             "metric": "temp",
-            "from": (NOW - timedelta(minutes=30)).isoformat(),
-            "to": (NOW + timedelta(minutes=1)).isoformat(),
+            "from": (now - timedelta(minutes=30)).isoformat(),
+            "to": (now + timedelta(minutes=1)).isoformat(),
             "bucket": "1m",
         },
     ).json()
@@ -138,8 +146,8 @@ def test_device_detail_stats_and_series(api: TestClient) -> None:
         headers=AUTH,
         params={
             "metric": "temp",
-            "from": (NOW - timedelta(hours=3)).isoformat(),
-            "to": (NOW + timedelta(hours=1)).isoformat(),
+            "from": (now - timedelta(hours=3)).isoformat(),
+            "to": (now + timedelta(hours=1)).isoformat(),
             "bucket": "1h",
         },
     ).json()
@@ -235,7 +243,11 @@ def test_liveness_changes_with_the_clock_and_no_event(
     seen = datetime.now(UTC)
     _apply(
         db,
-        [_registered("blinky"), _registered("quiet"), _telemetry("blinky", seen, seen, temp=20.0)],
+        [
+            _registered("blinky", seen),
+            _registered("quiet", seen),
+            _telemetry("blinky", seen, seen, temp=20.0),
+        ],
     )
     configured = settings.model_copy(update={"liveness_timeout_seconds": 2})
     with TestClient(create_query_app(configured)) as client:
