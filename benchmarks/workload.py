@@ -90,6 +90,10 @@ class PublishResult:
 
 
 PUBLISH_WINDOW = 30_000
+# paho walks its list of in-flight messages on every PUBACK, looking for a queued one to send
+# (Client._update_inflight): with 1,000 in flight a publisher spent twice the CPU a message
+# and sent half as many (docs/benchmarks.md, issue 14's third session).
+PUBLISH_INFLIGHT = 100
 
 
 def _acknowledged(info: mqtt.MQTTMessageInfo) -> None:
@@ -105,7 +109,7 @@ def _publish_part(mqtt_url: str, workload: Workload, part: int, parts: int) -> P
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"iotp-bench-pub-{part}", protocol=mqtt.MQTTv5
     )
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(PUBLISH_INFLIGHT)
     client.max_queued_messages_set(0)
     client.connect(broker.host, broker.port)
     client.loop_start()
