@@ -7,7 +7,6 @@ with a reason code; the good readings beside a bad one are kept.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -16,11 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from iotp.model import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from iotp.model import is_device_id, is_metric_name
 
-_TOPIC = re.compile(r"^devices/([^/]+)/telemetry$")
-_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
-_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
+_TOPIC = re.compile(r"devices/([^/]+)/telemetry")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _READING_KEYS = frozenset({"ts", "metrics", "seq"})
 # Earlier than this is almost always epoch seconds sent where milliseconds are expected.
@@ -100,8 +97,8 @@ DeviceLookup = Callable[[str], DeviceInfo | None]
 
 def device_id_of(topic: str) -> str | None:
     """The device id in ``devices/{id}/telemetry``, or None for any other topic."""
-    match = _TOPIC.match(topic)
-    if match is None or not _DEVICE_ID.match(match.group(1)):
+    match = _TOPIC.fullmatch(topic)
+    if match is None or not is_device_id(match.group(1)):
         return None
     return match.group(1)
 
@@ -203,7 +200,7 @@ def _parse_reading(
     declared_metrics = device.metrics
     for name, value in metrics.items():
         # Declared names were validated at registration; only others need the pattern.
-        if name not in declared_metrics and not _valid_metric_name(name):
+        if name not in declared_metrics and not is_metric_name(name):
             problems.append(
                 (INVALID_METRIC_NAME, f"metric name {_clip(name)!r} is not 1-64 of [A-Za-z0-9_.-]")
             )
@@ -226,11 +223,6 @@ def _parse_reading(
     if not kept:
         return None, problems
     return Reading(ts, kept, tuple(breaches)), problems
-
-
-@functools.lru_cache(maxsize=4096)
-def _valid_metric_name(name: str) -> bool:
-    return _METRIC_NAME.match(name) is not None
 
 
 def _timestamp(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal, TypeVar
@@ -14,12 +13,12 @@ import orjson
 from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
 from iotp.model import (
-    DEVICE_ID_PATTERN,
-    METRIC_NAME_PATTERN,
     DeviceAttributes,
     DeviceId,
     FrozenModel,
     MetricName,
+    is_device_id,
+    is_metric_name,
 )
 
 SCHEMA_VERSION = 1
@@ -305,7 +304,7 @@ def _decode(fields: dict[str, str] | dict[bytes, bytes], adapter: TypeAdapter[T]
 #
 # Names are held to the model's patterns too, but not by msgspec: its pattern check ran a
 # regular expression for every name of every event (an eighth of an aggregator's time, py-spy),
-# while a fleet has few distinct names. Each distinct name is matched once (_NameCheck).
+# while a fleet has few distinct names (iotp.model.is_device_id matches each once).
 _FastName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _FastAware = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -328,44 +327,15 @@ class TelemetryFacts(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc
     received_at: _FastAware | None = None
 
 
-class _NameCheck:
-    """Whether a name matches ``pattern``, remembering the names that did.
-
-    Bounded: a stream full of distinct names (hostile, or a huge fleet) empties the memory
-    now and then instead of growing it.
-    """
-
-    def __init__(self, pattern: str, remember: int = 65_536) -> None:
-        # `$` would let a trailing newline through in Python's re, hence fullmatch.
-        self._match = re.compile(pattern.removeprefix("^").removesuffix("$")).fullmatch
-        self._good: set[str] = set()
-        self._remember = remember
-
-    def __call__(self, name: str) -> bool:
-        if name in self._good:
-            return True
-        if self._match(name) is None:
-            return False
-        if len(self._good) >= self._remember:
-            self._good.clear()
-        self._good.add(name)
-        return True
-
-
-_DEVICE_ID_OK = _NameCheck(DEVICE_ID_PATTERN)
-_METRIC_OK = _NameCheck(METRIC_NAME_PATTERN)
-
-
 def _names_ok(facts: TelemetryFacts) -> bool:
-    if not _DEVICE_ID_OK(facts.device_id):
+    if not is_device_id(facts.device_id):
         return False
-    metric_ok = _METRIC_OK
     for reading in facts.readings:
         for name in reading.metrics:
-            if not metric_ok(name):
+            if not is_metric_name(name):
                 return False
         for name in reading.out_of_range:
-            if not metric_ok(name):
+            if not is_metric_name(name):
                 return False
     return True
 

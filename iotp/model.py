@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 import unicodedata
 from typing import Annotated, Any
 
@@ -52,6 +54,25 @@ Kind = Annotated[
 ]
 DeviceId = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 MetricName = Annotated[str, Field(pattern=METRIC_NAME_PATTERN)]
+
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
+_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
+
+
+# The same patterns for the hot paths that do not build models (ingest's payloads, the
+# aggregator's fast decoding), read as pydantic reads them: the whole text. Python's `$`
+# alone also matches before a trailing newline, which the models refuse. A fleet has few
+# distinct names, so each is matched once.
+@functools.lru_cache(maxsize=65_536)
+def is_device_id(text: str) -> bool:
+    return _DEVICE_ID.fullmatch(text) is not None
+
+
+@functools.lru_cache(maxsize=65_536)
+def is_metric_name(text: str) -> bool:
+    return _METRIC_NAME.fullmatch(text) is not None
+
+
 Unit = Annotated[str, Field(max_length=32), AfterValidator(_check_text)]
 
 

@@ -7,7 +7,6 @@ gone through the outbox and the aggregators, a moment after the command API acce
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +17,7 @@ import streamlit as st
 from dashboard.data import SEVERITY_MARKS, local_times, read, settings
 from dashboard.refresh import refresh_interval
 from iotp.events import SEVERITIES
-from iotp.model import DEVICE_ID_PATTERN
+from iotp.model import is_device_id
 from read_models import alarms
 
 RANGES = {"all": None, "24 h": timedelta(days=1), "7 d": timedelta(days=7)}
@@ -164,7 +163,7 @@ device = (
     .text_input("Device id", value=st.query_params.get("device", ""), key="alarm_device")
     .strip()
 )
-if device and not re.fullmatch(DEVICE_ID_PATTERN, device):
+if device and not is_device_id(device):
     st.warning("A device id is 1 to 64 letters, digits, '_', '.' or '-'.")
     st.stop()
 severity = filters[1].selectbox("Severity", ["all", *SEVERITIES], key="alarm_severity")

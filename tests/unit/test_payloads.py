@@ -116,6 +116,7 @@ HOSTILE: list[tuple[str, object, str]] = [
     ),
     ("metric name too long", {"metrics": {"t" * 65: 1}}, p.INVALID_METRIC_NAME),
     ("empty metric name", {"metrics": {"": 1}}, p.INVALID_METRIC_NAME),
+    ("metric name with a trailing newline", {"metrics": {"temp\n": 1}}, p.INVALID_METRIC_NAME),
     ("ts not a date", {"ts": "tomorrow", "metrics": {"temp": 1}}, p.INVALID_TIMESTAMP),
     (
         "ts without offset",
@@ -159,10 +160,19 @@ def test_hostile_payload_is_rejected_with_its_reason(
         ("devices/a b/telemetry", p.INVALID_TOPIC),
         ("devices/thermo-1/status", p.INVALID_TOPIC),
         ("devices/" + "x" * 65 + "/telemetry", p.INVALID_TOPIC),
+        ("devices/free-1\n/telemetry", p.INVALID_TOPIC),
+        ("devices/free-1/telemetry\n", p.INVALID_TOPIC),
     ],
 )
 def test_topic_and_device_problems(topic: str, reason: str) -> None:
     assert reasons(parse({"metrics": {"temp": 1}}, topic=topic)) == [reason]
+
+
+def test_a_name_the_models_refuse_is_never_stored_for_a_device_that_declares_none() -> None:
+    # The event would carry it, and the aggregator (pydantic) would refuse the whole event.
+    result = parse({"metrics": {"temp\n": 1, "hum": 2}}, topic="devices/free-1/telemetry")
+    assert reasons(result) == [p.INVALID_METRIC_NAME]
+    assert [r.metrics for r in result.readings] == [{"hum": 2.0}]
 
 
 def test_hostile_text_in_details_is_clipped() -> None:

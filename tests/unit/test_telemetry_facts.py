@@ -11,7 +11,6 @@ from iotp.events import (
     TelemetryFacts,
     TelemetryRecorded,
     UndecodableEvent,
-    _NameCheck,
     from_fields,
     from_fields_to_fold,
     telemetry_recorded_fields,
@@ -99,12 +98,3 @@ def test_an_entry_without_its_type_in_the_data_is_refused_as_before() -> None:
     entry[b"data"] = orjson.dumps(data)
     with pytest.raises(UndecodableEvent):
         from_fields_to_fold(entry)
-
-
-def test_a_name_check_answers_the_same_once_its_memory_is_full() -> None:
-    check = _NameCheck(r"^[a-z]{1,3}$", remember=2)
-    names = ["a", "b", "c", "a", "toolong", "b\n", "d", "c", "A"]
-    expected = [True, True, True, True, False, False, True, True, False]
-    assert [check(name) for name in names] == expected
-    assert [check(name) for name in names] == expected  # again, from memory or not
-    assert len(check._good) <= 2
