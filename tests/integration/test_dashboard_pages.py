@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,6 @@ from read_models import store
 from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.projection import fold
 from tests.support.dashboard_pages import dashboard_settings, run_page
-
-
-@pytest.fixture
-def now() -> datetime:
-    """The minute a test seeds its data in: the pages' windows ("the last hour", liveness)
-    follow the clock, so a module-wide instant would age as the suite runs."""
-    return datetime.now(UTC).replace(second=0, microsecond=0)
 
 
 @pytest.fixture

@@ -58,13 +58,6 @@ def _telemetry(device_id: str, ts: datetime, seen: datetime, **metrics: float) -
 
 
 @pytest.fixture
-def now() -> datetime:
-    """The minute a test seeds its data in: the API's windows ("the last hour", liveness)
-    follow the clock, so a module-wide instant aged as the suite ran (a flake)."""
-    return datetime.now(UTC).replace(second=0, microsecond=0)
-
-
-@pytest.fixture
 def seeded(db: psycopg.Connection[Any], now: datetime) -> psycopg.Connection[Any]:
     events: list[Event] = [_registered(f"t{n}", now) for n in range(6)]
     events += [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -81,3 +82,10 @@ def settings(database_url: str, db: psycopg.Connection[Any], redis_client: redis
         api_token=SecretStr(TEST_TOKEN),
         relay_poll_seconds=0.2,
     )
+
+
+@pytest.fixture
+def now() -> datetime:
+    """The minute a test seeds its read models in. The read side's windows ("the last hour",
+    liveness) follow the clock, so an instant taken at import ages as the suite runs."""
+    return datetime.now(UTC).replace(second=0, microsecond=0)
