@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from iotp.db import ReconnectingConnection
 from iotp.event_shards import Entry, ensure_groups, read_group, telemetry_streams
 from iotp.events import TelemetryFacts, TelemetryRecorded, UndecodableEvent, from_fields_to_fold
 from iotp.names import ALARM_EVENTS_STREAM
+from iotp.periodic import Every
 from iotp.redis_client import split_id
 from iotp.retry import Stopped, retry_transient
 
@@ -70,8 +70,8 @@ class AlarmProcess:
         self.options = options
         self._db = ReconnectingConnection(connect)
         self._leading = False
-        self._last_tick = 0.0
-        self._last_drain = 0.0
+        self._tick = Every(options.tick_seconds)
+        self._drain = Every(REDRAIN_SECONDS)
         self.raised = 0
         self.cleared = 0
 
@@ -108,7 +108,7 @@ class AlarmProcess:
         if row is not None and row["got"]:
             ensure_groups(self.client, ALARM_GROUP, self.options.streams)
             self._leading = True
-            self._last_drain = 0.0
+            self._drain.again()
             logger.info("alarms: leading (group %s)", ALARM_GROUP)
         return self._leading
 
@@ -117,7 +117,7 @@ class AlarmProcess:
         if not self.lead():
             stop.wait(self.options.tick_seconds)
             return 0
-        if time.monotonic() - self._last_drain > REDRAIN_SECONDS:
+        if self._drain.due():
             self.drain_pending()
         batch = read_group(
             self.client,
@@ -129,13 +129,13 @@ class AlarmProcess:
         )
         applied = self.process(batch)
         full = sum(len(entries) for entries in batch.values()) >= self.options.batch_size
-        if not full and time.monotonic() - self._last_tick >= self.options.tick_seconds:
+        if not full and self._tick.due():
             self.tick()
         return applied
 
     def drain_pending(self) -> None:
         """Apply what was read under this consumer name and never acknowledged."""
-        self._last_drain = time.monotonic()
+        self._drain.done()
         while True:
             batch = read_group(
                 self.client,
@@ -192,7 +192,7 @@ class AlarmProcess:
 
     def tick(self) -> None:
         """The offline timer: raise for devices silent past their timeout, in one transaction."""
-        self._last_tick = time.monotonic()
+        self._tick.done()
         conn = self._connection()
         with conn.transaction():
             state.share_rules_lock(conn)

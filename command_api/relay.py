@@ -19,6 +19,7 @@ from psycopg_pool import AsyncConnectionPool
 from command_api.outbox import FORGET_SENT_SQL, MARK_SENT_SQL, UNSENT_SQL, outbox_backlog
 from command_api.unit_of_work import Conn
 from iotp.names import RELAY_STATS_KEY
+from iotp.periodic import Every
 from iotp.redis_client import text
 from iotp.retry import Stopped, retry_transient_async
 from iotp.settings import Settings
@@ -155,8 +156,8 @@ class _Relay:
         self.wake = asyncio.Event()
         self.connection: psycopg.AsyncConnection[Any] | None = None
         self.listener: asyncio.Task[None] | None = None
-        self.last_report = 0.0
-        self.last_housekeeping = 0.0
+        self.report = Every(REPORT_SECONDS)
+        self.housekeeping = Every(HOUSEKEEPING_SECONDS)
 
     async def round(self) -> None:
         """Listen if not listening, relay what waits, report, then sleep until woken."""
@@ -170,12 +171,12 @@ class _Relay:
             moved = await drain(conn, self.client, self.settings.relay_batch_size)
             if moved:
                 logger.debug("relayed %s events", moved)
-            if time.monotonic() - self.last_report > REPORT_SECONDS:
+            if self.report.due():
                 await report_backlog(conn, self.client)
-                self.last_report = time.monotonic()
-            if time.monotonic() - self.last_housekeeping > HOUSEKEEPING_SECONDS:
+                self.report.done()
+            if self.housekeeping.due():
                 await housekeeping(conn, self.settings)
-                self.last_housekeeping = time.monotonic()
+                self.housekeeping.done()
         await _sleep_until_woken(
             self.wake, self.stop, self.listener, self.settings.relay_poll_seconds
         )

@@ -25,6 +25,7 @@ from ingest.payloads import DeviceLookup, Limits, ParsedMessage, parse_message
 from ingest.publisher import StreamPublisher
 from ingest.store import StagedRow, StreamEntry, TelemetryStore
 from iotp.events import new_event_ids, telemetry_recorded_fields
+from iotp.periodic import Every
 from iotp.retry import Stopped, retry_transient, service_of
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class IngestPipeline:
         self.lookup, self.counters, self.limits, self.policy = lookup, counters, limits, policy
         self.stats_key = stats_key
         self._published: list[uuid.UUID] = []
-        self._last_stats = 0.0
+        self._stats = Every(1.0)
 
     def run(self, stop: threading.Event) -> None:
         """Take and validate batches here while a writer thread stores the previous one.
@@ -207,10 +208,8 @@ class IngestPipeline:
 
     def _report_stats(self, stop: threading.Event, force: bool = False) -> None:
         """Counters to Redis for `iotp status`, at most once a second (and when stopping)."""
-        now = time.monotonic()
-        if now - self._last_stats < 1.0 and not force:
+        if not self._stats.take() and not force:
             return
-        self._last_stats = now
         stats = (self.stats_key, self.counters.snapshot())
         self._retry(lambda: self.publisher.publish((), (), stats), stop)
 

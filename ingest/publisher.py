@@ -22,6 +22,7 @@ import redis
 from ingest.store import StreamEntry
 from iotp.event_shards import telemetry_stream_for, telemetry_streams, trims_key
 from iotp.names import TELEMETRY_DEADLETTER_STREAM
+from iotp.periodic import Every
 from iotp.redis_client import text
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class StreamPublisher:
         self.shards = shards
         self._unlogged_cut = 0
         self._cut_groups = ""
-        self._cut_logged_at = 0.0
+        self._cut_log = Every(CUT_LOG_SECONDS)
 
     def publish(
         self,
@@ -192,8 +193,7 @@ class StreamPublisher:
         self._unlogged_cut += int(result[0])
         if int(result[0]):
             self._cut_groups = ", ".join(text(g) for g in result[1:])
-        now = time.monotonic()
-        if not self._unlogged_cut or now - self._cut_logged_at < CUT_LOG_SECONDS:
+        if not self._unlogged_cut or not self._cut_log.take():
             return
         groups = self._cut_groups or "none yet (no consumer group)"
         logger.error(
@@ -205,4 +205,3 @@ class StreamPublisher:
             groups,
         )
         self._unlogged_cut = 0
-        self._cut_logged_at = now

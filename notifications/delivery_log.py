@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ import psycopg
 
 from iotp.commands import url_origin
 from iotp.db import ReconnectingConnection
+from iotp.periodic import Every
 from iotp.retry import Stopped, retry_transient
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class DeliveryLog:
         keep_days: int,
     ) -> None:
         self.wake, self.poll, self.keep_days = wake, poll, keep_days
-        self._last_housekeeping = 0.0
+        self._housekeeping = Every(HOUSEKEEPING_SECONDS)
         self._write = ReconnectingConnection(connect_write)
         self._read = ReconnectingConnection(connect_read)
 
@@ -126,12 +126,12 @@ class DeliveryLog:
         copied = 0
         while moved := copy_batch(write, read):
             copied += moved
-        if time.monotonic() - self._last_housekeeping > HOUSEKEEPING_SECONDS:
+        if self._housekeeping.due():
             with write.transaction():
                 write.execute(_FORGET_FINISHED, (self.keep_days,))
             with read.transaction():
                 read.execute(_FORGET_LOGGED, (self.keep_days,))
-            self._last_housekeeping = time.monotonic()
+            self._housekeeping.done()
         return copied
 
     def run(self, stop: threading.Event) -> None:

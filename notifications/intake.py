@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from iotp.events import (
     from_fields,
 )
 from iotp.names import ALARM_EVENTS_STREAM
+from iotp.periodic import Every
 from iotp.redis_client import text
 from iotp.retry import Stopped, retry_transient
 
@@ -133,7 +133,7 @@ class AlarmIntake:
         self.client, self.options = client, options
         self.on_recorded = on_recorded
         self._db = ReconnectingConnection(connect)
-        self._last_claim = 0.0
+        self._claim = Every(options.claim_idle_ms / 1000)
 
     def close(self) -> None:
         self._db.close()
@@ -165,9 +165,7 @@ class AlarmIntake:
     def step(self) -> int:
         """Claim abandoned entries now and then, then read new ones; deliveries recorded."""
         recorded = 0
-        now = time.monotonic()
-        if now - self._last_claim > self.options.claim_idle_ms / 1000:
-            self._last_claim = now
+        if self._claim.take():
             claimed = self.claim_abandoned()
             if claimed:
                 recorded += self.process(claimed)

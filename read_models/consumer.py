@@ -24,6 +24,7 @@ from iotp.db import ReconnectingConnection
 from iotp.event_shards import Entry, by_stream, ensure_groups, event_streams, read_group
 from iotp.events import AnyEvent, TelemetryFacts, UndecodableEvent, from_fields_to_fold
 from iotp.names import ALARM_EVENTS_STREAM
+from iotp.periodic import Every
 from iotp.redis_client import split_id, text
 from iotp.retry import Stopped, retry_transient
 from read_models import queries, store
@@ -75,8 +76,8 @@ class Aggregator:
         self.options = options
         self.gaps = GapWatch(client, options.group, heal, options.event_shards)
         self._db = ReconnectingConnection(connect)
-        self._last_claim = 0.0
-        self._last_prune = 0.0
+        self._claim = Every(options.claim_idle_ms / 1000)
+        self._prune = Every(600)
         self.applied_total = 0
 
     def close(self) -> None:
@@ -126,15 +127,12 @@ class Aggregator:
     def step(self) -> BatchOutcome:
         """One round: heal gaps and reclaim abandoned entries now and then, read, apply."""
         self.gaps.check()
-        now = time.monotonic()
-        if now - self._last_claim > self.options.claim_idle_ms / 1000:
-            self._last_claim = now
+        if self._claim.take():
             for stream in self.options.streams:
                 claimed = self.claim_abandoned(stream)
                 if claimed:
                     self.process({stream: claimed})
-        if now - self._last_prune > 600:
-            self._last_prune = now
+        if self._prune.take():
             with self._db().transaction():
                 store.forget_applied(self._db(), self.options.applied_events_keep_hours)
         batch = self._read_new(self.options.block_ms)

@@ -21,6 +21,7 @@ import redis
 
 from iotp.event_shards import stream_trims
 from iotp.names import READ_MODEL_HEALS_KEY, stream_cuts_field
+from iotp.periodic import Every
 from iotp.redis_client import split_id, text
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class GapWatch:
         self.heal = heal
         self._found: list[str] = []  # gaps found and not yet healed, as log phrases
         self._cuts_seen: int | None = None
-        self._checked_at = 0.0
+        self._check = Every(CHECK_SECONDS)
         self._reported: tuple[str, ...] = ()
 
     def entries_deleted(self, stream: str, count: int) -> None:
@@ -99,10 +100,8 @@ class GapWatch:
         Cuts are healed once they stop (no new one since the previous check): healing while
         the cap still cuts would be undone by the next cut.
         """
-        now = time.monotonic()
-        if not force and now - self._checked_at < CHECK_SECONDS:
+        if not self._check.take() and not force:
             return
-        self._checked_at = now
         cuts, healed = cuts_into(self.client, self.group, self.shards)
         found = list(self._found)
         if cuts > healed:

@@ -17,7 +17,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from alarms.process import ALARM_GROUP, AlarmProcess
+from alarms.process import ALARM_CONSUMER, ALARM_GROUP, AlarmProcess
 from alarms.service import alarm_process_for
 from iotp.event_shards import telemetry_stream_for, telemetry_streams
 from iotp.events import (
@@ -374,3 +374,34 @@ def test_every_telemetry_shard_is_read(
         process.client.close()
     assert sorted(row[2] for row in alarm_rows(db)) == devices
     assert len({telemetry_stream_for(d, 3) for d in devices}) > 1
+
+
+@pytest.mark.usefixtures("fresh_boot")
+def test_a_new_leader_applies_what_its_predecessor_read_first_even_just_after_boot(
+    api: TestClient,
+    settings: Settings,
+    process: AlarmProcess,
+    db: psycopg.Connection[Any],
+    redis_client: redis.Redis,
+) -> None:
+    register(api, "boiler-1")
+    assert process.lead()  # the groups exist
+    for second in (1, 2, 3, 4):
+        send(redis_client, "boiler-1", second, 75.0)
+    # The leader reads the breach and dies before applying it; then readings back in range.
+    taken: Any = redis_client.xreadgroup(
+        ALARM_GROUP, ALARM_CONSUMER, {TELEMETRY_EVENTS_STREAM: ">"}, count=10
+    )
+    assert len(taken[0][1]) == 4
+    process.close()
+    for second in (5, 6, 7):
+        send(redis_client, "boiler-1", second, 20.0)
+    successor = alarm_process_for(settings)
+    try:
+        settle(successor)
+    finally:
+        successor.close()
+        successor.client.close()
+    events = alarm_events(db, redis_client)
+    assert [type(e) for e in events] == [AlarmRaised, AlarmCleared]
+    assert redis_client.xpending(TELEMETRY_EVENTS_STREAM, ALARM_GROUP)["pending"] == 0

@@ -7,6 +7,7 @@ on a bare machine before any test runs.
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -89,3 +90,12 @@ def now() -> datetime:
     """The minute a test seeds its read models in. The read side's windows ("the last hour",
     liveness) follow the clock, so an instant taken at import ages as the suite runs."""
     return datetime.now(UTC).replace(second=0, microsecond=0)
+
+
+@pytest.fixture
+def fresh_boot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process on a machine booted a second ago: time.monotonic, which counts from
+    boot, starts near 0 and runs on at its real pace (a CI machine may be that young)."""
+    real = time.monotonic
+    offset = real() - 1.0
+    monkeypatch.setattr(time, "monotonic", lambda: real() - offset)
