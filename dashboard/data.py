@@ -21,12 +21,18 @@ from read_models.health import PipelineHealth, health_redis, pipeline_health
 T = TypeVar("T")
 
 
-@st.cache_resource
+def _close(resource: ConnectionPool[queries.Conn] | redis.Redis) -> None:
+    resource.close()
+
+
+# Closed when released (a cleared cache, another URL): a dropped pool would otherwise keep
+# its connections, and its threads reconnecting to a server that may be gone.
+@st.cache_resource(on_release=_close)
 def _pool(url: str) -> ConnectionPool[queries.Conn]:
     return queries.open_read_pool(url, name="iotp-dashboard", max_size=4, connect_timeout=3)
 
 
-@st.cache_resource
+@st.cache_resource(on_release=_close)
 def _redis(url: str, cluster: bool) -> redis.Redis:
     return health_redis(url, cluster)
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from streamlit.testing.v1 import AppTest
 
+from dashboard import data as dashboard_data
 from iotp.errors import ConfigurationError, ServiceUnavailable
 from iotp.events import DeviceRegistered
 from iotp.names import DEVICE_EVENTS_STREAM
@@ -223,11 +224,15 @@ def test_the_dashboard_reads_the_replica_and_shows_its_delay(
 def test_the_dashboard_names_the_replica_setting_when_it_does_not_answer(
     replica_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("IOTP_READ_REPLICA_URL", f"postgresql://127.0.0.1:{free_port()}/iotp")
+    url = f"postgresql://127.0.0.1:{free_port()}/iotp"
+    monkeypatch.setenv("IOTP_READ_REPLICA_URL", url)
     with dashboard_settings(replica_settings, monkeypatch):
         app = run_page("pipeline.py")  # one read: one pool timeout to wait for
+        pool = dashboard_data._pool(url)  # the page's own, from the process's cache
+        assert not pool.closed
     assert not app.exception
     assert "IOTP_READ_REPLICA_URL" in app.error[0].value
+    assert pool.closed  # released with the cache: no thread left reconnecting to nothing
 
 
 def test_the_preflight_accepts_a_replica_and_no_replica(

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from iotp.settings import Settings, get_settings
@@ -28,6 +29,7 @@ def dashboard_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> I
         yield
     finally:
         get_settings.cache_clear()
+        st.cache_resource.clear()  # closes the block's pools: its servers may stop after it
 
 
 def run_page(page: str, **query: str) -> AppTest:
