@@ -59,14 +59,6 @@ class Received:
         return parsed
 
 
-def _device_of(body: bytes) -> str | None:
-    try:
-        device: str | None = json.loads(body).get("device_id")
-    except (ValueError, AttributeError):
-        return None
-    return device
-
-
 @dataclass
 class Receiver:
     """A webhook receiver: records every whole request; answers ``failures`` 500s, then 204s."""
@@ -95,14 +87,14 @@ class Receiver:
                     # sees a broken request, answers nothing and records no delivery.
                     self.close_connection = True
                     return
+                request = Received({k.lower(): v for k, v in self.headers.items()}, body)
                 with receiver.lock:
-                    refused = _device_of(body) in receiver.refused_devices
+                    refused = request.event.get("device_id") in receiver.refused_devices
                     status = 500 if receiver.failures > 0 or refused else 204
                     receiver.failures -= 1
                     receiver.answered.append(status)
-                    receiver.received.append(
-                        Received({k.lower(): v for k, v in self.headers.items()}, body, status)
-                    )
+                    request.status = status
+                    receiver.received.append(request)
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
