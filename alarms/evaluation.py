@@ -3,7 +3,9 @@
 What to do is decided by the pure functions of :mod:`alarms.rules`; this module loads what
 they need, records what they decide (evaluation state, alarms) and collects the events to
 queue in the same transaction. An alarm row and its event are written together or not at
-all: a raise whose id is already recorded writes no second event.
+all: a raise whose id is already recorded writes no second event. The row holds everything
+its events say (the read model's columns, with updated_at the newest event's occurred_at),
+so the alarm read model can be recomputed from the write store alone.
 """
 
 from __future__ import annotations
@@ -75,6 +77,21 @@ class _Recorder:
     ) -> UUID | None:
         """Record the alarm; its id, or None when this very alarm was recorded before."""
         new_id = alarm_id(rule.rule_id, device_id, position)
+        low, high = bounds if bounds is not None else (-math.inf, math.inf)
+        event = AlarmRaised(
+            occurred_at=self.now,
+            device_id=device_id,
+            alarm_id=new_id,
+            rule_id=rule.rule_id,
+            metric=rule.metric,
+            condition=rule.condition,
+            severity=rule.severity,
+            raised_at=transition.at,
+            value=transition.value,
+            threshold_low=_finite(low),
+            threshold_high=_finite(high),
+        )
+        # The row holds what the event says, so that the read model can be copied from it.
         row = {
             "alarm_id": new_id,
             "rule_id": rule.rule_id,
@@ -84,32 +101,20 @@ class _Recorder:
             "severity": rule.severity,
             "raised_at": transition.at,
             "value": transition.value,
+            "threshold_low": event.threshold_low,
+            "threshold_high": event.threshold_high,
+            "updated_at": event.occurred_at,
         }
         if not state.insert_alarm(self.conn, row):
             return None
-        low, high = bounds if bounds is not None else (-math.inf, math.inf)
-        self.events.append(
-            AlarmRaised(
-                occurred_at=self.now,
-                device_id=device_id,
-                alarm_id=new_id,
-                rule_id=rule.rule_id,
-                metric=rule.metric,
-                condition=rule.condition,
-                severity=rule.severity,
-                raised_at=transition.at,
-                value=transition.value,
-                threshold_low=_finite(low),
-                threshold_high=_finite(high),
-            )
-        )
+        self.events.append(event)
         self.raised += 1
         return new_id
 
     def clear_alarm(
         self, device_id: str, open_id: UUID, at: datetime, value: float | None, reason: str
     ) -> None:
-        if not state.clear_alarm(self.conn, open_id, at, reason):
+        if not state.clear_alarm(self.conn, open_id, at, reason, value, self.now):
             return  # cleared by the command side already (its rule was deleted)
         self.events.append(
             AlarmCleared(

@@ -9,8 +9,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from alarms.process import ALARM_GROUP, AlarmOptions, AlarmProcess
+from alarms.process import ALARM_GROUP, AlarmOptions, alarm_process
 from iotp.db import connect
+from iotp.events import AnyEvent, TelemetryFacts
+from iotp.group_reader import GroupReader
 from iotp.preflight import require_migrated_database, require_redis
 from iotp.redis_client import redis_for
 from iotp.settings import Settings
@@ -29,7 +31,7 @@ def alarm_options(settings: Settings) -> AlarmOptions:
     )
 
 
-def alarm_process_for(settings: Settings) -> AlarmProcess:
+def alarm_process_for(settings: Settings) -> GroupReader[AnyEvent | TelemetryFacts]:
     """An alarm process on the write store and Redis of ``settings`` (nothing connects yet)."""
 
     def write_store() -> psycopg.Connection[Any]:
@@ -38,7 +40,7 @@ def alarm_process_for(settings: Settings) -> AlarmProcess:
     client = redis_for(
         settings.redis_url, settings.redis_cluster, socket_connect_timeout=5, socket_timeout=30
     )
-    return AlarmProcess(client, write_store, alarm_options(settings))
+    return alarm_process(client, write_store, alarm_options(settings))
 
 
 def run_alarms(settings: Settings, stop: threading.Event) -> None:
@@ -51,5 +53,4 @@ def run_alarms(settings: Settings, stop: threading.Event) -> None:
     try:
         process.run(stop)
     finally:
-        process.close()
         process.client.close()

@@ -128,24 +128,43 @@ def _evaluation_values(s: Evaluation) -> tuple[Any, ...]:
 
 
 def insert_alarm(conn: Conn, alarm: dict[str, Any]) -> bool:
-    """Record a raised alarm; False when its id is already recorded (nothing changes)."""
+    """Record a raised alarm; False when its id is already recorded (nothing changes).
+
+    ``alarm`` holds every field of its AlarmRaised event (the finite bounds, as the event
+    carries them) and ``updated_at``, the event's occurred_at: the row is what the read
+    model builds from the event, so that a rebuild can copy it.
+    """
     row = conn.execute(
         "INSERT INTO alarms (alarm_id, rule_id, device_id, metric, condition, severity, state,"
-        " raised_at, value) VALUES (%(alarm_id)s, %(rule_id)s, %(device_id)s, %(metric)s,"
-        " %(condition)s, %(severity)s, 'active', %(raised_at)s, %(value)s)"
+        " raised_at, value, threshold_low, threshold_high, updated_at)"
+        " VALUES (%(alarm_id)s, %(rule_id)s, %(device_id)s, %(metric)s, %(condition)s,"
+        " %(severity)s, 'active', %(raised_at)s, %(value)s, %(threshold_low)s,"
+        " %(threshold_high)s, %(updated_at)s)"
         " ON CONFLICT (alarm_id) DO NOTHING RETURNING alarm_id",
         alarm,
     ).fetchone()
     return row is not None
 
 
-def clear_alarm(conn: Conn, alarm_id: UUID, at: datetime, reason: str) -> bool:
+def clear_alarm(
+    conn: Conn,
+    alarm_id: UUID,
+    at: datetime,
+    reason: str,
+    value: float | None,
+    occurred_at: datetime,
+) -> bool:
     """Mark the alarm cleared (row-locked, so an acknowledgement cannot cross it); False when
-    it was cleared already."""
+    it was cleared already.
+
+    ``occurred_at`` is the AlarmCleared event's; updated_at keeps the newest event's time, as
+    the read model's does, whatever order the events' times come in.
+    """
     row = conn.execute(
-        "UPDATE alarms SET state = 'cleared', cleared_at = %s, clear_reason = %s"
+        "UPDATE alarms SET state = 'cleared', cleared_at = %s, cleared_value = %s,"
+        " clear_reason = %s, updated_at = greatest(updated_at, %s)"
         " WHERE alarm_id = %s AND state <> 'cleared' RETURNING alarm_id",
-        (at, reason, alarm_id),
+        (at, value, reason, occurred_at, alarm_id),
     ).fetchone()
     return row is not None
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from broker_identity.accounts import Account, BrokerState, HashLookup, with_services
 from broker_identity.files import BrokerFiles
-from broker_identity.sync import SYNC_GROUP, BrokerSync
+from broker_identity.sync import SYNC_GROUP, BrokerAccounts, broker_sync
 from iotp.db import connect
 from iotp.errors import ConfigurationError
 from iotp.mqtt_url import parse_mqtt_url
@@ -79,7 +82,11 @@ def run_broker_sync(settings: Settings, stop: threading.Event) -> None:
     recorded = files.load()
     state = with_services(recorded, service_accounts(settings, recorded))
     client = redis_for(settings.redis_url, settings.redis_cluster, socket_connect_timeout=5)
-    sync = BrokerSync(client, files, state, write_store_lookup(settings))
+
+    def write_store() -> psycopg.Connection[Any]:
+        return connect(settings.database_url)
+
+    accounts = BrokerAccounts(files, state, write_store_lookup(settings), write_store)
     logger.info(
         "broker-sync: %s devices at position %s; group %s; files %s, %s",
         len(state.devices),
@@ -89,6 +96,7 @@ def run_broker_sync(settings: Settings, stop: threading.Event) -> None:
         files.acl_file,
     )
     try:
-        sync.run(stop)
+        accounts.start()
+        broker_sync(client, accounts).run(stop)
     finally:
         client.close()

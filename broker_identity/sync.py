@@ -1,32 +1,32 @@
 """`iotp broker-sync`: keeps the broker's accounts in step with the device events.
 
-Reads the device event stream in its own consumer group (``iotp-broker-identity``), applies
-registrations, credential rotations and decommissions to the accounts, writes the password
-and ACL files (the password file records the position of the last event applied, so both
-change with the position by one rename), asks the broker to reload, then XACKs. After a
-crash, the entries it had read but not acknowledged come back and those at or before the
-recorded position are skipped: nothing is applied twice, nothing is missed. One process
-owns the files; it reads as one fixed consumer, so a restarted process finds its own
-pending entries.
+The kernel's group reader (:mod:`iotp.group_reader`) feeds the device events in the group
+``iotp-broker-identity``; each batch's registrations, credential rotations and
+decommissions are applied to the accounts, and the password and ACL files are written (the
+password file records the position of the last event applied, so both change with the
+position by one rename) before the batch is acknowledged. Entries handed again after a crash
+at or before the recorded position are skipped: nothing is applied twice, nothing is missed.
+Device events that left Redis before they were applied are healed by writing the files from
+the write store's devices (:mod:`broker_identity.recovery`). One process owns the files; it
+reads as one fixed consumer, so a restarted process finds its own pending entries.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import psycopg
 import redis
 
 from broker_identity.accounts import BrokerState, HashLookup, MissingHash, apply_event
 from broker_identity.files import BrokerFiles
-from iotp.event_shards import ensure_groups
-from iotp.events import UndecodableEvent, from_fields
+from broker_identity.recovery import device_accounts_from_write_store
+from iotp.events import AnyEvent, from_fields
+from iotp.group_reader import Batch, Delivered, GroupReader, ReaderOptions, StreamPart
 from iotp.names import DEVICE_EVENTS_STREAM
-from iotp.redis_client import split_id, text
-from iotp.retry import Stopped, retry_transient
+from iotp.redis_client import split_id
 
 logger = logging.getLogger(__name__)
 
@@ -34,75 +34,79 @@ SYNC_GROUP = "iotp-broker-identity"
 SYNC_CONSUMER = "broker-sync"
 BATCH_SIZE = 500
 BLOCK_MS = 500
+CLAIM_IDLE_MS = 30_000
+READER = ReaderOptions(
+    group=SYNC_GROUP,
+    consumer=SYNC_CONSUMER,
+    streams=(DEVICE_EVENTS_STREAM,),
+    batch_size=BATCH_SIZE,
+    block_ms=BLOCK_MS,
+    claim_idle_ms=CLAIM_IDLE_MS,
+    task="broker-sync",
+)
 
 
-@dataclass
-class BatchResult:
-    entries: int
-    changed: bool
+class BrokerAccounts(StreamPart[AnyEvent]):
+    """Applies device events to the broker's files; every step is safe to repeat.
 
-
-class BrokerSync:
-    """Applies device events to the broker's files; every step is safe to repeat."""
+    The state in memory is always what the files say: after a failed write it is read back
+    from them (``close``), so a batch whose files were not written is applied again.
+    """
 
     def __init__(
-        self, client: redis.Redis, files: BrokerFiles, state: BrokerState, lookup: HashLookup
+        self,
+        files: BrokerFiles,
+        state: BrokerState,
+        lookup: HashLookup,
+        write_store: Callable[[], psycopg.Connection[Any]],
     ) -> None:
-        self.client, self.files, self.state, self.lookup = client, files, state, lookup
+        self.files, self.state, self.lookup = files, state, lookup
+        self._write_store = write_store
+        self._written = True
 
     def start(self) -> None:
         """Write the files as the state stands (service accounts may have changed), reload."""
-        self.files.write(self.state)
-        self.files.reload_broker()
-        ensure_groups(self.client, SYNC_GROUP, (DEVICE_EVENTS_STREAM,))
+        self._write()
 
-    def run(self, stop: threading.Event) -> None:
-        """Follow the stream until ``stop`` is set, riding out Redis outages."""
-        try:
-            retry_transient(self.start, stop, task="broker-sync")
-            cursor = "0"  # first what this consumer read but did not acknowledge
-            while not stop.is_set():
-                result = retry_transient(partial(self.step, cursor), stop, task="broker-sync")
-                if cursor == "0" and result.entries == 0:
-                    cursor = ">"
-        except Stopped:
-            return
-
-    def step(self, cursor: str = ">") -> BatchResult:
-        response: Any = self.client.xreadgroup(
-            SYNC_GROUP,
-            SYNC_CONSUMER,
-            {DEVICE_EVENTS_STREAM: cursor},
-            count=BATCH_SIZE,
-            block=None if cursor == "0" else BLOCK_MS,
-        )
-        entries = [(text(i), f) for _, batch in response or () for i, f in batch]
-        if not entries:
-            return BatchResult(0, False)
-        changed = self.apply(entries)
+    def apply(self, batch: Batch[AnyEvent]) -> int:
+        """Apply the events after the recorded position; how many changed an account."""
+        changed = sum(self._apply_one(d) for d in batch.events if self._after_position(d))
+        last = batch.last_ids.get(DEVICE_EVENTS_STREAM)
+        if last is not None and split_id(last) > split_id(self.state.position):
+            self.state.position = last
         if changed:
-            self.files.write(self.state)
-            self.files.reload_broker()
-        self.client.xack(DEVICE_EVENTS_STREAM, SYNC_GROUP, *[i for i, _ in entries])
-        return BatchResult(len(entries), changed)
-
-    def apply(self, entries: list[tuple[str, Any]]) -> bool:
-        """Apply the entries after the recorded position; True when an account changed."""
-        changed = False
-        for entry_id, fields in entries:
-            if split_id(entry_id) <= split_id(self.state.position):
-                continue  # applied before a crash, and the files already say so
-            if fields:
-                changed |= self._apply_one(entry_id, fields)
-            self.state.position = entry_id
+            self._write()
         return changed
 
-    def _apply_one(self, entry_id: str, fields: Any) -> bool:
-        try:
-            event = from_fields(fields)
-        except UndecodableEvent as exc:
-            logger.error("skipping undecodable device event %s: %s", entry_id, exc)
-            return False
+    def positions(self) -> Mapping[str, str]:
+        return {DEVICE_EVENTS_STREAM: self.state.position}
+
+    def heal(self, delivered: Mapping[str, str]) -> None:
+        """Every active device's account from the write store, at the delivered position."""
+        with self._write_store() as conn:
+            self.state.devices = device_accounts_from_write_store(conn)
+        self.state.position = delivered.get(DEVICE_EVENTS_STREAM, "0-0")
+        self._write()
+        logger.info("broker: %s device accounts from the write store", len(self.state.devices))
+
+    def close(self) -> None:
+        if not self._written:  # the files are the truth: forget what they do not say
+            recorded = self.files.load()
+            self.state = BrokerState(recorded.devices, self.state.services, recorded.position)
+            self._written = True
+
+    def _write(self) -> None:
+        self._written = False
+        self.files.write(self.state)
+        self._written = True
+        self.files.reload_broker()
+
+    def _after_position(self, delivered: Delivered[AnyEvent]) -> bool:
+        # at or before it: applied before a crash, and the files already say so
+        return split_id(delivered.entry_id) > split_id(self.state.position)
+
+    def _apply_one(self, delivered: Delivered[AnyEvent]) -> bool:
+        event = delivered.event
         try:
             changed = apply_event(self.state, event, self.lookup)
         except MissingHash:
@@ -110,9 +114,14 @@ class BrokerSync:
                 "device %s: no password hash in event %s nor in the devices table; the broker"
                 " will refuse it until its credentials are rotated",
                 event.device_id,
-                entry_id,
+                delivered.entry_id,
             )
             return False
         if changed:
             logger.info("broker: %s %s", event.type, event.device_id)
         return changed
+
+
+def broker_sync(client: redis.Redis, accounts: BrokerAccounts) -> GroupReader[AnyEvent]:
+    """broker-sync: the group reader feeding :class:`BrokerAccounts`."""
+    return GroupReader(client, accounts, READER, from_fields)

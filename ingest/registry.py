@@ -19,13 +19,9 @@ import redis
 
 from ingest.payloads import DeviceInfo, MetricRange
 from iotp.db import ReconnectingConnection
-from iotp.events import (
-    DeviceDecommissioned,
-    DeviceRegistered,
-    DeviceUpdated,
-    UndecodableEvent,
-    from_fields,
-)
+from iotp.event_shards import Entry, read_streams
+from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated, from_fields
+from iotp.group_reader import Counts, decode_batch
 from iotp.model import MetricSpec
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.redis_client import text
@@ -133,7 +129,11 @@ def last_device_event_id(client: redis.Redis) -> str:
 
 
 class RegistryFollower(threading.Thread):
-    """Applies device events from the stream to the registry as they arrive."""
+    """Applies device events from the stream to the registry as they arrive.
+
+    Plain XREAD, not a consumer group: every ingest process needs every device event. It
+    reads and decodes as the group reader does (:mod:`iotp.group_reader`).
+    """
 
     def __init__(
         self, registry: DeviceRegistry, client: redis.Redis, after: str, stop: threading.Event
@@ -144,16 +144,13 @@ class RegistryFollower(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             try:
-                response = retry_transient(self._read, self.stop, task="device registry")
+                entries = retry_transient(self._read, self.stop, task="device registry")
             except Stopped:
                 return
-            for _stream, entries in response or ():
-                for entry_id, fields in entries:
-                    self.position = text(entry_id)
-                    try:
-                        self.registry.apply(from_fields(fields))
-                    except UndecodableEvent as exc:
-                        logger.warning("skipping device event %s: %s", self.position, exc)
+            batch = decode_batch(entries, from_fields, Counts(), "device registry")
+            for delivered in batch.events:
+                self.registry.apply(delivered.event)
+            self.position = batch.last_ids.get(DEVICE_EVENTS_STREAM, self.position)
 
-    def _read(self) -> Any:
-        return self.client.xread({DEVICE_EVENTS_STREAM: self.position}, count=500, block=500)
+    def _read(self) -> dict[str, list[Entry]]:
+        return read_streams(self.client, {DEVICE_EVENTS_STREAM: self.position}, 500, 500)

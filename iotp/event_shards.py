@@ -87,14 +87,19 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def ensure_groups(client: redis.Redis, group: str, streams: Iterable[str]) -> None:
-    """Create ``group`` on every stream (from the stream's beginning) where it is missing."""
+def ensure_groups(client: redis.Redis, group: str, streams: Iterable[str]) -> list[str]:
+    """Create ``group`` on every stream (from the stream's beginning) where it is missing;
+    the streams it was missing on."""
+    created = []
     for stream in streams:
         try:
             client.xgroup_create(stream, group, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        else:
+            created.append(stream)
+    return created
 
 
 def read_group(
@@ -125,8 +130,24 @@ def read_group(
     return batch
 
 
+def read_streams(
+    client: redis.Redis, positions: Mapping[str, str], count: int, block_ms: int | None = None
+) -> dict[str, list[Entry]]:
+    """XREAD (no group: every reader sees every entry) after ``positions``, by stream.
+
+    On a cluster each stream is read on its own, as :func:`read_group` does.
+    """
+    streams: Any = dict(positions)
+    if not is_cluster(client):
+        return by_stream(client.xread(streams, count, block_ms))
+    batch: dict[str, list[Entry]] = {}
+    for stream in streams:
+        batch.update(by_stream(client.xread({stream: streams[stream]}, count, block_ms)))
+    return batch
+
+
 def by_stream(response: Any) -> dict[str, list[Entry]]:
-    """An XREADGROUP reply as stream -> [(entry id, fields or None when deleted)]."""
+    """An XREAD(GROUP) reply as stream -> [(entry id, fields or None when deleted)]."""
     batch: dict[str, list[Entry]] = {}
     for stream, entries in response or ():
         batch[text(stream)] = [(text(i), f or None) for i, f in entries]

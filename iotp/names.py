@@ -48,6 +48,14 @@ RELAY_STATS_KEY = "iotp:relay:stats"  # outbox backlog, for the read side's pipe
 # letters dropped at the dead-letter stream's cap, and the caps themselves.
 # Gaps the aggregators found in what they read, and their heals from the write store.
 READ_MODEL_HEALS_KEY = "iotp:read_models:heals"
+CONSUMER_STATS_KEY_PREFIX = "iotp:consumers:"
+
+
+def consumer_stats_key(group: str) -> str:
+    """The Redis hash where every consumer of ``group`` adds its counters (iotp.group_reader)."""
+    return f"{CONSUMER_STATS_KEY_PREFIX}{group}"
+
+
 # Mosquitto's own counters ($SYS), as ingest last read them.
 BROKER_STATS_KEY = "iotp:broker:stats"
 BROKER_SYS_TOPICS = "$SYS/broker/#"

@@ -30,7 +30,7 @@ from iotp.settings import Settings
 from notifications.backoff import RetryPolicy
 from notifications.deliveries import DeliveryWorker
 from notifications.delivery_log import DeliveryLog
-from notifications.intake import NOTIFIER_GROUP, AlarmIntake, IntakeOptions
+from notifications.intake import NOTIFIER_GROUP, IntakeOptions, alarm_intake
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run_notifier(settings: Settings, stop: threading.Event) -> None:
         due.set()
         changed.set()
 
-    intake = AlarmIntake(
+    intake = alarm_intake(
         client,
         write,
         IntakeOptions(

@@ -76,7 +76,8 @@ _GROUPS = {
     "acknowledged_at": ("acknowledged_by", "note"),
     "cleared_at": ("cleared_value", "clear_reason"),
 }
-_COLUMNS = (
+# The read model's columns and their types, in the order the upsert and `iotp rebuild` write them.
+ALARM_COLUMNS = (
     ("alarm_id", "uuid"),
     ("device_id", "text"),
     ("rule_id", "text"),
@@ -106,8 +107,8 @@ def _take_earliest(key: str, columns: tuple[str, ...]) -> str:
 
 _MERGE = ",\n    ".join(_take_earliest(key, columns) for key, columns in _GROUPS.items())
 _UPSERT_ALARMS = f"""
-INSERT INTO read_models.alarms AS t ({", ".join(c for c, _ in _COLUMNS)})
-SELECT * FROM unnest({", ".join(f"%s::{kind}[]" for _, kind in _COLUMNS)})
+INSERT INTO read_models.alarms AS t ({", ".join(c for c, _ in ALARM_COLUMNS)})
+SELECT * FROM unnest({", ".join(f"%s::{kind}[]" for _, kind in ALARM_COLUMNS)})
 ON CONFLICT (alarm_id) DO UPDATE SET
     {_MERGE},
     updated_at = GREATEST(t.updated_at, excluded.updated_at)

@@ -22,12 +22,13 @@ from iotp.names import (
     READ_MODEL_HEALS_KEY,
     RELAY_STATS_KEY,
     TELEMETRY_DEADLETTER_STREAM,
+    consumer_stats_key,
     stream_cuts_field,
 )
 from iotp.redis_client import ingest_sessions, ingest_stats, number, redis_for, text, text_hash
+from iotp.stream_gaps import cuts_into
 from read_models import queries
 from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
-from read_models.gaps import cuts_into
 from read_models.read_lag import ReplicaHealth, read_lag_seconds, replica_health
 
 LATEST_DEADLETTERS = 20
@@ -71,6 +72,21 @@ class GroupHealth(BaseModel):
     last_applied_id: str | None
     last_event_at: datetime | None
     newest_event_age_seconds: float | None
+
+
+class ConsumerCounts(BaseModel):
+    """What one consumer group's consumers did, in all (iotp.group_reader counts it alike for
+    every group): entries read, events that took effect, and the rest."""
+
+    entries: int = 0
+    applied: int = 0  # took effect (not repeats, not events the consumer ignores)
+    undecodable: int = 0  # logged and acknowledged
+    deleted: int = 0  # handed back without fields: deleted before they were applied
+    claimed: int = 0  # taken over from a consumer that left them pending
+    heals: int = 0  # gaps healed from the write store
+    last_batch_at: datetime | None = None
+    last_heal_at: datetime | None = None
+    last_heal_reason: str | None = None
 
 
 class StreamCapHealth(BaseModel):
@@ -140,6 +156,7 @@ class LossHealth(BaseModel):
 class PipelineHealth(LossHealth):
     streams: dict[str, int]
     groups: list[GroupHealth]
+    consumers: dict[str, ConsumerCounts]  # by group
     ingest: dict[str, dict[str, float]]
     # Sessions the broker keeps for an ingest instance that is not connected: what is dealt
     # to them waits there (`iotp ingest --retire INSTANCE` stores it if it will not return).
@@ -169,17 +186,22 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis, shards: int = 1) ->
     now = datetime.now(UTC)
     trims = stream_trims(client, shards)
     shard_streams = telemetry_streams(shards)
+    infos = [(stream, info) for stream in streams for info in _groups_of(client, stream)]
+    counts = {
+        name: text_hash(client, consumer_stats_key(name))
+        for name in sorted({text(info["name"]) for _, info in infos})
+    }
     groups = [
         _group_health(
             client,
             stream,
             info,
             tracked.get((stream, text(info["name"]))),
+            counts[text(info["name"])].get(f"acked:{stream}"),
             now,
             stream in shard_streams and _ever_cut(trims, text(info["name"])),
         )
-        for stream in streams
-        for info in _groups_of(client, stream)
+        for stream, info in infos
     ]
     latest: Any = client.xrevrange(TELEMETRY_DEADLETTER_STREAM, count=LATEST_DEADLETTERS)
     backlog: Any = client.hget(RELAY_STATS_KEY, "outbox_backlog")
@@ -195,6 +217,7 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis, shards: int = 1) ->
         ),
         streams=lengths,
         groups=groups,
+        consumers={name: consumer_counts(values) for name, values in counts.items()},
         ingest=ingest_stats(client),
         disconnected_ingest_sessions=[s for s in ingest_sessions(client) if not s["connected"]],
         deadletters=lengths[TELEMETRY_DEADLETTER_STREAM],
@@ -352,11 +375,22 @@ def _ever_cut(trims: dict[str, str], group: str) -> bool:
     return bool(number(trims, stream_cuts_field(group)) or number(trims, "cuts_without_group"))
 
 
+def consumer_counts(values: dict[str, str]) -> ConsumerCounts:
+    numbers = ("entries", "applied", "undecodable", "deleted", "claimed", "heals")
+    return ConsumerCounts(
+        **{name: number(values, name) or 0 for name in numbers},
+        last_batch_at=_when(values, "last_batch_at"),
+        last_heal_at=_when(values, "last_heal_at"),
+        last_heal_reason=values.get("last_heal_reason"),
+    )
+
+
 def _group_health(
     client: redis.Redis,
     stream: str,
     info: dict[str, Any],
     track: dict[str, Any] | None,
+    acked: str | None,
     now: datetime,
     cut: bool,
 ) -> GroupHealth:
@@ -372,7 +406,9 @@ def _group_health(
         pending=int(info["pending"]),
         lag=group_lag(client, stream, last_delivered_id) if reported is None else int(reported),
         last_delivered_id=last_delivered_id,
-        last_applied_id=track["last_applied_id"] if track else None,
+        # The read store's tracking row for the aggregators; the newest id acknowledged (after
+        # its batch committed) for the other groups.
+        last_applied_id=track["last_applied_id"] if track else acked,
         last_event_at=last_event_at,
         newest_event_age_seconds=(now - last_event_at).total_seconds() if last_event_at else None,
     )

@@ -7,13 +7,22 @@
 3. In one read-store transaction: replace every model with what S says, chunk by chunk.
 4. Hand over: every event the live consumers may still be given (pending, undelivered, or
    published after P) is recorded as applied if its readings are in S; the ones that are
-   not (committed after S) are applied now. The consumers then resume where they were, and
-   the event-id dedupe makes the join exact: no gap, nothing counted twice.
+   not (committed after S) are applied now. So are the events ingest committed in S but has
+   not published yet (its ledger: Redis was away, or ingest died before it published); they
+   reach the stream later, with the same ids, when their readings are counted already. The
+   consumers then resume where they were, and the event-id dedupe makes the join exact: no
+   gap, nothing counted twice.
 
-Alarms are in no write table: their stream (never trimmed) is replayed up to P in step 3.
+Alarms are copied in step 3 from the write store's alarms table, which holds every column
+of the alarm read model (each change is written with its event, in one transaction), so the
+alarm stream is not needed: Redis may have lost it. An alarm event published after P may
+already be in S (committed before S, relayed after P); step 4 applies it anyway, and that
+changes nothing: the read model's merge keeps each column group's earliest event, whose
+fields the row holds already, and the greater updated_at, and the row's is already the
+newest occurred_at of the events in S.
 
 It is also how a gap is healed (events cut from the stream before the aggregators read
-them, :mod:`read_models.gaps`): the cuts made before step 2 count as healed once it ends.
+them, :mod:`iotp.stream_gaps`): the cuts made before step 2 count as healed once it ends.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 import redis
 from psycopg.types.json import Jsonb
@@ -33,13 +43,15 @@ from psycopg.types.json import Jsonb
 from iotp.db import connect
 from iotp.event_shards import ensure_groups
 from iotp.events import AnyEvent, TelemetryRecorded, UndecodableEvent, from_fields
-from iotp.names import ALARM_EVENTS_STREAM
 from iotp.preflight import READ_DATABASE_SETTING
 from iotp.redis_client import redis_for, split_id, text
 from iotp.settings import Settings
+from iotp.stream_gaps import cuts_into, mark_healed
 from read_models import store
+
+# The read model's own column list: the copy fills exactly the columns its events fill.
+from read_models.alarms import ALARM_COLUMNS
 from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
-from read_models.gaps import cuts_into, mark_healed
 from read_models.projection import Deltas
 
 logger = logging.getLogger(__name__)
@@ -116,7 +128,7 @@ def rebuild(
             write.execute("SELECT 1")  # the snapshot is taken here, after the positions
             with read.transaction():
                 report = _recompute(write, read, chunk_devices, progress)
-                _replay_alarms(client, read, positions)
+                _copy_alarms(write, read)
                 _hand_over(client, write, read, positions, report)
             write.rollback()
             mark_healed(client, AGGREGATOR_GROUP, cuts)
@@ -247,24 +259,37 @@ def _hand_over(
         deltas.add(event)
         report.window_applied += 1
     store.apply_deltas(read, deltas)
+    applied |= _unpublished(write)
     store.claim_events(read, sorted(applied))
     report.marked_applied = len(applied)
 
 
-def _replay_alarms(
-    client: redis.Redis, read: psycopg.Connection[Any], positions: dict[str, str]
-) -> None:
-    """Alarms are not in the write store: their stream, never trimmed, is replayed up to P."""
-    until = split_id(positions.get(ALARM_EVENTS_STREAM, "0-0"))
-    deltas = Deltas()
-    for entry_id, event in _events(client, ALARM_EVENTS_STREAM, "0-0"):
-        if split_id(entry_id) > until:
-            break
-        deltas.add(event)
-        if len(deltas.alarms) >= 10_000:
-            store.apply_deltas(read, deltas)
-            deltas = Deltas()
-    store.apply_deltas(read, deltas)
+def _unpublished(write: psycopg.Connection[Any]) -> set[uuid.UUID]:
+    """The telemetry events in ingest's ledger: their readings are in the snapshot, and they
+    will still be published (the ledger keeps a batch's events until they are)."""
+    found: set[uuid.UUID] = set()
+    for (entries,) in write.execute("SELECT entries FROM ingest_ledger").fetchall():
+        for fields in orjson.loads(entries):
+            if fields.get("type") == "TelemetryRecorded" and "event_id" in fields:
+                found.add(uuid.UUID(fields["event_id"]))
+    return found
+
+
+def _copy_alarms(write: psycopg.Connection[Any], read: psycopg.Connection[Any]) -> None:
+    """The write store's alarms, as they are in the snapshot, into the empty read model.
+
+    Binary COPY from one to the other: the columns have the same names and types on both
+    sides, and nothing is held in memory but a block at a time.
+    """
+    columns = ", ".join(name for name, _ in ALARM_COLUMNS)
+    with (
+        write.cursor() as source,
+        source.copy(f"COPY (SELECT {columns} FROM alarms) TO STDOUT (FORMAT BINARY)") as out,  # noqa: S608
+        read.cursor() as target,
+        target.copy(f"COPY read_models.alarms ({columns}) FROM STDIN (FORMAT BINARY)") as into,
+    ):
+        for block in out:
+            into.write(block)
 
 
 def _oldest_redeliverable(client: redis.Redis, stream: str) -> str:

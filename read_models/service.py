@@ -10,17 +10,18 @@ import psycopg
 import redis
 
 from iotp.db import connect
+from iotp.group_reader import GroupReader
 from iotp.preflight import READ_DATABASE_SETTING, require_read_store, require_redis
 from iotp.redis_client import redis_for
 from iotp.runtime import settle_gc
 from iotp.settings import Settings
-from read_models.consumer import AGGREGATOR_GROUP, Aggregator, ConsumerOptions
+from read_models.consumer import AGGREGATOR_GROUP, ConsumerOptions, Folded, aggregator
 from read_models.rebuild import rebuild
 
 logger = logging.getLogger(__name__)
 
 
-def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
+def aggregator_for(settings: Settings, client: redis.Redis) -> GroupReader[Folded]:
     """An aggregator that heals the gaps it finds by recomputing from the write store."""
 
     def read_store() -> psycopg.Connection[Any]:
@@ -37,7 +38,7 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
             report.window_events,
         )
 
-    return Aggregator(
+    return aggregator(
         client,
         read_store,
         ConsumerOptions(
@@ -50,7 +51,7 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> Aggregator:
             event_shards=settings.event_shards,
             gather_ms=settings.aggregator_gather_ms,
         ),
-        heal=heal,
+        recompute=heal,
     )
 
 
@@ -61,11 +62,10 @@ def run_aggregator(settings: Settings, stop: threading.Event) -> None:
     client = redis_for(
         settings.redis_url, settings.redis_cluster, socket_connect_timeout=5, socket_timeout=30
     )
-    aggregator = aggregator_for(settings, client)
+    reader = aggregator_for(settings, client)
     logger.info("aggregating as %s in group %s", settings.aggregator_consumer(), AGGREGATOR_GROUP)
     settle_gc()
     try:
-        aggregator.run(stop)
+        reader.run(stop)
     finally:
-        aggregator.close()
         client.close()

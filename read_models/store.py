@@ -7,6 +7,7 @@ consumer group's tracking row, so that a crash leaves either all of a batch or n
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -224,6 +225,18 @@ def track(
 ) -> None:
     ms, seq = split_id(last_id)
     conn.execute(_TRACK, (stream, group, ms, seq, last_event_at))
+
+
+def reset_tracking(conn: Conn, group: str, positions: Mapping[str, str]) -> None:
+    """Set ``group``'s positions to ``positions``, lower or not (after a heal: what Redis
+    delivered, so that a stream Redis lost is not mistaken for a loss again)."""
+    for stream, last_id in positions.items():
+        ms, seq = split_id(last_id)
+        conn.execute(
+            "UPDATE read_models.tracking SET last_id_ms = %s, last_id_seq = %s, updated_at = now()"
+            " WHERE stream = %s AND group_name = %s",
+            (ms, seq, stream, group),
+        )
 
 
 def lock_for_batch(conn: Conn) -> None:

@@ -17,9 +17,9 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from alarms.process import ALARM_CONSUMER, ALARM_GROUP, AlarmProcess
+from alarms.process import ALARM_CONSUMER, ALARM_GROUP, AlarmEvaluator
 from alarms.service import alarm_process_for
-from iotp.event_shards import telemetry_stream_for, telemetry_streams
+from iotp.event_shards import ensure_groups, telemetry_stream_for, telemetry_streams
 from iotp.events import (
     AlarmAcknowledged,
     AlarmCleared,
@@ -28,6 +28,7 @@ from iotp.events import (
     from_fields,
     telemetry_recorded_fields,
 )
+from iotp.group_reader import GroupReader
 from iotp.names import ALARM_EVENTS_STREAM, ALARM_RULE_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
 from iotp.settings import Settings
 from tests.support.api_client import AUTH, running_api, wait_relayed
@@ -42,11 +43,19 @@ def api(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+AlarmReader = GroupReader[Any]
+
+
+def evaluator(reader: AlarmReader) -> AlarmEvaluator:
+    assert isinstance(reader.part, AlarmEvaluator)
+    return reader.part
+
+
 @pytest.fixture
-def process(settings: Settings) -> Iterator[AlarmProcess]:
+def process(settings: Settings) -> Iterator[AlarmReader]:
     found = alarm_process_for(settings)
     yield found
-    found.close()
+    found.part.close()
     found.client.close()
 
 
@@ -66,10 +75,10 @@ def send(
     client.xadd(TELEMETRY_EVENTS_STREAM, fields)  # type: ignore[arg-type]
 
 
-def settle(process: AlarmProcess) -> None:
+def settle(process: AlarmReader) -> None:
     """Step until a round applies nothing new."""
     stop = threading.Event()
-    while process.step(stop):
+    while process.step(stop).entries:
         pass
 
 
@@ -87,7 +96,7 @@ def alarm_rows(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
 
 def test_a_sustained_breach_raises_once_is_acknowledged_and_clears_each_event_once(
     api: TestClient,
-    process: AlarmProcess,
+    process: AlarmReader,
     settings: Settings,
     db: psycopg.Connection[Any],
     redis_client: redis.Redis,
@@ -108,10 +117,10 @@ def test_a_sustained_breach_raises_once_is_acknowledged_and_clears_each_event_on
     redis_client.xgroup_setid(TELEMETRY_EVENTS_STREAM, ALARM_GROUP, "0")
     restarted = alarm_process_for(settings)
     try:
-        process.close()
+        process.part.close()
         settle(restarted)
     finally:
-        restarted.close()
+        restarted.part.close()
     assert len(alarm_rows(db)) == 1
 
     ack = {"acknowledged_by": "alice", "note": "on my way"}
@@ -144,7 +153,7 @@ def test_a_sustained_breach_raises_once_is_acknowledged_and_clears_each_event_on
 
 def test_an_offline_alarm_fires_without_traffic_and_clears_on_the_next_reading(
     api: TestClient,
-    process: AlarmProcess,
+    process: AlarmReader,
     db: psycopg.Connection[Any],
     redis_client: redis.Redis,
 ) -> None:
@@ -154,14 +163,14 @@ def test_an_offline_alarm_fires_without_traffic_and_clears_on_the_next_reading(
     assert created.status_code == 201, created.text
     send(redis_client, "quiet", 1, 20.0, heard=datetime.now(UTC) - timedelta(minutes=5))
     settle(process)
-    process.tick()
-    process.tick()
+    evaluator(process).tick()
+    evaluator(process).tick()
     ((_, rule_id, _, state, *_),) = alarm_rows(db)
     assert (rule_id, state) == (created.json()["rule_id"], "active")
 
     send(redis_client, "quiet", 2, 20.0)
     settle(process)
-    process.tick()
+    evaluator(process).tick()
     assert [row[3:] for row in alarm_rows(db)] == [("cleared", None, None, "reading received")]
     events = alarm_events(db, redis_client)
     assert [type(e) for e in events] == [AlarmRaised, AlarmCleared]
@@ -170,7 +179,7 @@ def test_an_offline_alarm_fires_without_traffic_and_clears_on_the_next_reading(
 
 def test_a_configured_rule_replaces_the_default_and_deleting_it_clears_its_alarms(
     api: TestClient,
-    process: AlarmProcess,
+    process: AlarmReader,
     db: psycopg.Connection[Any],
     redis_client: redis.Redis,
 ) -> None:
@@ -336,15 +345,15 @@ def test_the_routes_want_the_token(api: TestClient) -> None:
     assert api.post("/alarms/x/acknowledge", json={}).status_code == 401
 
 
-def test_one_alarm_process_leads_at_a_time(settings: Settings, process: AlarmProcess) -> None:
-    assert process.lead()
+def test_one_alarm_process_leads_at_a_time(settings: Settings, process: AlarmReader) -> None:
+    assert process.part.may_read()
     other = alarm_process_for(settings)
     try:
-        assert not other.lead()
-        process.close()
-        assert other.lead()
+        assert not other.part.may_read()
+        process.part.close()
+        assert other.part.may_read()
     finally:
-        other.close()
+        other.part.close()
         other.client.close()
 
 
@@ -370,7 +379,7 @@ def test_every_telemetry_shard_is_read(
                 redis_client.xadd(telemetry_stream_for(device, 3), fields)  # type: ignore[arg-type]
         settle(process)
     finally:
-        process.close()
+        process.part.close()
         process.client.close()
     assert sorted(row[2] for row in alarm_rows(db)) == devices
     assert len({telemetry_stream_for(d, 3) for d in devices}) > 1
@@ -380,12 +389,13 @@ def test_every_telemetry_shard_is_read(
 def test_a_new_leader_applies_what_its_predecessor_read_first_even_just_after_boot(
     api: TestClient,
     settings: Settings,
-    process: AlarmProcess,
+    process: AlarmReader,
     db: psycopg.Connection[Any],
     redis_client: redis.Redis,
 ) -> None:
     register(api, "boiler-1")
-    assert process.lead()  # the groups exist
+    assert process.part.may_read()
+    ensure_groups(redis_client, ALARM_GROUP, (TELEMETRY_EVENTS_STREAM,))
     for second in (1, 2, 3, 4):
         send(redis_client, "boiler-1", second, 75.0)
     # The leader reads the breach and dies before applying it; then readings back in range.
@@ -393,14 +403,14 @@ def test_a_new_leader_applies_what_its_predecessor_read_first_even_just_after_bo
         ALARM_GROUP, ALARM_CONSUMER, {TELEMETRY_EVENTS_STREAM: ">"}, count=10
     )
     assert len(taken[0][1]) == 4
-    process.close()
+    process.part.close()
     for second in (5, 6, 7):
         send(redis_client, "boiler-1", second, 20.0)
     successor = alarm_process_for(settings)
     try:
         settle(successor)
     finally:
-        successor.close()
+        successor.part.close()
         successor.client.close()
     events = alarm_events(db, redis_client)
     assert [type(e) for e in events] == [AlarmRaised, AlarmCleared]

@@ -19,13 +19,16 @@ from fastapi.testclient import TestClient
 
 from broker_identity.accounts import BrokerState, parse_password_file
 from broker_identity.files import BrokerFiles
-from broker_identity.sync import SYNC_GROUP, BrokerSync
+from broker_identity.sync import SYNC_CONSUMER, SYNC_GROUP, BrokerAccounts, broker_sync
+from iotp.event_shards import ensure_groups, read_group
 from iotp.events import (
     DeviceCredentialsRotated,
     DeviceDecommissioned,
     DeviceRegistered,
+    from_fields,
     to_fields,
 )
+from iotp.group_reader import Counts, decode_batch
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.password_hash import hash_password
 from local_platform.broker import local_mosquitto
@@ -232,8 +235,8 @@ def test_hostile_connects_are_refused_without_harm_to_others(
     wait_for(lambda: stored_count(rig.platform.db) == 3)
 
 
-class Crash(Exception):
-    """The process dies here."""
+def _no_write_store() -> Any:
+    raise AssertionError("no heal is expected here")
 
 
 def test_entries_read_and_written_but_not_acknowledged_are_not_applied_twice(
@@ -251,29 +254,26 @@ def test_entries_read_and_written_but_not_acknowledged_are_not_applied_twice(
     )
     redis_client.xadd(DEVICE_EVENTS_STREAM, to_fields(rotation))
     files = BrokerFiles(tmp_path / "passwd", tmp_path / "acl")
-    crashing = BrokerSync(redis_client, files, BrokerState(), lambda _: None)
+    crashing = BrokerAccounts(files, BrokerState(), lambda _: None, _no_write_store)
     crashing.start()
-
-    def die(*_: object) -> None:
-        raise Crash
-
-    redis_client.xack = die  # dies after the files were written, before XACK
-    with pytest.raises(Crash):
-        crashing.step(">")
-    del redis_client.xack
+    ensure_groups(redis_client, SYNC_GROUP, (DEVICE_EVENTS_STREAM,))
+    # It reads the entries and writes the files, then dies before acknowledging them.
+    taken = read_group(redis_client, SYNC_GROUP, SYNC_CONSUMER, {DEVICE_EVENTS_STREAM: ">"}, 100)
+    assert crashing.apply(decode_batch(taken, from_fields, Counts(), "test")) == 4
     written = files.password_file.read_text()
     recorded = parse_password_file(written).devices
     assert {name: account.password_hash for name, account in recorded.items()} == hashes
 
     looked_up: list[str] = []
-    restarted = BrokerSync(redis_client, files, files.load(), lambda d: looked_up.append(d))
-    result = restarted.step("0")  # its own pending entries first, as run() does
-    assert (result.entries, result.changed) == (4, False)
+    restarted = BrokerAccounts(files, files.load(), lambda d: looked_up.append(d), _no_write_store)
+    reader = broker_sync(redis_client, restarted)
+    result = reader.drain_own_pending()
+    assert (result.entries, result.applied) == (4, 0)
     assert files.password_file.read_text() == written
     assert redis_client.xpending(DEVICE_EVENTS_STREAM, SYNC_GROUP)["pending"] == 0
 
     redis_client.xadd(DEVICE_EVENTS_STREAM, to_fields(DeviceDecommissioned(device_id="dev-1")))
-    assert restarted.step(">").changed
+    assert reader.step().applied == 1
     assert set(parse_password_file(files.password_file.read_text()).devices) == {
         "dev-0",
         "dev-2",

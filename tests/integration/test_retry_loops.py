@@ -21,7 +21,7 @@ from iotp.events import DeviceRegistered, to_fields
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.settings import Settings
 from local_platform.broker import free_port
-from read_models.consumer import AGGREGATOR_GROUP, Aggregator, ConsumerOptions
+from read_models.consumer import AGGREGATOR_GROUP, ConsumerOptions, aggregator
 from tests.support.waiting import wait_for
 
 TEST_APPLICATION = "iotp-retry-test"
@@ -54,7 +54,7 @@ def test_aggregator_rides_out_an_interface_error_and_a_terminated_connection(
         return psycopg.connect(settings.read_url(), application_name=TEST_APPLICATION)
 
     client = redis.Redis.from_url(settings.redis_url)
-    aggregator = Aggregator(
+    reader = aggregator(
         client,
         connect,
         ConsumerOptions(
@@ -65,9 +65,10 @@ def test_aggregator_rides_out_an_interface_error_and_a_terminated_connection(
             claim_idle_ms=300,  # how the entries of the failed batch come back
             applied_events_keep_hours=24,
         ),
+        recompute=lambda: None,
     )
     stop = threading.Event()
-    runner = threading.Thread(target=aggregator.run, args=(stop,))
+    runner = threading.Thread(target=reader.run, args=(stop,))
     runner.start()
     try:
         _register(client, "a")
@@ -81,7 +82,7 @@ def test_aggregator_rides_out_an_interface_error_and_a_terminated_connection(
     finally:
         stop.set()
         runner.join(timeout=15)
-        aggregator.close()
+        reader.part.close()
         client.close()
     assert not runner.is_alive()
     assert len(_warnings(caplog, "aggregator: postgresql unreachable; retry 1 in ")) == 2

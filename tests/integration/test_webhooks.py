@@ -20,6 +20,7 @@ import pytest
 import redis
 from psycopg.rows import dict_row
 
+from iotp.event_shards import ensure_groups
 from iotp.events import (
     AlarmAcknowledged,
     AlarmCleared,
@@ -32,7 +33,7 @@ from iotp.names import ALARM_EVENTS_STREAM, WEBHOOK_EVENTS_STREAM
 from iotp.processes import iotp_environment
 from iotp.settings import Settings
 from notifications.delivery_log import DeliveryLog
-from notifications.intake import NOTIFIER_GROUP, AlarmIntake, IntakeOptions, ensure_group
+from notifications.intake import NOTIFIER_GROUP, IntakeOptions, alarm_intake
 from notifications.service import run_notifier
 from notifications.signing import verify
 from tests.support.api_client import AUTH, running_api, wait_relayed
@@ -491,17 +492,17 @@ def test_the_same_event_read_twice_makes_one_delivery(
     event = raised()
     publish(redis_client, event, event)  # republished under a new stream id
     client = redis.Redis.from_url(settings.redis_url)
-    ensure_group(client)
-    intake = AlarmIntake(
+    ensure_groups(client, NOTIFIER_GROUP, (ALARM_EVENTS_STREAM,))
+    intake = alarm_intake(
         client,
         lambda: psycopg.connect(settings.database_url, autocommit=True, row_factory=dict_row),
         IntakeOptions(consumer="test", batch_size=10, block_ms=10, claim_idle_ms=60_000),
     )
     entries: Any = client.xrange(ALARM_EVENTS_STREAM)
-    batch = [(i.decode(), f) for i, f in entries]
-    assert intake.process(batch) == 1
-    assert intake.process(batch) == 0  # delivered again, as after a crash before XACK
-    intake.close()
+    batch = {ALARM_EVENTS_STREAM: [(i.decode(), f) for i, f in entries]}
+    assert intake.deliver(batch).applied == 1
+    assert intake.deliver(batch).applied == 0  # delivered again, as after a crash before XACK
+    intake.part.close()
     client.close()
     with notifier(fast(settings)):
         wait_for(lambda: all_delivered(db, 1))
@@ -607,7 +608,7 @@ def test_a_killed_notifier_and_a_dead_consumer_lose_nothing(
 ) -> None:
     register(settings, receiver.url, secret=SECRET)
     client = redis.Redis.from_url(settings.redis_url)
-    ensure_group(client)
+    ensure_groups(client, NOTIFIER_GROUP, (ALARM_EVENTS_STREAM,))
     # A notifier that reads two events and dies before recording or acknowledging them.
     early = [raised() for _ in range(2)]
     publish(redis_client, *early)

@@ -61,7 +61,8 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
             " read_models.tracking, read_models.applied_events, read_models.alarms,"
             " webhooks, webhook_deliveries, notifier_alarm_severities,"
             " read_models.webhook_deliveries,"
-            " alarm_rules, alarms, alarm_evaluation, alarm_device_seen, alarm_positions"
+            " alarm_rules, alarms, alarm_evaluation, alarm_device_seen, alarm_positions,"
+            " notifier_positions"
         )
         yield conn
 
