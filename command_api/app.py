@@ -9,16 +9,24 @@ from contextlib import asynccontextmanager
 import psycopg
 from fastapi import FastAPI, Request, Response
 
-from command_api.alarms import alarm_rules, alarms
+from command_api.alarm_routes import alarm_rules, alarms
+from command_api.alarms import (
+    AlarmIsCleared,
+    AlarmNotFound,
+    AlarmRuleNotFound,
+    NoActiveDeviceOfKind,
+)
 from command_api.domain import (
     DeviceAlreadyExists,
     DeviceIsDecommissioned,
     DeviceNotFound,
     IdempotencyKeyReused,
+    InvalidField,
 )
 from command_api.relay import run_relay
 from command_api.routes import devices, health
-from command_api.webhooks import webhooks
+from command_api.webhook_routes import webhooks
+from command_api.webhooks import WebhookNotFound
 from iotp import __version__
 from iotp.db import open_pool
 from iotp.errors import ConfigurationError
@@ -28,10 +36,16 @@ from iotp.redis_client import async_redis_for
 from iotp.settings import Settings, token_problem
 from iotp.tasks import stop_task
 
-_STATUS_FOR = {
+# Each rejection a handler may raise, and the status it answers with.
+_STATUS_FOR: dict[type[Exception], int] = {
     DeviceNotFound: 404,
     DeviceAlreadyExists: 409,
     DeviceIsDecommissioned: 409,
+    NoActiveDeviceOfKind: 404,
+    AlarmRuleNotFound: 404,
+    AlarmNotFound: 404,
+    AlarmIsCleared: 409,
+    WebhookNotFound: 404,
 }
 
 
@@ -82,6 +96,7 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     for exc_type, status in _STATUS_FOR.items():
         app.add_exception_handler(exc_type, _answer(status))
     app.add_exception_handler(IdempotencyKeyReused, _key_reused)
+    app.add_exception_handler(InvalidField, _invalid_field)
     app.add_exception_handler(psycopg.OperationalError, unavailable("database"))
     return app
 
@@ -97,3 +112,8 @@ async def _key_reused(request: Request, exc: Exception) -> Response:
     return refusal(
         [{"loc": ("header", "Idempotency-Key"), "msg": str(exc), "type": "idempotency_key_reused"}]
     )
+
+
+async def _invalid_field(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidField)
+    return refusal([{"loc": ("body", exc.field), "msg": str(exc), "type": "value_error"}])

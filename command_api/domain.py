@@ -1,4 +1,4 @@
-"""The device aggregate: business rules of the command side, free of I/O."""
+"""The device aggregate and the rejections every command shares: business rules, free of I/O."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ DECOMMISSIONED = "decommissioned"
 
 class CommandRejected(Exception):
     """A command that breaks a business rule; the message says which."""
+
+
+class InvalidField(CommandRejected):
+    """A field that breaks a rule only the write store can check (e.g. a metric its device
+    does not declare): refused as a malformed request would be, naming the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class DeviceNotFound(CommandRejected):

@@ -1,4 +1,4 @@
-"""HTTP routes: translate requests into commands and handler results into answers."""
+"""Device and health routes: translate requests into commands and handler results into answers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Annotated, Any, TypeVar
 import redis
 from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPBearer
 from pydantic import ValidationError
 
 from command_api import handlers
+from command_api.dependencies import PepperDep, UnitOfWorkDep, documented_bearer
 from command_api.outbox import outbox_backlog
 from command_api.schemas import (
     CommandOut,
@@ -23,19 +23,15 @@ from command_api.schemas import (
     RotatedOut,
     ServiceHealth,
 )
-from command_api.unit_of_work import PostgresUnitOfWork
 from iotp.commands import DecommissionDevice, RegisterDevice, RotateCredentials, UpdateDevice
 from iotp.errors import first_line
 from iotp.http_errors import error_responses
 from iotp.model import DEVICE_ID_PATTERN
 
-# The token is enforced by BearerTokenMiddleware before the body is read; this only
-# declares the scheme so that /docs offers the Authorize button.
-_documented_bearer = HTTPBearer(auto_error=False, description="IOTP_API_TOKEN")
 devices = APIRouter(
     prefix="/devices",
     tags=["devices"],
-    dependencies=[Depends(_documented_bearer)],
+    dependencies=[Depends(documented_bearer)],
     responses=error_responses(401, 422, 503),
 )
 health = APIRouter(tags=["health"])
@@ -63,19 +59,6 @@ _REGISTERED_HEADERS = {
         "schema": {"type": "string", "enum": ["true"]},
     },
 }
-
-
-def _uow(request: Request) -> PostgresUnitOfWork:
-    state = request.app.state
-    return PostgresUnitOfWork(state.pool, state.settings.idempotency_ttl_hours)
-
-
-def _pepper(request: Request) -> bytes:
-    return bytes(request.app.state.pepper)
-
-
-UnitOfWorkDep = Annotated[PostgresUnitOfWork, Depends(_uow)]
-PepperDep = Annotated[bytes, Depends(_pepper)]
 
 
 C = TypeVar("C", UpdateDevice, DecommissionDevice, RotateCredentials)

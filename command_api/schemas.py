@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
+from iotp.commands import ALARM_NOTE_MAX_LENGTH
+from iotp.events import AlarmCondition, Severity
 from iotp.model import DeclaredMetrics, FrozenModel, Kind, Location, Metadata, Name, SafeText
 
 
@@ -60,3 +63,70 @@ class HealthOut(BaseModel):
     database: ServiceHealth
     redis: ServiceHealth
     outbox_backlog: int | None = None
+
+
+class AlarmRuleOut(BaseModel):
+    rule_id: UUID
+    scope: str
+    device_id: str | None
+    kind: str | None
+    metric: str | None
+    condition: AlarmCondition
+    threshold_low: float | None
+    threshold_high: float | None
+    for_readings: int | None
+    for_seconds: int | None
+    clear_readings: int
+    severity: Severity
+    created_at: datetime
+    updated_at: datetime
+
+
+class AlarmRuleChangedOut(AlarmRuleOut):
+    event_id: UUID
+    cleared_alarms: int = Field(description="Open alarms this change cleared")
+
+
+class AlarmRuleList(BaseModel):
+    rules: list[AlarmRuleOut]
+
+
+class AlarmRuleDeletedOut(BaseModel):
+    rule_id: UUID
+    event_id: UUID
+    cleared_alarms: int = Field(description="Open alarms of the rule, cleared with it")
+
+
+class AcknowledgeBody(FrozenModel):
+    acknowledged_by: Name
+    note: SafeText | None = Field(default=None, max_length=ALARM_NOTE_MAX_LENGTH)
+
+
+class AcknowledgedOut(BaseModel):
+    alarm_id: UUID
+    state: str
+    acknowledged_by: str
+    acknowledged_at: datetime
+    note: str | None
+    event_id: UUID | None = Field(
+        description="This acknowledgement's event; null when it was acknowledged before"
+    )
+
+
+class WebhookOut(BaseModel):
+    webhook_id: UUID
+    name: str | None
+    url: str
+    severities: list[Severity]
+    has_secret: bool = Field(description="Whether deliveries are signed; the secret is not shown")
+    created_at: datetime
+
+
+class WebhookList(BaseModel):
+    webhooks: list[WebhookOut]
+
+
+class WebhookDeletedOut(BaseModel):
+    webhook_id: UUID
+    event_id: UUID
+    cancelled_deliveries: int = Field(description="Pending deliveries that will not be made")

@@ -1,4 +1,5 @@
-"""Units of work: one transaction for the device rows, their events (outbox) and idempotency."""
+"""Units of work: one transaction for the rows a command changes, its events (outbox) and
+idempotency; every repository works on the unit of work's one connection."""
 
 from __future__ import annotations
 
@@ -11,9 +12,17 @@ from psycopg import errors
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from command_api.alarm_repositories import (
+    AlarmRepository,
+    AlarmRuleRepository,
+    PostgresAlarmRepository,
+    PostgresAlarmRuleRepository,
+)
 from command_api.domain import Device, DeviceAlreadyExists
 from command_api.outbox import write_outbox
+from command_api.webhook_repository import PostgresWebhookRepository, WebhookRepository
 from iotp.db import device_columns
+from iotp.events import Envelope
 from iotp.model import Location, MetricSpec
 
 
@@ -51,6 +60,16 @@ class UnitOfWork(Protocol):
     def devices(self) -> DeviceRepository: ...
     @property
     def idempotency(self) -> IdempotencyStore: ...
+    @property
+    def alarm_rules(self) -> AlarmRuleRepository: ...
+    @property
+    def alarms(self) -> AlarmRepository: ...
+    @property
+    def webhooks(self) -> WebhookRepository: ...
+
+    def emit(self, *events: Envelope) -> None:
+        """Queue events of no aggregate; commit writes them to the outbox after the devices'."""
+        ...
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(
@@ -185,12 +204,20 @@ class PostgresUnitOfWork:
         self.pool = pool
         self.ttl_hours = idempotency_ttl_hours
         self._conn: Conn | None = None
+        self._emitted: list[Envelope] = []
 
     async def __aenter__(self) -> Self:
         self._conn = await self.pool.getconn()
+        self._emitted = []
         self.devices = PostgresDeviceRepository(self._conn)
         self.idempotency = PostgresIdempotencyStore(self._conn, self.ttl_hours)
+        self.alarm_rules = PostgresAlarmRuleRepository(self._conn)
+        self.alarms = PostgresAlarmRepository(self._conn)
+        self.webhooks = PostgresWebhookRepository(self._conn)
         return self
+
+    def emit(self, *events: Envelope) -> None:
+        self._emitted.extend(events)
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
@@ -205,9 +232,11 @@ class PostgresUnitOfWork:
 
     async def commit(self) -> None:
         assert self._conn is not None, "commit outside the unit of work"
-        events = [event for device in self.devices.seen.values() for event in device.events]
+        events: list[Envelope] = [e for device in self.devices.seen.values() for e in device.events]
+        events += self._emitted
         if events:
             await write_outbox(self._conn, events)
         await self._conn.commit()
         for device in self.devices.seen.values():
             device.events.clear()
+        self._emitted.clear()
