@@ -28,7 +28,6 @@ from datetime import datetime, timedelta
 
 from alarms import state
 from alarms.evaluation import BatchEvaluation
-from iotp.names import ALARM_EVENTS_STREAM
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def reevaluate_from_write_store(
             for batch, rows in _batches(conn, chunk, batch_rows):
                 evaluation = BatchEvaluation(conn, now)
                 evaluation.apply(batch)
-                state.write_events(conn, ALARM_EVENTS_STREAM, list(evaluation.events))
+                state.write_events(conn, list(evaluation.events))
                 report.readings += rows
                 report.raised += evaluation.raised
                 report.cleared += evaluation.cleared

@@ -31,7 +31,6 @@ from iotp.db import ReconnectingConnection
 from iotp.event_shards import telemetry_streams
 from iotp.events import AnyEvent, TelemetryFacts, TelemetryRecorded, from_fields_to_fold
 from iotp.group_reader import Batch, GroupReader, ReaderOptions, StreamPart
-from iotp.names import ALARM_EVENTS_STREAM
 from iotp.periodic import Every
 from iotp.redis_client import split_id
 
@@ -117,7 +116,7 @@ class AlarmEvaluator(StreamPart[AnyEvent | TelemetryFacts]):
             fresh = _after_positions(batch, done)
             evaluation = BatchEvaluation(conn, state.database_now(conn))
             evaluation.apply(fresh)
-            state.write_events(conn, ALARM_EVENTS_STREAM, list(evaluation.events))
+            state.write_events(conn, list(evaluation.events))
             for stream, last in batch.last_ids.items():
                 if stream not in done or split_id(last) > split_id(done[stream]):
                     state.save_position(conn, stream, last)
@@ -148,7 +147,7 @@ class AlarmEvaluator(StreamPart[AnyEvent | TelemetryFacts]):
                 self.options.liveness_timeouts,
             )
             sweep.run()
-            state.write_events(conn, ALARM_EVENTS_STREAM, list(sweep.events))
+            state.write_events(conn, list(sweep.events))
         self._count(sweep.raised, sweep.cleared)
 
     def _count(self, raised: int, cleared: int) -> None:

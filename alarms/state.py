@@ -14,12 +14,11 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from alarms.rules import DeviceFacts, Evaluation, Rule
 from command_api.alarms import RULES_LOCK_KEY
-from command_api.outbox import INSERT_EVENT_SQL
-from iotp.events import Envelope, to_fields
+from command_api.outbox import INSERT_EVENT_SQL, outbox_rows
+from iotp.events import Envelope
 
 Conn = psycopg.Connection[dict[str, Any]]
 
@@ -231,12 +230,9 @@ def save_position(conn: Conn, stream: str, last_id: str) -> None:
     )
 
 
-def write_events(conn: Conn, stream: str, events: list[Envelope]) -> None:
-    """Queue ``events`` in the command side's outbox, for the relay to put on ``stream``."""
+def write_events(conn: Conn, events: list[Envelope]) -> None:
+    """Queue ``events`` in the command side's outbox, for the relay (each to its stream)."""
     if not events:
         return
     with conn.cursor() as cur:
-        cur.executemany(
-            INSERT_EVENT_SQL,
-            [(e.event_id, stream, type(e).__name__, Jsonb(to_fields(e))) for e in events],
-        )
+        cur.executemany(INSERT_EVENT_SQL, outbox_rows(events))

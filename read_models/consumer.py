@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -39,34 +38,28 @@ def aggregated_streams(shards: int) -> tuple[str, ...]:
     return (*event_streams(shards), ALARM_EVENTS_STREAM)
 
 
-@dataclass(frozen=True)
-class ConsumerOptions:
-    group: str
-    consumer: str
-    batch_size: int
-    block_ms: int
-    claim_idle_ms: int
-    applied_events_keep_hours: int
-    event_shards: int = 1
-    gather_ms: int = 0  # after a short read, wait this long and add what arrived
-
-    @property
-    def streams(self) -> tuple[str, ...]:
-        return aggregated_streams(self.event_shards)
-
-    def reader(self) -> ReaderOptions:
-        return ReaderOptions(
-            group=self.group,
-            consumer=self.consumer,
-            streams=self.streams,
-            batch_size=self.batch_size,
-            block_ms=self.block_ms,
-            claim_idle_ms=self.claim_idle_ms,
-            gather_ms=self.gather_ms,
-            shards=self.event_shards,
-            heals_key=READ_MODEL_HEALS_KEY,
-            task="aggregator",
-        )
+def aggregator_options(
+    consumer: str,
+    *,
+    batch_size: int,
+    block_ms: int,
+    claim_idle_ms: int,
+    gather_ms: int = 0,
+    event_shards: int = 1,
+) -> ReaderOptions:
+    """How an aggregator reads: every aggregated stream, in the group ``iotp-aggregators``."""
+    return ReaderOptions(
+        group=AGGREGATOR_GROUP,
+        consumer=consumer,
+        streams=aggregated_streams(event_shards),
+        batch_size=batch_size,
+        block_ms=block_ms,
+        claim_idle_ms=claim_idle_ms,
+        gather_ms=gather_ms,
+        shards=event_shards,
+        heals_key=READ_MODEL_HEALS_KEY,  # what /pipeline's `healing` reports
+        task="aggregator",
+    )
 
 
 class ReadModelUpdater(StreamPart[Folded]):
@@ -75,10 +68,12 @@ class ReadModelUpdater(StreamPart[Folded]):
     def __init__(
         self,
         connect: Callable[[], psycopg.Connection[Any]],
-        options: ConsumerOptions,
+        group: str,
+        applied_events_keep_hours: int,
         recompute: Callable[[], object],
     ) -> None:
-        self.options = options
+        self.group = group
+        self.applied_events_keep_hours = applied_events_keep_hours
         self._db = ReconnectingConnection(connect)
         self._recompute = recompute
         self._prune = Every(PRUNE_SECONDS)
@@ -96,26 +91,24 @@ class ReadModelUpdater(StreamPart[Folded]):
             fresh = [d.event for d in batch.events if d.event.event_id in new]
             store.apply_deltas(conn, fold(fresh))
             for stream, last in batch.last_ids.items():
-                store.track(conn, stream, self.options.group, last, newest.get(stream))
+                store.track(conn, stream, self.group, last, newest.get(stream))
         return len(fresh)
 
     def positions(self) -> Mapping[str, str]:
         with self._db().transaction():
             rows = queries.tracking(self._db())
-        return {
-            t["stream"]: t["last_applied_id"] for t in rows if t["group_name"] == self.options.group
-        }
+        return {t["stream"]: t["last_applied_id"] for t in rows if t["group_name"] == self.group}
 
     def heal(self, delivered: Mapping[str, str]) -> None:
         self._recompute()
         conn = self._db()
         with conn.transaction():
-            store.reset_tracking(conn, self.options.group, delivered)
+            store.reset_tracking(conn, self.group, delivered)
 
     def chores(self, busy: bool) -> None:
         if self._prune.take():
             with self._db().transaction():
-                store.forget_applied(self._db(), self.options.applied_events_keep_hours)
+                store.forget_applied(self._db(), self.applied_events_keep_hours)
 
     def close(self) -> None:
         self._db.close()
@@ -124,9 +117,10 @@ class ReadModelUpdater(StreamPart[Folded]):
 def aggregator(
     client: redis.Redis,
     connect: Callable[[], psycopg.Connection[Any]],
-    options: ConsumerOptions,
+    options: ReaderOptions,
+    applied_events_keep_hours: int,
     recompute: Callable[[], object],
 ) -> GroupReader[Folded]:
     """An aggregator: the group reader feeding a :class:`ReadModelUpdater`."""
-    part = ReadModelUpdater(connect, options, recompute)
-    return GroupReader(client, part, options.reader(), from_fields_to_fold)
+    part = ReadModelUpdater(connect, options.group, applied_events_keep_hours, recompute)
+    return GroupReader(client, part, options, from_fields_to_fold)

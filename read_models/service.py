@@ -15,7 +15,7 @@ from iotp.preflight import READ_DATABASE_SETTING, require_read_store, require_re
 from iotp.redis_client import redis_for
 from iotp.runtime import settle_gc
 from iotp.settings import Settings
-from read_models.consumer import AGGREGATOR_GROUP, ConsumerOptions, Folded, aggregator
+from read_models.consumer import AGGREGATOR_GROUP, Folded, aggregator, aggregator_options
 from read_models.rebuild import rebuild
 
 logger = logging.getLogger(__name__)
@@ -38,21 +38,15 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> GroupReader[Folde
             report.window_events,
         )
 
-    return aggregator(
-        client,
-        read_store,
-        ConsumerOptions(
-            group=AGGREGATOR_GROUP,
-            consumer=settings.aggregator_consumer(),
-            batch_size=settings.aggregator_batch_size,
-            block_ms=settings.aggregator_block_ms,
-            claim_idle_ms=settings.aggregator_claim_idle_ms,
-            applied_events_keep_hours=settings.applied_events_keep_hours,
-            event_shards=settings.event_shards,
-            gather_ms=settings.aggregator_gather_ms,
-        ),
-        recompute=heal,
+    options = aggregator_options(
+        settings.aggregator_consumer(),
+        batch_size=settings.aggregator_batch_size,
+        block_ms=settings.aggregator_block_ms,
+        claim_idle_ms=settings.aggregator_claim_idle_ms,
+        gather_ms=settings.aggregator_gather_ms,
+        event_shards=settings.event_shards,
     )
+    return aggregator(client, read_store, options, settings.applied_events_keep_hours, heal)
 
 
 def run_aggregator(settings: Settings, stop: threading.Event) -> None:

@@ -21,7 +21,7 @@ from iotp.events import DeviceRegistered, to_fields
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.settings import Settings
 from local_platform.broker import free_port
-from read_models.consumer import AGGREGATOR_GROUP, ConsumerOptions, aggregator
+from read_models.consumer import aggregator, aggregator_options
 from tests.support.waiting import wait_for
 
 TEST_APPLICATION = "iotp-retry-test"
@@ -54,19 +54,13 @@ def test_aggregator_rides_out_an_interface_error_and_a_terminated_connection(
         return psycopg.connect(settings.read_url(), application_name=TEST_APPLICATION)
 
     client = redis.Redis.from_url(settings.redis_url)
-    reader = aggregator(
-        client,
-        connect,
-        ConsumerOptions(
-            group=AGGREGATOR_GROUP,
-            consumer="retry-test",
-            batch_size=100,
-            block_ms=50,
-            claim_idle_ms=300,  # how the entries of the failed batch come back
-            applied_events_keep_hours=24,
-        ),
-        recompute=lambda: None,
+    options = aggregator_options(
+        "retry-test",
+        batch_size=100,
+        block_ms=50,
+        claim_idle_ms=300,  # how the entries of the failed batch come back
     )
+    reader = aggregator(client, connect, options, 24, recompute=lambda: None)
     stop = threading.Event()
     runner = threading.Thread(target=reader.run, args=(stop,))
     runner.start()

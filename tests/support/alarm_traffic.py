@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from alarms import state
 from alarms.evaluation import BatchEvaluation
 from iotp.events import RecordedReading, TelemetryRecorded
-from iotp.names import ALARM_EVENTS_STREAM, TELEMETRY_EVENTS_STREAM
+from iotp.names import TELEMETRY_EVENTS_STREAM
 from tests.support.api_client import AUTH
 
 # Readings are timed from here, and received now: the heal looks back from the receive time.
@@ -68,7 +68,7 @@ def evaluate(
         state.share_rules_lock(conn)
         evaluation = BatchEvaluation(conn, state.database_now(conn))
         evaluation.apply(batch)
-        state.write_events(conn, ALARM_EVENTS_STREAM, list(evaluation.events))
+        state.write_events(conn, list(evaluation.events))
     return evaluation
 
 

@@ -150,3 +150,76 @@ def wait_converged(
         assert_models_equal(read_models(db), from_write_store(db))  # says what differs
         raise
     return result
+
+
+# The alarm read model against the write store's alarms table: every column both have, the
+# state included (derived from the times in the read model, recorded in the write store).
+ALARM_COLUMNS = (
+    "device_id",
+    "rule_id",
+    "metric",
+    "condition",
+    "severity",
+    "state",
+    "raised_at",
+    "value",
+    "threshold_low",
+    "threshold_high",
+    "acknowledged_by",
+    "acknowledged_at",
+    "note",
+    "cleared_at",
+    "cleared_value",
+    "clear_reason",
+    "updated_at",
+)
+AlarmRows = dict[Any, tuple[Any, ...]]
+
+
+def _alarm_rows(db: psycopg.Connection[Any], table: str) -> AlarmRows:
+    sql = f"SELECT alarm_id, {', '.join(ALARM_COLUMNS)} FROM {table}"
+    return {row[0]: tuple(row[1:]) for row in db.execute(sql.encode()).fetchall()}
+
+
+def alarm_rows_read(db: psycopg.Connection[Any]) -> AlarmRows:
+    """read_models.alarms by alarm id (rows whose raise has not arrived included)."""
+    return _alarm_rows(db, "read_models.alarms")
+
+
+def alarm_rows_written(db: psycopg.Connection[Any]) -> AlarmRows:
+    """The write store's alarms table by alarm id: what the read model must show."""
+    return _alarm_rows(db, "alarms")
+
+
+def assert_alarms_equal(actual: AlarmRows, expected: AlarmRows) -> None:
+    missing, extra = set(expected) - set(actual), set(actual) - set(expected)
+    assert not missing and not extra, ("alarms", sorted(missing)[:5], sorted(extra)[:5])
+    wrong = {
+        alarm_id: {
+            column: (got, want)
+            for column, got, want in zip(ALARM_COLUMNS, actual[alarm_id], row, strict=True)
+            if got != want
+        }
+        for alarm_id, row in expected.items()
+        if actual[alarm_id] != row
+    }
+    assert not wrong, ("alarms: (read model, write store)", list(wrong.items())[:5])
+
+
+def wait_alarms_converged(
+    db: psycopg.Connection[Any], timeout: float = 60, interval: float = 0.2
+) -> AlarmRows:
+    """Wait until read_models.alarms equals the write store's alarms; when it does not in
+    time, fail with what differs."""
+
+    def same() -> list[AlarmRows]:  # a list, so that "no alarms on either side" is truthy
+        expected = alarm_rows_written(db)
+        return [expected] if alarm_rows_read(db) == expected else []
+
+    try:
+        (result,) = wait_for(same, timeout=timeout, interval=interval)
+    except pytest.fail.Exception:
+        assert_alarms_equal(alarm_rows_read(db), alarm_rows_written(db))  # says what differs
+        raise
+    rows: AlarmRows = result
+    return rows
