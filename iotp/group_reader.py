@@ -154,7 +154,6 @@ class GroupReader(Generic[E]):
         self._claim = Every(options.claim_idle_ms / 1000)
         self._recover = True  # check the groups and drain own pending at the next round
         self._reading = False
-        self.applied_total = 0
 
     @property
     def task(self) -> str:
@@ -304,7 +303,6 @@ class GroupReader(Generic[E]):
             return counts
         counts.applied = self.part.apply(batch)
         self._acknowledge(entries, counts, batch.last_ids)
-        self.applied_total += counts.applied
         return counts
 
     def _acknowledge(

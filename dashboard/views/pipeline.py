@@ -53,6 +53,12 @@ def health() -> None:
     st.dataframe(
         pd.DataFrame([g.model_dump() for g in report.groups]), hide_index=True, width="stretch"
     )
+    st.caption("What each group's consumers did, in all")
+    st.dataframe(
+        pd.DataFrame([{"group": name, **c.model_dump()} for name, c in report.consumers.items()]),
+        hide_index=True,
+        width="stretch",
+    )
     st.subheader("Streams")
     st.dataframe(
         pd.DataFrame([{"stream": k, "entries": v} for k, v in report.streams.items()]),

@@ -23,8 +23,9 @@ import redis
 
 from iotp.event_shards import ensure_groups, telemetry_streams
 from iotp.events import DeviceRegistered, to_fields
-from iotp.names import consumer_stats_key
+from iotp.names import DEVICE_EVENTS_STREAM, consumer_stats_key
 from iotp.redis_client import redis_for
+from read_models.health import pipeline_health
 from tests.support.redis_cluster import LocalCluster
 from tests.support.servers import SERVERS
 from tests.support.stream_parts import GROUP, SCHEMA, RecordingPart, reader
@@ -267,3 +268,23 @@ def test_every_shard_is_read_on_a_cluster(
     finally:
         client.close()
         redis_cluster.flush()
+
+
+def test_pipeline_reports_every_groups_counters_and_last_applied_id_alike(
+    database: str, db: psycopg.Connection[Any], client: redis.Redis
+) -> None:
+    publish(client, DEVICE_EVENTS_STREAM, 3)
+    client.xadd(DEVICE_EVENTS_STREAM, {"type": "Nonsense", "schema_version": "1", "data": "{}"})
+    consumer = reader(client, RecordingPart(database), (DEVICE_EVENTS_STREAM,))
+    while consumer.step().entries:
+        pass
+    health = pipeline_health(db, client)
+    assert health.consumers[GROUP].model_dump(include={"entries", "applied", "undecodable"}) == {
+        "entries": 4,
+        "applied": 3,
+        "undecodable": 1,
+    }
+    assert health.consumers[GROUP].last_batch_at is not None
+    (group,) = [g for g in health.groups if g.group == GROUP]
+    last = client.xrevrange(DEVICE_EVENTS_STREAM, count=1)[0][0].decode()
+    assert (group.lag, group.pending, group.last_applied_id) == (0, 0, last)

@@ -157,3 +157,69 @@ def test_dev_api_and_standalone_relay_serve_for_real(
         relay_code = relay.stop(grace=20)
         api.stop(grace=20)
     assert relay_code == 0, relay.output()
+
+
+def test_alarms_raised_before_the_upgrade_take_what_their_retained_events_said(
+    fresh_database: str,
+) -> None:
+    """Migration 0050 fills the alarms table's new columns from the outbox's alarm events."""
+    from datetime import UTC, datetime, timedelta
+
+    from psycopg.types.json import Jsonb
+
+    from iotp.events import AlarmCleared, AlarmRaised, to_fields
+    from iotp.migrate import load_migrations
+
+    earlier = [m for m in load_migrations() if m.version < "0050" and not m.timescale_only]
+    upgrade = next(m for m in load_migrations() if m.version == "0050")
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    kept, forgotten = uuid.uuid4(), uuid.uuid4()
+    raised = AlarmRaised(
+        device_id="d1",
+        alarm_id=kept,
+        rule_id="range:temp",
+        metric="temp",
+        condition="outside_range",
+        severity="major",
+        raised_at=t0,
+        value=70.0,
+        threshold_low=-40.0,
+        threshold_high=60.0,
+        occurred_at=t0 + timedelta(seconds=1),
+    )
+    cleared = AlarmCleared(
+        device_id="d1",
+        alarm_id=kept,
+        cleared_at=t0 + timedelta(seconds=5),
+        value=20.0,
+        reason="back in range",
+        occurred_at=t0 + timedelta(seconds=6),
+    )
+    with psycopg.connect(SERVERS.postgres, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{fresh_database.rsplit("/", 1)[1]}"')
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        for migration in earlier:
+            conn.execute(migration.sql.encode())
+        for alarm_id in (kept, forgotten):
+            conn.execute(
+                "INSERT INTO alarms (alarm_id, rule_id, device_id, metric, condition, severity,"
+                " state, raised_at, value, cleared_at, clear_reason) VALUES (%s, 'range:temp',"
+                " 'd1', 'temp', 'outside_range', 'major', 'cleared', %s, 70, %s, 'back in range')",
+                (alarm_id, t0, t0 + timedelta(seconds=5)),
+            )
+        for event in (raised, cleared):  # the events of ``forgotten`` left the outbox
+            fields = to_fields(event)
+            conn.execute(
+                "INSERT INTO outbox (event_id, stream, event_type, fields) VALUES (%s, %s, %s, %s)",
+                (event.event_id, "iotp:events:alarms", fields["type"], Jsonb(fields)),
+            )
+        conn.execute(upgrade.sql.encode())
+        rows = conn.execute(
+            "SELECT alarm_id, threshold_low, threshold_high, cleared_value, updated_at"
+            " FROM alarms ORDER BY alarm_id = %s",
+            (kept,),
+        ).fetchall()
+    assert rows == [
+        (forgotten, None, None, None, t0 + timedelta(seconds=5)),
+        (kept, -40.0, 60.0, 20.0, t0 + timedelta(seconds=6)),
+    ]

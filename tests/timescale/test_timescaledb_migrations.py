@@ -76,6 +76,7 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
         "0010_alarms",
         "0020_webhooks",
         "0040_emqx_auth",
+        "0050_consumer_recovery",
     ]
     assert "compression after 7 d" in report.policies
     assert "retention after 30 d" in report.policies
