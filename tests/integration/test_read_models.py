@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -205,36 +204,6 @@ def test_rebuild_on_a_live_system_hands_over_exactly(platform: Platform) -> None
     converged(platform)
     agg.stop()
     ingest.stop()
-
-
-def test_entries_a_dead_consumer_left_pending_are_claimed(platform: Platform) -> None:
-    from iotp.event_shards import ensure_groups
-    from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
-    from read_models.service import aggregator_for
-
-    platform.register(*DEVICES[:2], metrics=DECLARED)
-    ingest = platform.ingest()
-    publish(platform.mqtt_url, workload(8, DEVICES[:2], 50))
-    settled(platform)
-    ingest.stop()
-    ensure_groups(platform.redis, AGGREGATOR_GROUP, aggregated_streams(1))
-    # A consumer that reads everything and dies before applying or acknowledging any of it.
-    taken: Any = platform.redis.xreadgroup(
-        AGGREGATOR_GROUP, "dead", {"iotp:events:devices": ">", "iotp:events:telemetry": ">"}
-    )
-    assert sum(len(entries) for _, entries in taken) > 10
-    time.sleep(0.3)
-    survivor = aggregator_for(
-        platform.settings.model_copy(
-            update={"aggregator_claim_idle_ms": 200, "aggregator_block_ms": 10}
-        ),
-        platform.redis,
-    )
-    survivor.step()
-    survivor.part.close()
-    assert_models_equal(read_models(platform.db), from_write_store(platform.db))
-    pending: Any = platform.redis.xpending("iotp:events:telemetry", AGGREGATOR_GROUP)
-    assert pending["pending"] == 0
 
 
 def test_events_published_after_a_rebuild_whose_readings_it_counted_change_nothing(
