@@ -57,7 +57,8 @@ def service_accounts(settings: Settings, recorded: BrokerState) -> list[Account]
         password_hash = known.password_hash
     else:
         password_hash = hash_password(broker.password)
-    return [Account(broker.username, password_hash, read=(TELEMETRY_TOPIC_FILTER,), service=True)]
+    read = (TELEMETRY_TOPIC_FILTER, BROKER_COUNTERS_FILTER)
+    return [Account(broker.username, password_hash, read=read, service=True)]
 
 
 def write_store_lookup(settings: Settings) -> HashLookup:

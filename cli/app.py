@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli import operations, services
+from cli import keys, operations, services
 from iotp.command_line import load_settings
 from iotp.logs import configure_logging
 
@@ -50,6 +50,7 @@ def _register() -> None:
         app.add_typer(local.commands)
     app.add_typer(services.commands)
     app.add_typer(operations.commands)
+    app.add_typer(keys.commands)
     if installed("benchmarks", "psutil"):
         from benchmarks.commands import bench
 

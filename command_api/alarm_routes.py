@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Response
 
 from command_api import alarm_handlers, configuration
 from command_api.alarms import ACKNOWLEDGED, AlarmRule, AlarmRuleNotFound, rule_attributes
-from command_api.dependencies import PoolDep, UnitOfWorkDep, documented_bearer
+from command_api.dependencies import PoolDep, UnitOfWorkDep
 from command_api.schemas import (
     AcknowledgeBody,
     AcknowledgedOut,
@@ -24,19 +24,21 @@ from command_api.schemas import (
 )
 from iotp.commands import AcknowledgeAlarm, CreateAlarmRule, DeleteAlarmRule, UpdateAlarmRule
 from iotp.http_errors import error_responses
+from iotp.permissions import Permission, requires
 
 alarm_rules = APIRouter(
     prefix="/alarm-rules",
     tags=["alarms"],
-    dependencies=[Depends(documented_bearer)],
-    responses=error_responses(401, 422, 503),
+    responses=error_responses(401, 403, 422, 503),
 )
 alarms = APIRouter(
     prefix="/alarms",
     tags=["alarms"],
-    dependencies=[Depends(documented_bearer)],
-    responses=error_responses(401, 422, 503),
+    dependencies=[requires(Permission.ALARMS_ACKNOWLEDGE)],
+    responses=error_responses(401, 403, 422, 503),
 )
+_READ = requires(Permission.ALARM_RULES_READ)
+_MANAGE = requires(Permission.ALARM_RULES_MANAGE)
 
 
 def _rule_out(rule: AlarmRule) -> AlarmRuleOut:
@@ -53,6 +55,7 @@ def _changed_out(change: alarm_handlers.RuleChange) -> AlarmRuleChangedOut:
     "",
     status_code=201,
     response_model=AlarmRuleChangedOut,
+    dependencies=[_MANAGE],
     responses=error_responses(400, 404, 409, 413),
 )
 async def post_rule(
@@ -64,13 +67,18 @@ async def post_rule(
     return _changed_out(created)
 
 
-@alarm_rules.get("", response_model=AlarmRuleList)
+@alarm_rules.get("", response_model=AlarmRuleList, dependencies=[_READ])
 async def list_rules(pool: PoolDep) -> AlarmRuleList:
     """Every configured rule, oldest first (the default range rules are implied, not listed)."""
     return AlarmRuleList(rules=[_rule_out(rule) for rule in await configuration.alarm_rules(pool)])
 
 
-@alarm_rules.get("/{rule_id}", response_model=AlarmRuleOut, responses=error_responses(404))
+@alarm_rules.get(
+    "/{rule_id}",
+    response_model=AlarmRuleOut,
+    dependencies=[_READ],
+    responses=error_responses(404),
+)
 async def get_rule(rule_id: UUID, pool: PoolDep) -> AlarmRuleOut:
     rule = await configuration.alarm_rule(pool, rule_id)
     if rule is None:
@@ -79,7 +87,10 @@ async def get_rule(rule_id: UUID, pool: PoolDep) -> AlarmRuleOut:
 
 
 @alarm_rules.put(
-    "/{rule_id}", response_model=AlarmRuleChangedOut, responses=error_responses(400, 404, 409, 413)
+    "/{rule_id}",
+    response_model=AlarmRuleChangedOut,
+    dependencies=[_MANAGE],
+    responses=error_responses(400, 404, 409, 413),
 )
 async def put_rule(rule_id: UUID, spec: CreateAlarmRule, uow: UnitOfWorkDep) -> AlarmRuleChangedOut:
     """Replace every attribute of a rule; its open alarms clear."""
@@ -88,7 +99,10 @@ async def put_rule(rule_id: UUID, spec: CreateAlarmRule, uow: UnitOfWorkDep) -> 
 
 
 @alarm_rules.delete(
-    "/{rule_id}", response_model=AlarmRuleDeletedOut, responses=error_responses(404)
+    "/{rule_id}",
+    response_model=AlarmRuleDeletedOut,
+    dependencies=[_MANAGE],
+    responses=error_responses(404),
 )
 async def remove_rule(rule_id: UUID, uow: UnitOfWorkDep) -> AlarmRuleDeletedOut:
     """Delete a rule; its open alarms clear."""

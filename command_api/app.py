@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from fastapi import FastAPI, Request, Response
@@ -16,6 +17,7 @@ from command_api.alarms import (
     AlarmRuleNotFound,
     NoActiveDeviceOfKind,
 )
+from command_api.api_key_routes import api_key_router
 from command_api.domain import (
     DeviceAlreadyExists,
     DeviceIsDecommissioned,
@@ -28,10 +30,18 @@ from command_api.routes import devices, health
 from command_api.webhook_routes import webhooks
 from command_api.webhooks import WebhookNotFound
 from iotp import __version__
+from iotp.api_keys import ApiKeyNotFound, KeyAuthenticator, principal_for
 from iotp.db import open_pool
 from iotp.errors import ConfigurationError
-from iotp.http_errors import install_error_handlers, problem, refusal, unavailable
-from iotp.http_middleware import BearerTokenMiddleware, BodySizeLimitMiddleware
+from iotp.http_errors import (
+    error_responses,
+    install_error_handlers,
+    problem,
+    refusal,
+    unavailable,
+)
+from iotp.http_middleware import AccessMiddleware, BodySizeLimitMiddleware
+from iotp.permissions import Permission, Principal, Role, requires
 from iotp.redis_client import async_redis_for
 from iotp.settings import Settings, token_problem
 from iotp.tasks import stop_task
@@ -46,6 +56,7 @@ _STATUS_FOR: dict[type[Exception], int] = {
     AlarmNotFound: 404,
     AlarmIsCleared: 409,
     WebhookNotFound: 404,
+    ApiKeyNotFound: 404,
 }
 
 
@@ -55,6 +66,11 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     if unusable is not None or settings.api_token is None:
         raise ConfigurationError(f"{unusable}: the command API refuses to start without a token")
     token = settings.api_token.get_secret_value()
+    pepper = settings.device_pepper()
+    assert pepper is not None  # IOTP_API_TOKEN at least
+    authenticator = KeyAuthenticator(
+        {token: Principal("IOTP_API_TOKEN", Role.ADMIN)}, _stored_key_lookup(lambda: app)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,7 +79,7 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
             settings.redis_url, settings.redis_cluster, socket_connect_timeout=5
         )
         app.state.settings, app.state.pool, app.state.redis = settings, pool, client
-        app.state.pepper = token.encode()
+        app.state.pepper = pepper.get_secret_value().encode()
         stop = asyncio.Event()
         relay = (
             asyncio.create_task(run_relay(pool, client, settings, stop)) if run_relay_task else None
@@ -85,11 +101,16 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     )
     app.include_router(devices)
     app.include_router(health)
-    app.include_router(webhooks)
+    # The webhook routes are another area's module: their permission is declared here.
+    app.include_router(
+        webhooks,
+        dependencies=[requires(Permission.WEBHOOKS_MANAGE)],
+        responses=error_responses(403),
+    )
     app.include_router(alarm_rules)
     app.include_router(alarms)
-    protected = ("/devices", "/webhooks", "/alarm-rules", "/alarms")
-    app.add_middleware(BearerTokenMiddleware, token=token, protected=protected)
+    app.include_router(api_key_router)
+    app.add_middleware(AccessMiddleware, authenticator=authenticator)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.request_max_bytes)
 
     install_error_handlers(app)
@@ -99,6 +120,16 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     app.add_exception_handler(InvalidField, _invalid_field)
     app.add_exception_handler(psycopg.OperationalError, unavailable("database"))
     return app
+
+
+def _stored_key_lookup(application: Callable[[], FastAPI]) -> Callable[[str], Awaitable[Any]]:
+    """Look a key up in the write store through the app's pool (open once the app starts)."""
+
+    async def lookup(key: str) -> Principal | None:
+        async with application().state.pool.connection(timeout=5) as conn:
+            return await principal_for(conn, key)
+
+    return lookup
 
 
 def _answer(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:

@@ -1,19 +1,19 @@
 """What the command API's routes are given: the unit of work, the pool, the pepper, and the
-bearer scheme every protected router declares."""
+bearer scheme."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPBearer
 from psycopg_pool import AsyncConnectionPool
 
 from command_api.unit_of_work import Conn, PostgresUnitOfWork
+from iotp.permissions import bearer_scheme
 
-# The token is enforced by BearerTokenMiddleware before the body is read; this only
-# declares the scheme so that /docs offers the Authorize button.
-documented_bearer = HTTPBearer(auto_error=False, description="IOTP_API_TOKEN")
+# Keys are checked by AccessMiddleware before the body is read, against the permission each
+# route declares (iotp.permissions.requires); this only declares the scheme for /docs.
+documented_bearer = bearer_scheme
 
 
 def _uow(request: Request) -> PostgresUnitOfWork:

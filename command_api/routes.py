@@ -6,12 +6,12 @@ from dataclasses import asdict
 from typing import Annotated, Any, TypeVar
 
 import redis
-from fastapi import APIRouter, Body, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from command_api import handlers
-from command_api.dependencies import PepperDep, UnitOfWorkDep, documented_bearer
+from command_api.dependencies import PepperDep, UnitOfWorkDep
 from command_api.outbox import outbox_backlog
 from command_api.schemas import (
     CommandOut,
@@ -27,12 +27,12 @@ from iotp.commands import DecommissionDevice, RegisterDevice, RotateCredentials,
 from iotp.errors import first_line
 from iotp.http_errors import error_responses
 from iotp.model import DEVICE_ID_PATTERN
+from iotp.permissions import Permission, requires
 
 devices = APIRouter(
     prefix="/devices",
     tags=["devices"],
-    dependencies=[Depends(documented_bearer)],
-    responses=error_responses(401, 422, 503),
+    responses=error_responses(401, 403, 422, 503),
 )
 health = APIRouter(tags=["health"])
 
@@ -80,6 +80,7 @@ def _credentials_out(creds: handlers.DeviceCredentials) -> CredentialsOut:
     "",
     status_code=201,
     response_model=RegisteredOut,
+    dependencies=[requires(Permission.DEVICES_REGISTER)],
     responses={201: {"headers": _REGISTERED_HEADERS}, **error_responses(400, 409, 413)},
 )
 async def register_device(
@@ -102,7 +103,10 @@ async def register_device(
 
 
 @devices.patch(
-    "/{device_id}", response_model=CommandOut, responses=error_responses(400, 404, 409, 413)
+    "/{device_id}",
+    response_model=CommandOut,
+    dependencies=[requires(Permission.DEVICES_MANAGE)],
+    responses=error_responses(400, 404, 409, 413),
 )
 async def update_device(
     device_id: DeviceIdPath, patch: DevicePatch, uow: UnitOfWorkDep
@@ -117,6 +121,7 @@ async def update_device(
 @devices.post(
     "/{device_id}/decommission",
     response_model=CommandOut,
+    dependencies=[requires(Permission.DEVICES_MANAGE)],
     responses=error_responses(400, 404, 409, 413),
 )
 async def decommission_device(
@@ -131,7 +136,10 @@ async def decommission_device(
 
 
 @devices.post(
-    "/{device_id}/credentials", response_model=RotatedOut, responses=error_responses(404, 409)
+    "/{device_id}/credentials",
+    response_model=RotatedOut,
+    dependencies=[requires(Permission.DEVICES_ROTATE_CREDENTIALS)],
+    responses=error_responses(404, 409),
 )
 async def rotate_credentials(
     device_id: DeviceIdPath, uow: UnitOfWorkDep, pepper: PepperDep

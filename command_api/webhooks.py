@@ -1,7 +1,8 @@
 """Webhooks: where the notifier posts alarm events; the command side's rules for them.
 
-A URL is checked as text only (by the command) and never fetched here: the notifier is the
-only thing that ever connects to it. The secret is stored for signing and never answered,
+A URL is checked as text by the command, and its host's addresses by the handler (public
+ones only, iotp.public_address); it is never fetched here: the notifier is the only thing
+that ever connects to it. The secret is stored encrypted for signing and never answered,
 and the URL's path and query (they often hold a token) never travel on a stream: the event
 carries the URL's origin and whether there is a secret.
 """

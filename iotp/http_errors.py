@@ -2,7 +2,7 @@
 
 Every error answer is a JSON object ``{"detail": ...}``. A refused request (422) lists what
 is wrong with it, each issue naming where (``loc``), why (``msg``) and a machine-readable
-``type``, as FastAPI answers; any other error status (400, 401, 404, 409, 413, 500, 503)
+``type``, as FastAPI answers; any other error status (400, 401, 403, 404, 409, 413, 500, 503)
 says what happened in one sentence. Routes declare the statuses they answer with
 :func:`error_responses`, so that the OpenAPI document states every answer a client can get.
 """
@@ -56,7 +56,8 @@ class InvalidRequest(BaseModel):
 
 _MEANING = {
     400: "The request body cannot be read (not UTF-8)",
-    401: "Missing or wrong bearer token",
+    401: "Missing, unknown, revoked or expired bearer token (API key)",
+    403: "The key's role lacks the permission this route needs",
     404: "No such device",
     409: "The request conflicts with the device's state",
     413: "The request body is over IOTP_REQUEST_MAX_BYTES",

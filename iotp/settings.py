@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     mqtt_url: str = "mqtt://localhost:1883"
 
     api_token: SecretStr | None = None
+    # Devices' MQTT passwords (and idempotent replays) are derived with it; unset, it is
+    # IOTP_API_TOKEN, so that token can be retired without changing any device's password.
+    device_password_pepper: SecretStr | None = None
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     request_max_bytes: int = Field(default=64 * 1024, ge=1024)
@@ -132,6 +135,10 @@ class Settings(BaseSettings):
     notify_backoff_max_seconds: float = Field(default=300.0, gt=0)
     notify_give_up_hours: float = Field(default=24.0, gt=0)
     notify_keep_days: int = Field(default=30, ge=1)  # finished deliveries, and their log
+    # Webhook URLs must reach public addresses only, unless this is set (labs, tests); webhook
+    # secrets are stored encrypted with the first of these comma-separated Fernet keys.
+    notify_allow_private_targets: bool = False
+    notify_secret_key: SecretStr | None = None
 
     log_level: str = "INFO"
 
@@ -150,6 +157,10 @@ class Settings(BaseSettings):
     def aggregator_consumer(self) -> str:
         """The consumer name of this aggregator process in its group."""
         return f"aggregator-{socket.gethostname()}-{self.aggregator_instance}"
+
+    def device_pepper(self) -> SecretStr | None:
+        """What device passwords are derived with: its own setting, else IOTP_API_TOKEN."""
+        return self.device_password_pepper or self.api_token
 
     def query_token_value(self) -> SecretStr | None:
         """The query API's token: its own setting, else the command API's."""

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from local_platform.subscribe_plugin import PLUGIN_NAME, build_subscribe_plugin
+
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
@@ -54,8 +56,9 @@ def mosquitto_config(
 ) -> str:
     """The production config on loopback ``port``, with its files in ``data_dir``.
 
-    With ``identity`` the broker refuses anonymous clients and reads the password and ACL
-    files `iotp broker-sync` writes in ``data_dir``; without it (tests and benchmarks that
+    With ``identity`` the broker refuses anonymous clients, reads the password and ACL
+    files `iotp broker-sync` writes in ``data_dir`` and loads the SUBSCRIBE check built
+    there (local_platform/subscribe_plugin.py); without it (tests and benchmarks that
     are not about identity) it accepts any client. ``tls`` adds the TLS listener.
     """
     text = production_config()
@@ -80,8 +83,17 @@ def mosquitto_config(
     if identity:
         text = re.sub(r"^password_file .*$", f"password_file {data_dir}/passwd", text, flags=re.M)
         text = re.sub(r"^acl_file .*$", f"acl_file {data_dir}/acl", text, flags=re.M)
+        text = re.sub(r"^plugin .*$", f"plugin {data_dir}/{PLUGIN_NAME}", text, flags=re.M)
+        text = re.sub(
+            r"^plugin_opt_password_file .*$",
+            f"plugin_opt_password_file {data_dir}/passwd",
+            text,
+            flags=re.M,
+        )
     else:
-        text = re.sub(r"^(password_file|acl_file) .*\n", "", text, flags=re.M)
+        text = re.sub(
+            r"^(password_file|acl_file|plugin|plugin_opt_password_file) .*\n", "", text, flags=re.M
+        )
         text = re.sub(r"^allow_anonymous .*$", "allow_anonymous true", text, flags=re.M)
     return text + "\n" + extra
 
@@ -131,6 +143,7 @@ def local_mosquitto(
     if identity:
         for name in ("passwd", "acl"):
             (data_dir / name).touch()
+        build_subscribe_plugin(data_dir)
     command = [binary, "-c", str(config)]
     with serving(command, port, data_dir / "mosquitto.stderr", "mosquitto", 10) as pid:
         yield LocalBroker(f"mqtt://127.0.0.1:{port}", port, pid, data_dir)

@@ -5,6 +5,10 @@ notifier processes pass over it), posts it, and records the outcome in the same 
 So a delivery is marked delivered only after its receiver answered 2xx; a crash between the
 answer and the commit releases the lock and the delivery is posted again, with the same
 ``Idempotency-Key``, which the receiver uses to recognise it.
+
+Each attempt resolves the webhook's host, refuses an address that is not public (a refusal
+fails the delivery at once: retrying would not change the rule) and connects to the address
+it checked (:mod:`notifications.targets`). The secret is decrypted only to sign.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import psycopg
 
 from iotp.db import ReconnectingConnection
 from iotp.errors import first_line
+from iotp.public_address import TargetRefused
 from iotp.retry import Stopped, retry_transient
-from notifications.backoff import RetryPolicy, after_attempt
+from iotp.webhook_secrets import SecretBox, SecretKeyMissing, SecretUndecryptable
+from notifications.backoff import Decision, RetryPolicy, after_attempt
 from notifications.signing import delivery_headers
+from notifications.targets import pinned_target
 
 logger = logging.getLogger(__name__)
 
@@ -56,33 +63,58 @@ _CANCEL = (
 
 
 @dataclass(frozen=True)
+class Sender:
+    """How a worker posts: its HTTP client, whether private targets are allowed, the key."""
+
+    http: httpx.Client
+    secrets: SecretBox
+    allow_private_targets: bool = False
+
+
+@dataclass(frozen=True)
 class Attempt:
     status: int | None  # the receiver's HTTP status; None when there was no answer
     error: str | None  # why it did not count as delivered
+    refused: bool = False  # not posted, and never will be: the delivery fails now
 
     @property
     def succeeded(self) -> bool:
         return self.error is None
 
 
-def post(http: httpx.Client, row: dict[str, Any], timestamp: int) -> Attempt:
-    """One attempt: POST the stored body, signed when the webhook has a secret."""
+def _failure(prefix: str, exc: BaseException, *, refused: bool = False) -> Attempt:
+    return Attempt(None, f"{prefix}: {first_line(exc)}"[:MAX_ERROR_LENGTH], refused)
+
+
+def post(sender: Sender, row: dict[str, Any], timestamp: int) -> Attempt:
+    """One attempt: POST the stored body to the checked address, signed when there is a secret."""
     body = row["body"].encode()
-    headers = delivery_headers(
-        str(row["delivery_id"]), row["event_type"], body, row["secret"], timestamp
-    )
+    try:
+        secret = None if row["secret"] is None else sender.secrets.open(row["secret"])
+    except (SecretKeyMissing, SecretUndecryptable) as exc:
+        return _failure("cannot decrypt the webhook's secret", exc)
+    try:
+        target = pinned_target(row["url"], allow_private=sender.allow_private_targets)
+    except TargetRefused as exc:
+        return _failure("refused", exc, refused=True)
+    except OSError as exc:  # the name does not resolve (now): tried again later
+        return _failure("cannot resolve the URL's host", exc)
+    headers = delivery_headers(str(row["delivery_id"]), row["event_type"], body, secret, timestamp)
+    headers["Host"] = target.host_header
     try:
         # Streamed and never read: only the status counts, whatever size of body comes back.
-        with http.stream("POST", row["url"], content=body, headers=headers) as answer:
+        with sender.http.stream(
+            "POST", target.url, content=body, headers=headers, extensions=target.extensions
+        ) as answer:
             status = answer.status_code
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        return Attempt(None, f"{type(exc).__name__}: {first_line(exc)}"[:MAX_ERROR_LENGTH])
+        return _failure(type(exc).__name__, exc)
     if 200 <= status < 300:
         return Attempt(status, None)
     return Attempt(status, f"HTTP {status}")
 
 
-def deliver_next(conn: psycopg.Connection[Any], http: httpx.Client, policy: RetryPolicy) -> bool:
+def deliver_next(conn: psycopg.Connection[Any], sender: Sender, policy: RetryPolicy) -> bool:
     """Post the most overdue delivery no one else holds; False when none is due."""
     with conn.transaction():
         row = conn.execute(_CLAIM_DUE).fetchone()
@@ -92,14 +124,18 @@ def deliver_next(conn: psycopg.Connection[Any], http: httpx.Client, policy: Retr
             conn.execute(_CANCEL, (row["delivery_id"],))
             return True
         now: datetime = row["now"]
-        attempt = post(http, row, int(now.timestamp()))
+        attempt = post(sender, row, int(now.timestamp()))
         attempts = row["attempts"] + 1
-        decision = after_attempt(
-            policy,
-            succeeded=attempt.succeeded,
-            attempts=attempts,
-            created_at=row["created_at"],
-            now=now,
+        decision = (
+            Decision("failed", None)
+            if attempt.refused
+            else after_attempt(
+                policy,
+                succeeded=attempt.succeeded,
+                attempts=attempts,
+                created_at=row["created_at"],
+                now=now,
+            )
         )
         conn.execute(
             _RECORD_ATTEMPT,
@@ -133,13 +169,13 @@ class DeliveryWorker:
     def __init__(
         self,
         connect: Callable[[], psycopg.Connection[Any]],
-        http: httpx.Client,
+        sender: Sender,
         policy: RetryPolicy,
         wake: threading.Event,
         poll_seconds: float,
         on_progress: Callable[[], None] = lambda: None,
     ) -> None:
-        self.http, self.policy = http, policy
+        self.sender, self.policy = sender, policy
         self.wake, self.poll_seconds, self.on_progress = wake, poll_seconds, on_progress
         self._db = ReconnectingConnection(connect)
 
@@ -150,7 +186,7 @@ class DeliveryWorker:
         """Post every due delivery (until ``stop``); how many attempts were made."""
         made = 0
         while not (stop is not None and stop.is_set()) and deliver_next(
-            self._db(), self.http, self.policy
+            self._db(), self.sender, self.policy
         ):
             made += 1
         if made:

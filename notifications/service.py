@@ -27,10 +27,12 @@ from iotp.preflight import (
 )
 from iotp.redis_client import redis_for
 from iotp.settings import Settings
+from iotp.webhook_secrets import SecretBox
 from notifications.backoff import RetryPolicy
-from notifications.deliveries import DeliveryWorker
+from notifications.deliveries import DeliveryWorker, Sender
 from notifications.delivery_log import DeliveryLog
 from notifications.intake import NOTIFIER_GROUP, IntakeOptions, alarm_intake
+from notifications.secret_rotation import reseal_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,16 @@ def _connector(url: str, setting: str) -> Callable[[], psycopg.Connection[Any]]:
 
 
 def http_client(settings: Settings) -> httpx.Client:
-    """The client deliveries are posted with: bounded in time, never following a redirect."""
-    return httpx.Client(timeout=settings.notify_timeout_seconds, follow_redirects=False)
+    """The client deliveries are posted with: bounded in time, never following a redirect.
+
+    No connection is kept for reuse: a delivery connects to an address with the TLS server
+    name of its own webhook, and a kept connection would serve another name at that address.
+    """
+    return httpx.Client(
+        timeout=settings.notify_timeout_seconds,
+        follow_redirects=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
+    )
 
 
 def run_notifier(settings: Settings, stop: threading.Event) -> None:
@@ -58,7 +68,10 @@ def run_notifier(settings: Settings, stop: threading.Event) -> None:
     require_migrated_database(settings)
     require_read_store(settings)
     require_redis(settings)
+    secrets = SecretBox(settings.notify_secret_key)  # a malformed key stops the start here
     write = _connector(settings.database_url, "IOTP_DATABASE_URL")
+    with write() as conn:
+        reseal_secrets(conn, secrets)
     read = _connector(settings.read_url(), READ_DATABASE_SETTING)
     client = redis_for(
         settings.redis_url, settings.redis_cluster, socket_connect_timeout=5, socket_timeout=30
@@ -84,7 +97,10 @@ def run_notifier(settings: Settings, stop: threading.Event) -> None:
     policy = RetryPolicy.from_settings(settings)
     parts: dict[str, Runnable] = {"intake": intake.run}
     for number, http in enumerate(clients):
-        worker = DeliveryWorker(write, http, policy, due, settings.notify_poll_seconds, changed.set)
+        sender = Sender(http, secrets, settings.notify_allow_private_targets)
+        worker = DeliveryWorker(
+            write, sender, policy, due, settings.notify_poll_seconds, changed.set
+        )
         parts[f"delivery-{number}"] = worker.run
     parts["log"] = DeliveryLog(
         write, read, changed, settings.notify_poll_seconds, settings.notify_keep_days

@@ -9,20 +9,18 @@ from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.security import HTTPBearer
+from fastapi import APIRouter, HTTPException, Query
 
 from iotp.events import Severity
 from iotp.http_errors import error_responses, invalid
 from iotp.model import DEVICE_ID_PATTERN
+from iotp.permissions import Permission, requires
 from read_models import alarms
 from read_models.dependencies import PageWindowDep, ReadConnectionDep
 
-# The token is enforced by BearerTokenMiddleware (app.PROTECTED_PATHS); this only declares
-# the scheme for /docs, as the other query routes do.
-_documented_bearer = HTTPBearer(auto_error=False, description="IOTP_QUERY_TOKEN")
-alarm_router = APIRouter(prefix="/alarms", dependencies=[Depends(_documented_bearer)])
-_READ_ERRORS = (401, 503)
+# Checked by AccessMiddleware before anything is read (iotp.permissions).
+alarm_router = APIRouter(prefix="/alarms", dependencies=[requires(Permission.READ_MODELS_READ)])
+_READ_ERRORS = (401, 403, 503)
 
 
 @alarm_router.get(

@@ -1,13 +1,15 @@
 """The query API application (`iotp query-api`): wiring of pools, routes and middleware.
 
 It reads the read models only, but for a raw export (read_models.export), which reads
-the write store's telemetry in a read-only transaction. Once started it outlives a restart
-of PostgreSQL or Redis: the pools reconnect, and meanwhile the routes needing them answer 503.
+the write store's telemetry in a read-only transaction, and for the API keys, which it
+looks up in the write store (a lookup is kept a second at most, so a revocation holds within
+two). Once started it outlives a restart of PostgreSQL or Redis: the pools reconnect, and
+meanwhile the routes needing them answer 503.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,20 +17,21 @@ import psycopg
 import redis
 import uvicorn
 from fastapi import FastAPI
+from psycopg_pool import AsyncConnectionPool
 
 from iotp import __version__
+from iotp.api_keys import KeyAuthenticator, principal_for
 from iotp.errors import ConfigurationError
-from iotp.http_errors import install_error_handlers, unavailable
-from iotp.http_middleware import BearerTokenMiddleware
+from iotp.http_errors import error_responses, install_error_handlers, unavailable
+from iotp.http_middleware import AccessMiddleware
+from iotp.permissions import Permission, Principal, Role, requires
 from iotp.preflight import require_read_replica, require_read_store
 from iotp.settings import Settings, token_problem
 from read_models.alarm_routes import alarm_router
 from read_models.export import router as export_router
 from read_models.health import health_redis
 from read_models.queries import LivenessRule, open_read_pool
-from read_models.routes import router
-
-PROTECTED_PATHS = ("/devices", "/fleet", "/pipeline", "/alarms")
+from read_models.routes import health_router, router
 
 
 class QueryAPI(FastAPI):
@@ -57,16 +60,23 @@ def create_query_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.liveness_rule = LivenessRule.from_settings(settings)
+    bootstrap = {token.get_secret_value(): Principal("IOTP_QUERY_TOKEN", Role.VIEWER)}
     app.add_middleware(
-        BearerTokenMiddleware, token=token.get_secret_value(), protected=PROTECTED_PATHS
+        AccessMiddleware, authenticator=KeyAuthenticator(bootstrap, _stored_key_lookup(app))
     )
     install_error_handlers(app)
     app.add_exception_handler(psycopg.OperationalError, unavailable("read store"))
     for redis_down in (redis.ConnectionError, redis.TimeoutError):
         app.add_exception_handler(redis_down, unavailable("Redis"))
+    app.include_router(health_router)
     app.include_router(router)
     app.include_router(alarm_router)
-    app.include_router(export_router)
+    # The export module belongs to another area: its permission is declared here.
+    app.include_router(
+        export_router,
+        dependencies=[requires(Permission.READ_MODELS_READ)],
+        responses=error_responses(403),
+    )
     return app
 
 
@@ -92,11 +102,35 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = open_read_pool(settings.reader_url(), name="iotp-read", max_size=8)
     app.state.pool = pool
     app.state.redis = health_redis(settings.redis_url, settings.redis_cluster)
+    app.state.key_pool = _write_store_key_pool(settings)
+    await app.state.key_pool.open(wait=False)
     try:
         yield
     finally:
+        await app.state.key_pool.close()
         app.state.redis.close()
         pool.close()
+
+
+def _write_store_key_pool(settings: Settings) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """A small pool on the write store, where the API keys are (the read store may be
+    another database); it connects in the background, so the app starts without it."""
+    return AsyncConnectionPool(
+        settings.database_url,
+        min_size=1,
+        max_size=4,
+        open=False,
+        kwargs={"connect_timeout": 5},
+        name="iotp-keys",
+    )
+
+
+def _stored_key_lookup(app: FastAPI) -> Callable[[str], Awaitable[Principal | None]]:
+    async def lookup(key: str) -> Principal | None:
+        async with app.state.key_pool.connection(timeout=5) as conn:
+            return await principal_for(conn, key)
+
+    return lookup
 
 
 def _state_page_limit(document: dict[str, Any], max_page: int) -> None:

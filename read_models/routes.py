@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
-from fastapi.security import HTTPBearer
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from iotp.http_errors import error_responses, invalid
 from iotp.model import DEVICE_ID_PATTERN, METRIC_NAME_PATTERN
+from iotp.permissions import Permission, requires
 from read_models import queries
 from read_models.dependencies import (
     LivenessRuleDep,
@@ -21,17 +21,16 @@ from read_models.dependencies import (
 )
 from read_models.health import PipelineHealth, pipeline_health
 
-# The token is enforced by BearerTokenMiddleware before anything is read; this only
-# declares the scheme so that /docs offers the Authorize button.
-_documented_bearer = HTTPBearer(auto_error=False, description="IOTP_QUERY_TOKEN")
-router = APIRouter(dependencies=[Depends(_documented_bearer)])
+# Checked by AccessMiddleware before anything is read (iotp.permissions); /healthz is public.
+router = APIRouter(dependencies=[requires(Permission.READ_MODELS_READ)])
+health_router = APIRouter()
 
 DeviceIdPath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, examples=["boiler-1"])]
 # Stored names and kinds hold no control character (PostgreSQL text no NUL at all), so a
 # filter holding one is refused rather than sent to the database.
 NO_CONTROL_CHARACTER = r"^[^\x00-\x08\x0a-\x1f\x7f-\x9f]*$"
-# Every read answers 401 without the token and 503 while the read store is down.
-_READ_ERRORS = (401, 503)
+# Every read answers 401 without a key, 403 to a role without it, 503 while the store is down.
+_READ_ERRORS = (401, 403, 503)
 _DEVICE_READ = error_responses(*_READ_ERRORS, 404, 422)
 
 
@@ -124,7 +123,7 @@ def get_pipeline(db: ReadConnectionDep, client: RedisDep, settings: SettingsDep)
     return pipeline_health(db, client, settings.event_shards)
 
 
-@router.get("/healthz", response_model=Healthy, responses=error_responses(503))
+@health_router.get("/healthz", response_model=Healthy, responses=error_responses(503))
 def healthz(db: ReadConnectionDep) -> Healthy:
     """Whether the read store answers."""
     db.execute("SELECT 1")

@@ -167,7 +167,10 @@ def rig(settings: Settings, db: psycopg.Connection[Any], tmp_path: Path) -> Iter
         amnesic_redis(tmp_path / "redis") as server,
         private_mosquitto(tmp_path / "broker") as mqtt_url,
     ):
-        ours = settings.model_copy(update={"redis_url": server.url})
+        # The webhook below points at a closed local port: a lab's settings allow that.
+        ours = settings.model_copy(
+            update={"redis_url": server.url, "notify_allow_private_targets": True}
+        )
         client = server.client()
         platform = Platform(ours, mqtt_url, db, client, tmp_path)
         try:

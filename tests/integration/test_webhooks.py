@@ -40,6 +40,7 @@ from tests.support.api_client import AUTH, running_api, wait_relayed
 from tests.support.dashboard_pages import dashboard_settings, run_page
 from tests.support.processes import ServiceProcess
 from tests.support.waiting import wait_for
+from tests.support.webhook_lab import lab_environment, lab_settings
 
 SECRET = "a-webhook-secret-of-some-length"
 
@@ -123,6 +124,12 @@ class Receiver:
     def events(self) -> list[Received]:
         with self.lock:
             return list(self.received)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The receivers listen on 127.0.0.1: a lab's settings allow that, and encrypt secrets."""
+    return lab_settings(settings)
 
 
 @pytest.fixture
@@ -593,6 +600,7 @@ def _notify_process(settings: Settings, log: Path) -> ServiceProcess:
             "notify_poll_seconds": "0.05",
             "notify_block_ms": "50",
             "notify_claim_idle_ms": "200",
+            **lab_environment(),
         },
         inherit_settings=False,
     )

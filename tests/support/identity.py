@@ -59,6 +59,7 @@ class Device:
         self, port: int, username: str | None, password: str | None, *, v5: bool = True
     ) -> None:
         self.codes: list[int] = []
+        self.received: list[str] = []  # topics of the messages delivered to it
         self.disconnected = threading.Event()
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -69,6 +70,7 @@ class Device:
             self.client.username_pw_set(username, password)
         self.client.on_connect = lambda _c, _u, _f, reason, _p: self.codes.append(reason.value)
         self.client.on_disconnect = lambda *_: self.disconnected.set()
+        self.client.on_message = lambda _c, _u, message: self.received.append(message.topic)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         wait_for(lambda: self.codes or self.disconnected.is_set(), timeout=10)
@@ -88,6 +90,17 @@ class Device:
         info.wait_for_publish(timeout=10)
         wait_for(lambda: codes, timeout=10)
         return codes[0]
+
+    def subscribe(self, topic_filter: str) -> int | None:
+        """Subscribe at QoS 1; the SUBACK's code (1: granted QoS 1, >= 0x80: refused), or
+        None when the broker closed the connection instead of answering."""
+        codes: list[int] = []
+        self.client.on_subscribe = lambda _c, _u, _mid, reasons, _p: codes.extend(
+            reason.value for reason in reasons
+        )
+        self.client.subscribe(topic_filter, qos=1)
+        wait_for(lambda: codes or self.disconnected.is_set(), timeout=10)
+        return codes[0] if codes else None
 
     def close(self) -> None:
         self.client.disconnect()

@@ -7,6 +7,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
 from command_api import webhook_handlers
 from command_api.outbox import STREAM_OF, stream_of
@@ -19,16 +21,19 @@ from iotp.names import (
     DEVICE_EVENTS_STREAM,
     WEBHOOK_EVENTS_STREAM,
 )
+from iotp.webhook_secrets import SecretBox, is_encrypted
 from tests.support.fakes import FakeUnitOfWork
 
 SECRET = "s3cret-s3cret-s3cret"
+BOX = SecretBox(SecretStr(Fernet.generate_key().decode()))
+POLICY = webhook_handlers.WebhookPolicy(allow_private_targets=False, secrets=BOX)
 
 
 def _register(uow: FakeUnitOfWork, **fields: object) -> Webhook:
     cmd = RegisterWebhook.model_validate(
         {"url": "https://hooks.example.com:8443/t0k3n?x=1", "secret": SECRET, **fields}
     )
-    return asyncio.run(webhook_handlers.register_webhook(cmd, uow))
+    return asyncio.run(webhook_handlers.register_webhook(cmd, uow, POLICY))
 
 
 def test_a_registration_keeps_the_secret_and_its_event_only_the_origin() -> None:
@@ -42,7 +47,9 @@ def test_a_registration_keeps_the_secret_and_its_event_only_the_origin() -> None
     assert webhook.url == "https://hooks.example.com:8443/t0k3n?x=1"
     assert webhook.severities == ("critical",) and webhook.has_secret
     assert webhook.created_at == event.occurred_at
-    assert uow.webhooks_store[webhook.webhook_id].secret == SECRET
+    stored = uow.webhooks_store[webhook.webhook_id].secret
+    assert stored is not None and is_encrypted(stored) and SECRET not in stored
+    assert BOX.open(stored) == SECRET
 
 
 def test_a_deletion_cancels_the_pending_deliveries_once() -> None:
