@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from cryptography.fernet import Fernet
 
 from broker_identity.accounts import with_services
 from broker_identity.files import BrokerFiles
@@ -203,6 +204,7 @@ def run_up(
         for warning in resolved.warnings:
             say(f"warning: {warning}")
         token = api_token(settings, state)
+        secret_key = notify_secret_key(settings, state)
         migrate(
             settings.model_copy(
                 update={"database_url": resolved.database_url, "read_database_url": None}
@@ -215,7 +217,7 @@ def run_up(
         say(f"API token    {token}")
         say(f"MQTT         {redact_url(resolved.mqtt_url)} (topic devices/<id>/telemetry)")
         say(f"logs         {state / 'logs'}  (Ctrl-C stops everything)")
-        env = child_env(settings, resolved, token, options)
+        env = child_env(settings, resolved, token, options, secret_key)
         supervise(children(options, resolved), env, state / "logs", stop)
 
 
@@ -226,11 +228,19 @@ def api_token(settings: Settings, state: Path) -> str:
     return _secret(state / "api-token")
 
 
-def _secret(path: Path) -> str:
+def notify_secret_key(settings: Settings, state: Path) -> str:
+    """The key webhook secrets are encrypted with: the configured one, or one made once and
+    kept in the state directory (so that a webhook with a secret works at once)."""
+    if settings.notify_secret_key is not None:
+        return settings.notify_secret_key.get_secret_value()
+    return _secret(state / "notify-secret-key", lambda: Fernet.generate_key().decode())
+
+
+def _secret(path: Path, make: Callable[[], str] = lambda: secrets.token_urlsafe(24)) -> str:
     """A random secret made once and kept, readable by this user only, in ``path``."""
     if path.exists():
         return path.read_text().strip()
-    value = secrets.token_urlsafe(24)
+    value = make()
     path.write_text(value)
     path.chmod(0o600)
     return value
@@ -315,13 +325,14 @@ def _ready(child: Child) -> bool:
 
 
 def child_env(
-    settings: Settings, resolved: Services, token: str, options: UpOptions
+    settings: Settings, resolved: Services, token: str, options: UpOptions, secret_key: str
 ) -> dict[str, str]:
     env: dict[str, str | None] = {
         "database_url": resolved.database_url,
         "redis_url": resolved.redis_url,
         "mqtt_url": resolved.mqtt_url,
         "api_token": token,
+        "notify_secret_key": secret_key,
         "api_port": str(options.api_port),
         "query_port": str(options.query_port),
         "dashboard_port": str(options.dashboard_port),

@@ -61,6 +61,15 @@ def test_up_with_embedded_services_runs_and_stops_cleanly(tmp_path: Path) -> Non
         assert connack_code(broker_port, None, None) != 0  # anonymous
         assert connack_code(broker_port, user, password + "x") != 0
         assert connack_code(broker_port, user, password) == 0
+        # A webhook with a secret registers at once: iotp up keeps a key to encrypt it with.
+        hook = httpx.post(
+            f"http://127.0.0.1:{ports[0]}/webhooks",
+            json={"url": "https://hooks.example/up", "secret": "s" * 32},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert hook.status_code == 201, hook.text
+        assert (tmp_path / "state" / "notify-secret-key").stat().st_mode & 0o077 == 0
         family = psutil.Process(up.pid).children(recursive=True)
         assert len(family) >= 7
     finally:
