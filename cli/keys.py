@@ -4,36 +4,54 @@ key can be made before any API runs (and without a token)."""
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 from uuid import UUID
 
-import psycopg
 import typer
+from pydantic import ValidationError
 
 from iotp.command_line import command, load_settings
-from iotp.errors import ConfigurationError, ServiceUnavailable, first_line, redact_url
-from iotp.permissions import Role
+from iotp.commands import CreateApiKey, RevokeApiKey
+from iotp.errors import ConfigurationError
+from iotp.events import Actor
+from iotp.model import Role
+
+if TYPE_CHECKING:
+    from command_api.unit_of_work import PostgresUnitOfWork
 
 commands = typer.Typer(name="keys", help="API keys with roles, for both HTTP APIs.")
 T = TypeVar("T")
 
 
-def _on_write_store(work: Callable[[psycopg.AsyncConnection[object]], Awaitable[T]]) -> T:
+def _on_write_store(work: Callable[[PostgresUnitOfWork], Awaitable[T]]) -> T:
+    """Run ``work`` on a unit of work whose events name the operator at this terminal."""
+    from command_api.unit_of_work import PostgresUnitOfWork
+    from iotp.db import open_pool
+
     url = load_settings().database_url
 
     async def run() -> T:
+        pool = await open_pool(url, max_size=1)
         try:
-            conn = await psycopg.AsyncConnection.connect(url, connect_timeout=5)
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(
-                "PostgreSQL", "IOTP_DATABASE_URL", redact_url(url), first_line(exc)
-            ) from exc
-        async with conn:
-            return await work(conn)
+            return await work(PostgresUnitOfWork(pool, actor=command_line_actor()))
+        finally:
+            await pool.close()
 
     return asyncio.run(run())
+
+
+def command_line_actor() -> Actor:
+    """The operator at this terminal: the OS user and the host (there is no login here)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = f"uid {os.getuid()}"
+    return Actor(kind="command-line", name=f"{user}@{socket.gethostname()}"[:200])
 
 
 def _aware(text: str) -> datetime:
@@ -50,7 +68,7 @@ def create(
     ] = None,
 ) -> None:
     """Make a key and print it: it is shown this once, only its hash is stored."""
-    from iotp import api_keys
+    from command_api import api_key_handlers
 
     try:
         expiry = _aware(expires_at) if expires_at else None
@@ -60,7 +78,11 @@ def create(
         raise ConfigurationError("--expires-at must be in the future")
     if not name.strip():
         raise ConfigurationError("--name must not be blank")
-    issued = _on_write_store(lambda conn: api_keys.create_key(conn, name, role, expiry))
+    try:
+        cmd = CreateApiKey(name=name, role=role, expires_at=expiry)
+    except ValidationError as exc:
+        raise ConfigurationError(f"--name: {exc.errors()[0]['msg']}") from None
+    issued = _on_write_store(lambda uow: api_key_handlers.create_api_key(cmd, uow))
     key = issued.api_key
     typer.echo(f"key_id: {key.key_id}", err=True)
     typer.echo(f"role: {key.role}, expires: {key.expires_at or 'never'}", err=True)
@@ -73,7 +95,11 @@ def list_keys() -> None:
     """Every key (never the key itself): id, role, name, created, expires, revoked."""
     from iotp import api_keys
 
-    for key in _on_write_store(api_keys.list_keys):
+    async def every_key(uow: PostgresUnitOfWork) -> list[api_keys.ApiKey]:
+        async with uow.pool.connection() as conn:
+            return await api_keys.list_keys(conn)
+
+    for key in _on_write_store(every_key):
         state = "revoked" if key.revoked_at else "expired" if api_keys.expired(key) else "active"
         expires = key.expires_at.isoformat() if key.expires_at else "-"
         typer.echo(
@@ -85,10 +111,13 @@ def list_keys() -> None:
 @command(commands)
 def revoke(key_id: Annotated[UUID, typer.Argument(help="The key_id to revoke.")]) -> None:
     """Revoke a key: both APIs refuse it within two seconds."""
+    from command_api import api_key_handlers
     from iotp import api_keys
 
     try:
-        key = _on_write_store(lambda conn: api_keys.revoke_key(conn, key_id))
+        key = _on_write_store(
+            lambda uow: api_key_handlers.revoke_api_key(RevokeApiKey(key_id=key_id), uow)
+        )
     except api_keys.ApiKeyNotFound as exc:
         raise ConfigurationError(str(exc)) from None
     typer.echo(f"revoked {key.key_id} ({key.name}) at {key.revoked_at}")

@@ -1,22 +1,23 @@
 """API key routes (admin only): make a key (shown once), list and read keys, revoke one.
 
-Each change is one statement in its own transaction on the write store; the key itself is
-answered only by POST and never stored (iotp.api_keys keeps its SHA-256).
+Each change goes through a handler (command_api.api_key_handlers) and commits with its event;
+the key itself is answered only by POST and never stored (iotp.api_keys keeps its SHA-256).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
-from command_api.dependencies import PoolDep
+from command_api import api_key_handlers
+from command_api.dependencies import PoolDep, UnitOfWorkDep
 from iotp import api_keys
-from iotp.http_errors import error_responses, invalid
-from iotp.model import Name
+from iotp.commands import CreateApiKey, RevokeApiKey
+from iotp.http_errors import error_responses
 from iotp.permissions import Permission, Role, requires
 
 api_key_router = APIRouter(
@@ -28,12 +29,6 @@ api_key_router = APIRouter(
 _NO_SUCH_KEY: dict[int | str, dict[str, Any]] = {
     404: {**error_responses(404)[404], "description": "No such API key"}
 }
-
-
-class ApiKeyIn(BaseModel):
-    name: Name
-    role: Role
-    expires_at: AwareDatetime | None = Field(default=None, description="Refused from then on")
 
 
 class ApiKeyOut(BaseModel):
@@ -67,12 +62,11 @@ def _out(key: api_keys.ApiKey) -> ApiKeyOut:
 @api_key_router.post(
     "", status_code=201, response_model=ApiKeyCreatedOut, responses=error_responses(400, 413)
 )
-async def create_api_key(body: ApiKeyIn, response: Response, pool: PoolDep) -> ApiKeyCreatedOut:
+async def create_api_key(
+    cmd: CreateApiKey, response: Response, uow: UnitOfWorkDep
+) -> ApiKeyCreatedOut:
     """Make a key with a role; the key is in this answer only."""
-    if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
-        raise invalid(("body", "expires_at"), "expires_at must be in the future")
-    async with pool.connection() as conn:
-        issued = await api_keys.create_key(conn, body.name, body.role, body.expires_at)
+    issued = await api_key_handlers.create_api_key(cmd, uow)
     response.headers["Location"] = f"/api-keys/{issued.api_key.key_id}"
     return ApiKeyCreatedOut(**_out(issued.api_key).model_dump(), key=issued.key)
 
@@ -91,7 +85,6 @@ async def get_api_key(key_id: UUID, pool: PoolDep) -> ApiKeyOut:
 
 
 @api_key_router.delete("/{key_id}", response_model=ApiKeyOut, responses=_NO_SUCH_KEY)
-async def revoke_api_key(key_id: UUID, pool: PoolDep) -> ApiKeyOut:
+async def revoke_api_key(key_id: UUID, uow: UnitOfWorkDep) -> ApiKeyOut:
     """Revoke a key: both APIs refuse it within two seconds."""
-    async with pool.connection() as conn:
-        return _out(await api_keys.revoke_key(conn, key_id))
+    return _out(await api_key_handlers.revoke_api_key(RevokeApiKey(key_id=key_id), uow))

@@ -41,7 +41,7 @@ from iotp.http_errors import (
     unavailable,
 )
 from iotp.http_middleware import AccessMiddleware, BodySizeLimitMiddleware
-from iotp.permissions import Permission, Principal, Role, requires
+from iotp.permissions import Permission, Principal, Role, bootstrap_principal, requires
 from iotp.redis_client import async_redis_for
 from iotp.settings import Settings, token_problem
 from iotp.tasks import stop_task
@@ -69,7 +69,7 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     pepper = settings.device_pepper()
     assert pepper is not None  # IOTP_API_TOKEN at least
     authenticator = KeyAuthenticator(
-        {token: Principal("IOTP_API_TOKEN", Role.ADMIN)}, _stored_key_lookup(lambda: app)
+        {token: bootstrap_principal("IOTP_API_TOKEN", Role.ADMIN)}, _stored_key_lookup(lambda: app)
     )
 
     @asynccontextmanager

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 
 from command_api.unit_of_work import Conn, PostgresUnitOfWork
-from iotp.permissions import bearer_scheme
+from iotp.permissions import bearer_scheme, request_principal
 
 # Keys are checked by AccessMiddleware before the body is read, against the permission each
 # route declares (iotp.permissions.requires); this only declares the scheme for /docs.
@@ -18,7 +18,8 @@ documented_bearer = bearer_scheme
 
 def _uow(request: Request) -> PostgresUnitOfWork:
     state = request.app.state
-    return PostgresUnitOfWork(state.pool, state.settings.idempotency_ttl_hours)
+    actor = request_principal(request).actor
+    return PostgresUnitOfWork(state.pool, state.settings.idempotency_ttl_hours, actor)
 
 
 def _pool(request: Request) -> AsyncConnectionPool[Conn]:

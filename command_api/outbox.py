@@ -15,12 +15,17 @@ from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
 from iotp.events import (
+    AccessDenied,
     AlarmAcknowledged,
     AlarmCleared,
     AlarmRaised,
     AlarmRuleCreated,
     AlarmRuleDeleted,
     AlarmRuleUpdated,
+    ApiKeyCreated,
+    ApiKeyRevoked,
+    DashboardAccountChanged,
+    DashboardAccountCreated,
     DeviceCredentialsRotated,
     DeviceDecommissioned,
     DeviceRegistered,
@@ -31,6 +36,7 @@ from iotp.events import (
     to_fields,
 )
 from iotp.names import (
+    ACCESS_EVENTS_STREAM,
     ALARM_EVENTS_STREAM,
     ALARM_RULE_EVENTS_STREAM,
     DEVICE_EVENTS_STREAM,
@@ -65,6 +71,11 @@ STREAM_OF: dict[type[Envelope], str] = {
     AlarmRuleDeleted: ALARM_RULE_EVENTS_STREAM,
     WebhookRegistered: WEBHOOK_EVENTS_STREAM,
     WebhookDeleted: WEBHOOK_EVENTS_STREAM,
+    ApiKeyCreated: ACCESS_EVENTS_STREAM,
+    ApiKeyRevoked: ACCESS_EVENTS_STREAM,
+    DashboardAccountCreated: ACCESS_EVENTS_STREAM,
+    DashboardAccountChanged: ACCESS_EVENTS_STREAM,
+    AccessDenied: ACCESS_EVENTS_STREAM,
 }
 
 

@@ -4,8 +4,10 @@ idempotency; every repository works on the unit of work's one connection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
+from uuid import UUID
 
 import psycopg
 from psycopg import errors
@@ -21,9 +23,11 @@ from command_api.alarm_repositories import (
 from command_api.domain import Device, DeviceAlreadyExists
 from command_api.outbox import write_outbox
 from command_api.webhook_repository import PostgresWebhookRepository, WebhookRepository
+from iotp import api_keys
+from iotp.api_keys import ApiKey, IssuedKey
 from iotp.db import device_columns
-from iotp.events import Envelope
-from iotp.model import Location, MetricSpec
+from iotp.events import Actor, Envelope, Issued
+from iotp.model import Location, MetricSpec, Role
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,24 @@ class IdempotencyStore(Protocol):
     async def complete(self, key: str, response: dict[str, Any]) -> None: ...
 
 
+class ApiKeyRepository(Protocol):
+    async def create(self, name: str, role: Role, expires_at: datetime | None) -> IssuedKey: ...
+    async def revoke(self, key_id: UUID) -> tuple[ApiKey, bool]: ...
+
+
+class PostgresApiKeyRepository:
+    """iotp.api_keys on the unit of work's connection."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def create(self, name: str, role: Role, expires_at: datetime | None) -> IssuedKey:
+        return await api_keys.create_key(self.conn, name, role, expires_at)
+
+    async def revoke(self, key_id: UUID) -> tuple[ApiKey, bool]:
+        return await api_keys.revoke_key(self.conn, key_id)
+
+
 class UnitOfWork(Protocol):
     @property
     def devices(self) -> DeviceRepository: ...
@@ -66,6 +88,8 @@ class UnitOfWork(Protocol):
     def alarms(self) -> AlarmRepository: ...
     @property
     def webhooks(self) -> WebhookRepository: ...
+    @property
+    def api_keys(self) -> ApiKeyRepository: ...
 
     def emit(self, *events: Envelope) -> None:
         """Queue events of no aggregate; commit writes them to the outbox after the devices'."""
@@ -198,11 +222,18 @@ class PostgresIdempotencyStore:
 
 
 class PostgresUnitOfWork:
-    """One pooled connection and one transaction; events go to the outbox at commit."""
+    """One pooled connection and one transaction; events go to the outbox at commit, each
+    event a command causes with the actor who issued it (``actor``)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Conn], idempotency_ttl_hours: int = 24) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Conn],
+        idempotency_ttl_hours: int = 24,
+        actor: Actor | None = None,
+    ) -> None:
         self.pool = pool
         self.ttl_hours = idempotency_ttl_hours
+        self.actor = actor
         self._conn: Conn | None = None
         self._emitted: list[Envelope] = []
 
@@ -214,6 +245,7 @@ class PostgresUnitOfWork:
         self.alarm_rules = PostgresAlarmRuleRepository(self._conn)
         self.alarms = PostgresAlarmRepository(self._conn)
         self.webhooks = PostgresWebhookRepository(self._conn)
+        self.api_keys = PostgresApiKeyRepository(self._conn)
         return self
 
     def emit(self, *events: Envelope) -> None:
@@ -235,8 +267,14 @@ class PostgresUnitOfWork:
         events: list[Envelope] = [e for device in self.devices.seen.values() for e in device.events]
         events += self._emitted
         if events:
-            await write_outbox(self._conn, events)
+            await write_outbox(self._conn, [self._issued(event) for event in events])
         await self._conn.commit()
         for device in self.devices.seen.values():
             device.events.clear()
         self._emitted.clear()
+
+    def _issued(self, event: Envelope) -> Envelope:
+        """``event`` with the actor of this unit of work, for every event a command causes."""
+        if self.actor is None or not isinstance(event, Issued) or event.actor is not None:
+            return event
+        return event.model_copy(update={"actor": self.actor})

@@ -13,18 +13,33 @@ from __future__ import annotations
 import hmac
 import importlib.util
 import logging
+from dataclasses import dataclass
 from typing import Literal
 
 import streamlit as st
 from streamlit.errors import StreamlitAuthError
 
 from dashboard.data import settings
+from iotp.model import Role
 
 logger = logging.getLogger(__name__)
 
 UNLOCKED = "iotp_login_unlocked"  # session_state key: this session gave the right password
 
 LoginMode = Literal["none", "password", "oidc"]
+
+
+@dataclass(frozen=True)
+class Person:
+    """Who uses this dashboard session, and with which role (iotp.permissions)."""
+
+    name: str
+    role: Role
+
+
+def current_person() -> Person:
+    """The person logged in to this session (call after :func:`require_login` passed)."""
+    return Person("dashboard", Role.ADMIN)
 
 
 def login_mode() -> LoginMode:

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from iotp.events import Actor
 from iotp.permissions import Principal, Role
 
 KEY_PREFIX = "iotp_"
@@ -100,34 +101,35 @@ async def get_key(conn: AsyncConn, key_id: uuid.UUID) -> ApiKey:
     return _api_key(row)
 
 
-async def revoke_key(conn: AsyncConn, key_id: uuid.UUID) -> ApiKey:
-    """Revoke ``key_id`` (again is harmless: the first revocation time stays)."""
+async def revoke_key(conn: AsyncConn, key_id: uuid.UUID) -> tuple[ApiKey, bool]:
+    """Revoke ``key_id``; answers the key and whether this call revoked it (again is
+    harmless: the first revocation time stays)."""
     cursor = await conn.execute(
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE key_id = %s"
+        "UPDATE api_keys SET revoked_at = now() WHERE key_id = %s AND revoked_at IS NULL"
         " RETURNING key_id, name, role, created_at, expires_at, revoked_at",
         (key_id,),
     )
     row = await cursor.fetchone()
     if row is None:
-        raise ApiKeyNotFound(key_id)
-    return _api_key(row)
+        return await get_key(conn, key_id), False
+    return _api_key(row), True
 
 
 async def principal_for(conn: AsyncConn, key: str) -> Principal | None:
     """The usable key ``key`` is, or None when unknown, revoked or expired."""
     digest = key_hash(key)
     cursor = await conn.execute(
-        "SELECT name, role, key_hash FROM api_keys WHERE key_hash = %s"
+        "SELECT key_id, name, role, key_hash FROM api_keys WHERE key_hash = %s"
         " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
         (digest,),
     )
     row = await cursor.fetchone()
     if row is None:
         return None
-    name, role, stored = row.values() if isinstance(row, dict) else row
+    key_id, name, role, stored = row.values() if isinstance(row, dict) else row
     if not secrets.compare_digest(bytes(stored), digest):
         return None
-    return Principal(name, Role(role))
+    return Principal(Role(role), Actor(kind="api-key", id=str(key_id), name=name))
 
 
 Lookup = Callable[[str], Awaitable[Principal | None]]

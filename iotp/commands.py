@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from pydantic import AfterValidator, Field, SecretStr, model_validator
+from pydantic import AfterValidator, AwareDatetime, Field, SecretStr, model_validator
 
 from iotp.events import SEVERITIES, AlarmCondition, Severity
 from iotp.model import (
@@ -21,6 +21,7 @@ from iotp.model import (
     Metadata,
     MetricName,
     Name,
+    Role,
     SafeText,
 )
 
@@ -226,3 +227,14 @@ class AcknowledgeAlarm(Command):
     alarm_id: UUID
     acknowledged_by: Name
     note: SafeText | None = Field(default=None, max_length=ALARM_NOTE_MAX_LENGTH)
+
+
+# API keys (issue 22): made with a role, shown once, revoked for good.
+class CreateApiKey(Command):
+    name: Name
+    role: Role
+    expires_at: AwareDatetime | None = Field(default=None, description="Refused from then on")
+
+
+class RevokeApiKey(Command):
+    key_id: UUID

@@ -44,6 +44,30 @@ class Event(Envelope):
     device_id: DeviceId
 
 
+ActorKind = Literal["api-key", "bootstrap-token", "dashboard-user", "command-line"]
+
+
+class Actor(FrozenModel):
+    """Who issued a command: a named API key, a bootstrap token, a person logged in to the
+    dashboard (``via`` the key the dashboard holds), or an operator at the command line."""
+
+    kind: ActorKind
+    id: str | None = Field(default=None, max_length=200)  # a key's id, an account's user name
+    name: str = Field(max_length=200)
+    via: str | None = Field(default=None, max_length=200)
+
+
+class Issued(FrozenModel):
+    """Mixed into every event a command can cause: who issued that command.
+
+    None on events from before actors were recorded and on events no command caused (an
+    alarm cleared by a reading). The unit of work stamps it at commit (command_api), so no
+    handler has to pass it along.
+    """
+
+    actor: Actor | None = None
+
+
 # The broker's password file needs each device's password hash (Mosquitto's $7$ PBKDF2
 # form); events carry it so that `iotp broker-sync` follows the stream alone. The password
 # itself never travels: it has 256 random bits, so its hash reveals nothing usable. Events
@@ -51,24 +75,24 @@ class Event(Envelope):
 CredentialHash = Annotated[str, Field(pattern=r"^\$7\$[0-9]+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")]
 
 
-class DeviceRegistered(DeviceAttributes, Event):
+class DeviceRegistered(DeviceAttributes, Event, Issued):
     type: Literal["DeviceRegistered"] = "DeviceRegistered"
     credential_hash: CredentialHash | None = None
 
 
-class DeviceUpdated(DeviceAttributes, Event):
+class DeviceUpdated(DeviceAttributes, Event, Issued):
     """Carries the device's attributes after the update, so applying it twice is harmless."""
 
     type: Literal["DeviceUpdated"] = "DeviceUpdated"
     changed: tuple[str, ...]
 
 
-class DeviceDecommissioned(Event):
+class DeviceDecommissioned(Event, Issued):
     type: Literal["DeviceDecommissioned"] = "DeviceDecommissioned"
     reason: str | None = None
 
 
-class DeviceCredentialsRotated(Event):
+class DeviceCredentialsRotated(Event, Issued):
     """The device's MQTT password changed; the secret itself never travels on a stream."""
 
     type: Literal["DeviceCredentialsRotated"] = "DeviceCredentialsRotated"
@@ -115,7 +139,7 @@ class AlarmRaised(Event):
     threshold_high: float | None = None
 
 
-class AlarmAcknowledged(Event):
+class AlarmAcknowledged(Event, Issued):
     type: Literal["AlarmAcknowledged"] = "AlarmAcknowledged"
     alarm_id: UUID
     acknowledged_by: str
@@ -123,7 +147,7 @@ class AlarmAcknowledged(Event):
     note: str | None = None
 
 
-class AlarmCleared(Event):
+class AlarmCleared(Event, Issued):
     type: Literal["AlarmCleared"] = "AlarmCleared"
     alarm_id: UUID
     cleared_at: AwareDatetime  # the time of the reading (or event) that ended the condition
@@ -134,7 +158,7 @@ class AlarmCleared(Event):
 # Webhooks (issue 16): configuration of the notifier, about no device. The secret never
 # travels on a stream, nor the URL's path and query (they often hold a token): only where
 # deliveries go (scheme, host and port).
-class WebhookRegistered(Envelope):
+class WebhookRegistered(Envelope, Issued):
     type: Literal["WebhookRegistered"] = "WebhookRegistered"
     webhook_id: UUID
     name: str | None = None
@@ -143,14 +167,14 @@ class WebhookRegistered(Envelope):
     has_secret: bool
 
 
-class WebhookDeleted(Envelope):
+class WebhookDeleted(Envelope, Issued):
     type: Literal["WebhookDeleted"] = "WebhookDeleted"
     webhook_id: UUID
 
 
 # Alarm rules (issue 16): configuration of the alarm process, about no device (a rule may
 # watch a whole kind), on their own stream beside the alarms.
-class AlarmRuleAttributes(Envelope):
+class AlarmRuleAttributes(Envelope, Issued):
     rule_id: UUID
     scope: Literal["device", "kind"]
     device_id: str | None = None
@@ -175,9 +199,50 @@ class AlarmRuleUpdated(AlarmRuleAttributes):
     type: Literal["AlarmRuleUpdated"] = "AlarmRuleUpdated"
 
 
-class AlarmRuleDeleted(Envelope):
+class AlarmRuleDeleted(Envelope, Issued):
     type: Literal["AlarmRuleDeleted"] = "AlarmRuleDeleted"
     rule_id: UUID
+
+
+# Access (issue 22): API keys, dashboard accounts and refused commands, on their own stream.
+class ApiKeyCreated(Envelope, Issued):
+    type: Literal["ApiKeyCreated"] = "ApiKeyCreated"
+    key_id: UUID
+    name: str
+    role: str
+    expires_at: AwareDatetime | None = None
+
+
+class ApiKeyRevoked(Envelope, Issued):
+    type: Literal["ApiKeyRevoked"] = "ApiKeyRevoked"
+    key_id: UUID
+    name: str
+
+
+class DashboardAccountCreated(Envelope, Issued):
+    type: Literal["DashboardAccountCreated"] = "DashboardAccountCreated"
+    username: str
+    role: str
+
+
+class DashboardAccountChanged(Envelope, Issued):
+    """Carries the account's role and state after the change; never its password."""
+
+    type: Literal["DashboardAccountChanged"] = "DashboardAccountChanged"
+    username: str
+    role: str
+    disabled: bool
+    changed: tuple[str, ...]  # of "role", "disabled", "password"
+
+
+class AccessDenied(Envelope, Issued):
+    """A known caller was refused a command its role does not allow (403)."""
+
+    type: Literal["AccessDenied"] = "AccessDenied"
+    method: str = Field(max_length=16)
+    path: str = Field(max_length=2048)
+    permission: str | None = None
+    reason: str = Field(max_length=500)
 
 
 AnyEvent = Annotated[
@@ -198,6 +263,15 @@ AnyConfigurationEvent = Annotated[
     Field(discriminator="type"),
 ]
 _CONFIGURATION_ADAPTER: TypeAdapter[AnyConfigurationEvent] = TypeAdapter(AnyConfigurationEvent)
+AnyAccessEvent = Annotated[
+    ApiKeyCreated
+    | ApiKeyRevoked
+    | DashboardAccountCreated
+    | DashboardAccountChanged
+    | AccessDenied,
+    Field(discriminator="type"),
+]
+_ACCESS_ADAPTER: TypeAdapter[AnyAccessEvent] = TypeAdapter(AnyAccessEvent)
 
 
 class UndecodableEvent(ValueError):
@@ -278,6 +352,11 @@ def configuration_event_from_fields(
 ) -> AnyConfigurationEvent:
     """Decode a configuration event's stream entry written by :func:`to_fields`."""
     return _decode(fields, _CONFIGURATION_ADAPTER)
+
+
+def access_event_from_fields(fields: dict[str, str] | dict[bytes, bytes]) -> AnyAccessEvent:
+    """Decode an access event's stream entry written by :func:`to_fields`."""
+    return _decode(fields, _ACCESS_ADAPTER)
 
 
 def _decode(fields: dict[str, str] | dict[bytes, bytes], adapter: TypeAdapter[T]) -> T:

@@ -6,6 +6,7 @@ import functools
 import math
 import re
 import unicodedata
+from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
@@ -126,6 +127,15 @@ Metadata = Annotated[
         " integers within signed 64 bits"
     ),
 ]
+
+
+class Role(StrEnum):
+    """What an API key or a dashboard account may do (iotp.permissions has the table)."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    PROVISIONER = "provisioner"
+    VIEWER = "viewer"
 
 
 class FrozenModel(BaseModel):

@@ -11,6 +11,8 @@ ALARM_EVENTS_STREAM = "iotp:events:alarms"
 ALARM_RULE_EVENTS_STREAM = "iotp:events:alarm-rules"
 # WebhookRegistered and WebhookDeleted, relayed from the command side's outbox (issue 16).
 WEBHOOK_EVENTS_STREAM = "iotp:events:webhooks"
+# ApiKeyCreated/Revoked, DashboardAccountCreated/Changed and AccessDenied (issue 22).
+ACCESS_EVENTS_STREAM = "iotp:events:access"
 
 TELEMETRY_TOPIC_FILTER = "devices/+/telemetry"
 

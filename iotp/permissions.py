@@ -17,15 +17,13 @@ from fastapi.routing import RouteContext
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.routing import BaseRoute
 
+from iotp.events import Actor
+from iotp.model import Role
+
+__all__ = ["Permission", "Principal", "Role", "requires"]
+
 # Scope key under which the access middleware leaves the authenticated principal.
 PRINCIPAL_SCOPE_KEY = "iotp.principal"
-
-
-class Role(StrEnum):
-    ADMIN = "admin"
-    OPERATOR = "operator"
-    PROVISIONER = "provisioner"
-    VIEWER = "viewer"
 
 
 class Permission(StrEnum):
@@ -38,6 +36,11 @@ class Permission(StrEnum):
     WEBHOOKS_MANAGE = "webhooks:manage"
     READ_MODELS_READ = "read-models:read"
     API_KEYS_MANAGE = "api-keys:manage"
+    DASHBOARD_ACCOUNTS_MANAGE = "dashboard-accounts:manage"
+    # Send commands for a logged-in dashboard person (X-Iotp-Dashboard-User): the key the
+    # dashboard holds. The command then runs with that person's role, never more.
+    DASHBOARD_USERS_ACT = "dashboard-users:act"
+    AUDIT_READ = "audit:read"
 
 
 _ALL = frozenset(Role)
@@ -54,6 +57,9 @@ ROLES_OF: dict[Permission, frozenset[Role]] = {
     Permission.WEBHOOKS_MANAGE: _OPERATING,
     Permission.READ_MODELS_READ: _ALL - {Role.PROVISIONER},
     Permission.API_KEYS_MANAGE: frozenset({Role.ADMIN}),
+    Permission.DASHBOARD_ACCOUNTS_MANAGE: frozenset({Role.ADMIN}),
+    Permission.DASHBOARD_USERS_ACT: frozenset({Role.ADMIN}),
+    Permission.AUDIT_READ: _OPERATING,
 }
 
 # The only paths answered without a key: health and the OpenAPI documents.
@@ -68,10 +74,14 @@ bearer_scheme = HTTPBearer(
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a named API key or a bootstrap token, and its role."""
+    """Who is calling, and with which role: the actor its commands' events record."""
 
-    name: str
     role: Role
+    actor: Actor
+
+    @property
+    def name(self) -> str:
+        return self.actor.name
 
     def may(self, permission: Permission) -> bool:
         return self.role in ROLES_OF[permission]
@@ -99,6 +109,19 @@ class PermissionCheck:
 def requires(permission: Permission) -> Any:
     """The route dependency declaring that a route needs ``permission``."""
     return Depends(PermissionCheck(permission))
+
+
+def bootstrap_principal(setting: str, role: Role) -> Principal:
+    """The principal of a bootstrap token, named by its setting (IOTP_API_TOKEN ...)."""
+    return Principal(role, Actor(kind="bootstrap-token", name=setting))
+
+
+def request_principal(request: Request) -> Principal:
+    """The principal AccessMiddleware authenticated for ``request`` (routes that need a key)."""
+    principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if not isinstance(principal, Principal):
+        raise HTTPException(401, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+    return principal
 
 
 def forbidden(principal: Principal, permission: Permission) -> str:

@@ -24,7 +24,7 @@ from iotp.api_keys import KeyAuthenticator, principal_for
 from iotp.errors import ConfigurationError
 from iotp.http_errors import error_responses, install_error_handlers, unavailable
 from iotp.http_middleware import AccessMiddleware
-from iotp.permissions import Permission, Principal, Role, requires
+from iotp.permissions import Permission, Principal, Role, bootstrap_principal, requires
 from iotp.preflight import require_read_replica, require_read_store
 from iotp.settings import Settings, token_problem
 from read_models.alarm_routes import alarm_router
@@ -60,7 +60,7 @@ def create_query_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.liveness_rule = LivenessRule.from_settings(settings)
-    bootstrap = {token.get_secret_value(): Principal("IOTP_QUERY_TOKEN", Role.VIEWER)}
+    bootstrap = {token.get_secret_value(): bootstrap_principal("IOTP_QUERY_TOKEN", Role.VIEWER)}
     app.add_middleware(
         AccessMiddleware, authenticator=KeyAuthenticator(bootstrap, _stored_key_lookup(app))
     )

@@ -16,6 +16,7 @@ from command_api.webhooks import Webhook, WebhookNotFound
 from iotp.commands import DeleteWebhook, RegisterWebhook
 from iotp.events import TelemetryRecorded, WebhookDeleted, WebhookRegistered
 from iotp.names import (
+    ACCESS_EVENTS_STREAM,
     ALARM_EVENTS_STREAM,
     ALARM_RULE_EVENTS_STREAM,
     DEVICE_EVENTS_STREAM,
@@ -84,6 +85,11 @@ def test_every_outbox_event_has_one_stream_and_others_are_refused() -> None:
         "AlarmRuleDeleted": ALARM_RULE_EVENTS_STREAM,
         "WebhookRegistered": WEBHOOK_EVENTS_STREAM,
         "WebhookDeleted": WEBHOOK_EVENTS_STREAM,
+        "ApiKeyCreated": ACCESS_EVENTS_STREAM,
+        "ApiKeyRevoked": ACCESS_EVENTS_STREAM,
+        "DashboardAccountCreated": ACCESS_EVENTS_STREAM,
+        "DashboardAccountChanged": ACCESS_EVENTS_STREAM,
+        "AccessDenied": ACCESS_EVENTS_STREAM,
     }
     now = datetime.now(UTC)
     telemetry = TelemetryRecorded(device_id="d1", readings=(), received_at=now, ingested_at=now)
