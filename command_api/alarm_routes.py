@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from uuid import UUID
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from command_api import alarm_handlers, configuration
 from command_api.alarms import ACKNOWLEDGED, AlarmRule, AlarmRuleNotFound, rule_attributes
@@ -23,8 +23,8 @@ from command_api.schemas import (
     AlarmRuleOut,
 )
 from iotp.commands import AcknowledgeAlarm, CreateAlarmRule, DeleteAlarmRule, UpdateAlarmRule
-from iotp.http_errors import error_responses
-from iotp.permissions import Permission, requires
+from iotp.http_errors import error_responses, invalid
+from iotp.permissions import Permission, request_principal, requires
 
 alarm_rules = APIRouter(
     prefix="/alarm-rules",
@@ -116,9 +116,16 @@ async def remove_rule(rule_id: UUID, uow: UnitOfWorkDep) -> AlarmRuleDeletedOut:
     responses=error_responses(400, 404, 409, 413),
 )
 async def post_acknowledge(
-    alarm_id: UUID, body: AcknowledgeBody, uow: UnitOfWorkDep
+    alarm_id: UUID, body: AcknowledgeBody, uow: UnitOfWorkDep, request: Request
 ) -> AcknowledgedOut:
     """Acknowledge an alarm (who, and an optional note); it stays acknowledged until it clears."""
-    cmd = AcknowledgeAlarm(alarm_id=alarm_id, acknowledged_by=body.acknowledged_by, note=body.note)
+    actor = request_principal(request).actor
+    who = body.acknowledged_by or actor.name
+    if actor.kind == "dashboard-user" and who != actor.name:
+        # A person acknowledges in their own name: the dashboard cannot be told otherwise.
+        raise invalid(
+            ("body", "acknowledged_by"), f"a dashboard user acknowledges as {actor.name!r}"
+        )
+    cmd = AcknowledgeAlarm(alarm_id=alarm_id, acknowledged_by=who, note=body.note)
     acknowledged = await alarm_handlers.acknowledge_alarm(cmd, uow)
     return AcknowledgedOut(**asdict(acknowledged), state=ACKNOWLEDGED)

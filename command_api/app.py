@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 from fastapi import FastAPI, Request, Response
 
+from command_api.access import command_access_policy
 from command_api.alarm_routes import alarm_rules, alarms
 from command_api.alarms import (
     AlarmIsCleared,
@@ -18,6 +19,7 @@ from command_api.alarms import (
     NoActiveDeviceOfKind,
 )
 from command_api.api_key_routes import api_key_router
+from command_api.dashboard_account_routes import dashboard_account_router
 from command_api.domain import (
     DeviceAlreadyExists,
     DeviceIsDecommissioned,
@@ -31,6 +33,7 @@ from command_api.webhook_routes import webhooks
 from command_api.webhooks import WebhookNotFound
 from iotp import __version__
 from iotp.api_keys import ApiKeyNotFound, KeyAuthenticator, principal_for
+from iotp.dashboard_accounts import DashboardAccountExists, DashboardAccountNotFound
 from iotp.db import open_pool
 from iotp.errors import ConfigurationError
 from iotp.http_errors import (
@@ -57,6 +60,8 @@ _STATUS_FOR: dict[type[Exception], int] = {
     AlarmIsCleared: 409,
     WebhookNotFound: 404,
     ApiKeyNotFound: 404,
+    DashboardAccountNotFound: 404,
+    DashboardAccountExists: 409,
 }
 
 
@@ -110,7 +115,12 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     app.include_router(alarm_rules)
     app.include_router(alarms)
     app.include_router(api_key_router)
-    app.add_middleware(AccessMiddleware, authenticator=authenticator)
+    app.include_router(dashboard_account_router)
+    app.add_middleware(
+        AccessMiddleware,
+        authenticator=authenticator,
+        policy=command_access_policy(settings, lambda: app),
+    )
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.request_max_bytes)
 
     install_error_handlers(app)

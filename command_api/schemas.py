@@ -98,7 +98,11 @@ class AlarmRuleDeletedOut(BaseModel):
 
 
 class AcknowledgeBody(FrozenModel):
-    acknowledged_by: Name
+    acknowledged_by: Name | None = Field(
+        default=None,
+        description="Who acknowledges; by default the key's name. For a person logged in to"
+        " the dashboard it is always that person, and naming anyone else is refused.",
+    )
     note: SafeText | None = Field(default=None, max_length=ALARM_NOTE_MAX_LENGTH)
 
 

@@ -135,9 +135,30 @@ async def principal_for(conn: AsyncConn, key: str) -> Principal | None:
 Lookup = Callable[[str], Awaitable[Principal | None]]
 
 
+class CachedLookup:
+    """``lookup``'s answers (found or not), each kept for at most ``ttl`` seconds: a change
+    in the write store (a revoked key, a disabled account) takes effect within ``ttl``."""
+
+    def __init__(self, lookup: Lookup, ttl: float = LOOKUP_TTL_SECONDS) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+
+    async def get(self, cache_key: bytes, argument: str) -> Principal | None:
+        now = time.monotonic()
+        cached = self._cache.get(cache_key)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        found = await self._lookup(argument)
+        if len(self._cache) >= MAX_CACHED_LOOKUPS:
+            self._cache.clear()
+        self._cache[cache_key] = (now, found)
+        return found
+
+
 class KeyAuthenticator:
     """Who a bearer credential is: a bootstrap token, else a stored key looked up through
-    ``lookup``, whose answers (found or not) are kept for at most ``ttl`` seconds."""
+    ``lookup``, whose answers are cached (:class:`CachedLookup`) under the key's hash."""
 
     def __init__(
         self,
@@ -146,9 +167,7 @@ class KeyAuthenticator:
         ttl: float = LOOKUP_TTL_SECONDS,
     ) -> None:
         self._bootstrap = {key_hash(token): who for token, who in bootstrap.items()}
-        self._lookup = lookup
-        self._ttl = ttl
-        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self._stored = CachedLookup(lookup, ttl)
 
     async def principal(self, credential: str) -> Principal | None:
         digest = key_hash(credential)
@@ -157,15 +176,7 @@ class KeyAuthenticator:
                 return who
         if not credential.startswith(KEY_PREFIX):
             return None
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
-        found = await self._lookup(credential)
-        if len(self._cache) >= MAX_CACHED_LOOKUPS:
-            self._cache.clear()
-        self._cache[digest] = (now, found)
-        return found
+        return await self._stored.get(digest, credential)
 
 
 def expired(api_key: ApiKey, now: datetime | None = None) -> bool:

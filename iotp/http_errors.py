@@ -62,6 +62,7 @@ _MEANING = {
     409: "The request conflicts with the device's state",
     413: "The request body is over IOTP_REQUEST_MAX_BYTES",
     422: "The request is invalid; nothing was done",
+    429: "Too many refused credentials from this address (IOTP_AUTH_FAILURE_LIMIT); retry later",
     503: "A backing store is unavailable; retry later",
 }
 _AUTHENTICATE = {
@@ -71,18 +72,30 @@ _AUTHENTICATE = {
         "schema": {"type": "string"},
     }
 }
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds until this address may try again",
+        "required": True,
+        "schema": {"type": "integer"},
+    }
+}
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """The OpenAPI ``responses`` entries of the error statuses a route may answer."""
+    """The OpenAPI ``responses`` entries of the error statuses a route may answer.
+
+    A route that may answer 401 may answer 429 too: both come from the access check.
+    """
     declared: dict[int | str, dict[str, Any]] = {}
-    for status in statuses:
+    for status in (*statuses, 429) if 401 in statuses else statuses:
         entry: dict[str, Any] = {
             "model": InvalidRequest if status == 422 else Problem,
             "description": _MEANING[status],
         }
         if status == 401:
             entry["headers"] = _AUTHENTICATE
+        elif status == 429:
+            entry["headers"] = _RETRY_AFTER
         declared[status] = entry
     return declared
 

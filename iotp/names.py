@@ -58,6 +58,10 @@ def consumer_stats_key(group: str) -> str:
     return f"{CONSUMER_STATS_KEY_PREFIX}{group}"
 
 
+# Refused credentials and throttled requests of both HTTP APIs ("<api>:failures",
+# "<api>:throttled", "last_failure_at"), for /pipeline's `auth` (iotp.auth_throttle).
+AUTH_FAILURES_KEY = "iotp:auth:failures"
+
 # Mosquitto's own counters ($SYS), as ingest last read them.
 BROKER_STATS_KEY = "iotp:broker:stats"
 BROKER_SYS_TOPICS = "$SYS/broker/#"

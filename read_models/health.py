@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from iotp.event_shards import stream_trims, telemetry_streams
 from iotp.names import (
+    AUTH_FAILURES_KEY,
     BROKER_STATS_KEY,
     READ_MODEL_HEALS_KEY,
     RELAY_STATS_KEY,
@@ -89,6 +90,30 @@ class ConsumerCounts(BaseModel):
     last_heal_reason: str | None = None
 
 
+class AuthHealth(BaseModel):
+    """Refused credentials, and requests answered 429 for them, of both HTTP APIs, in all
+    (iotp.auth_throttle): a steady rise is someone guessing keys."""
+
+    failures: int = 0
+    throttled: int = 0
+    by_api: dict[str, dict[str, int]] = Field(default_factory=dict)
+    last_failure_at: datetime | None = None
+
+
+def auth_health(values: dict[str, str]) -> AuthHealth:
+    by_api: dict[str, dict[str, int]] = {}
+    for field, value in values.items():
+        api, _, outcome = field.partition(":")
+        if outcome in ("failures", "throttled") and value.isdigit():
+            by_api.setdefault(api, {"failures": 0, "throttled": 0})[outcome] = int(value)
+    return AuthHealth(
+        failures=sum(counts["failures"] for counts in by_api.values()),
+        throttled=sum(counts["throttled"] for counts in by_api.values()),
+        by_api=by_api,
+        last_failure_at=_when(values, "last_failure_at"),
+    )
+
+
 class StreamCapHealth(BaseModel):
     """The telemetry stream's cap (IOTP_TELEMETRY_STREAM_MAXLEN) and what it cut unread."""
 
@@ -157,6 +182,7 @@ class PipelineHealth(LossHealth):
     streams: dict[str, int]
     groups: list[GroupHealth]
     consumers: dict[str, ConsumerCounts]  # by group
+    auth: AuthHealth
     ingest: dict[str, dict[str, float]]
     # Sessions the broker keeps for an ingest instance that is not connected: what is dealt
     # to them waits there (`iotp ingest --retire INSTANCE` stores it if it will not return).
@@ -218,6 +244,7 @@ def pipeline_health(conn: queries.Conn, client: redis.Redis, shards: int = 1) ->
         streams=lengths,
         groups=groups,
         consumers={name: consumer_counts(values) for name, values in counts.items()},
+        auth=auth_health(text_hash(client, AUTH_FAILURES_KEY)),
         ingest=ingest_stats(client),
         disconnected_ingest_sessions=[s for s in ingest_sessions(client) if not s["connected"]],
         deadletters=lengths[TELEMETRY_DEADLETTER_STREAM],

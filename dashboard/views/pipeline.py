@@ -59,6 +59,8 @@ def health() -> None:
         hide_index=True,
         width="stretch",
     )
+    st.subheader("Access")
+    _access(report)
     st.subheader("Streams")
     st.dataframe(
         pd.DataFrame([{"stream": k, "entries": v} for k, v in report.streams.items()]),
@@ -195,6 +197,24 @@ def _replica(report: PipelineHealth) -> None:
         _seconds(report.read_lag_seconds),
         border=True,
         help="The aggregators' delay (the oldest event not applied) plus the replay delay",
+    )
+
+
+def _access(report: PipelineHealth) -> None:
+    auth = report.auth
+    row = st.columns(3)
+    row[0].metric(
+        "Refused credentials", auth.failures, border=True, help="Both APIs, since Redis started"
+    )
+    row[1].metric(
+        "Throttled requests",
+        auth.throttled,
+        border=True,
+        help="Answered 429: the address was past IOTP_AUTH_FAILURE_LIMIT refused credentials",
+    )
+    last = auth.last_failure_at
+    row[2].metric(
+        "Last refused", "never" if last is None else last.strftime("%H:%M:%S"), border=True
     )
 
 
