@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli import keys, operations, services
+from cli import keys, operations, services, users
 from iotp.command_line import load_settings
 from iotp.logs import configure_logging
 
@@ -51,6 +51,7 @@ def _register() -> None:
     app.add_typer(services.commands)
     app.add_typer(operations.commands)
     app.add_typer(keys.commands)
+    app.add_typer(users.commands)
     if installed("benchmarks", "psutil"):
         from benchmarks.commands import bench
 

@@ -28,7 +28,7 @@ commands = typer.Typer(name="keys", help="API keys with roles, for both HTTP API
 T = TypeVar("T")
 
 
-def _on_write_store(work: Callable[[PostgresUnitOfWork], Awaitable[T]]) -> T:
+def on_write_store(work: Callable[[PostgresUnitOfWork], Awaitable[T]]) -> T:
     """Run ``work`` on a unit of work whose events name the operator at this terminal."""
     from command_api.unit_of_work import PostgresUnitOfWork
     from iotp.db import open_pool
@@ -82,7 +82,7 @@ def create(
         cmd = CreateApiKey(name=name, role=role, expires_at=expiry)
     except ValidationError as exc:
         raise ConfigurationError(f"--name: {exc.errors()[0]['msg']}") from None
-    issued = _on_write_store(lambda uow: api_key_handlers.create_api_key(cmd, uow))
+    issued = on_write_store(lambda uow: api_key_handlers.create_api_key(cmd, uow))
     key = issued.api_key
     typer.echo(f"key_id: {key.key_id}", err=True)
     typer.echo(f"role: {key.role}, expires: {key.expires_at or 'never'}", err=True)
@@ -99,7 +99,7 @@ def list_keys() -> None:
         async with uow.pool.connection() as conn:
             return await api_keys.list_keys(conn)
 
-    for key in _on_write_store(every_key):
+    for key in on_write_store(every_key):
         state = "revoked" if key.revoked_at else "expired" if api_keys.expired(key) else "active"
         expires = key.expires_at.isoformat() if key.expires_at else "-"
         typer.echo(
@@ -115,7 +115,7 @@ def revoke(key_id: Annotated[UUID, typer.Argument(help="The key_id to revoke.")]
     from iotp import api_keys
 
     try:
-        key = _on_write_store(
+        key = on_write_store(
             lambda uow: api_key_handlers.revoke_api_key(RevokeApiKey(key_id=key_id), uow)
         )
     except api_keys.ApiKeyNotFound as exc:

@@ -144,6 +144,22 @@ def notify(
     run_notifier(settings, stop_on_signals())
 
 
+@command(commands)
+def audit(
+    instance: Annotated[
+        str | None,
+        typer.Option(help="Instance name, part of the consumer name (IOTP_AUDIT_INSTANCE)."),
+    ] = None,
+) -> None:
+    """Record who issued each command in the audit log (consumer group iotp-audit)."""
+    from read_models.audit_service import run_audit
+
+    settings = load_settings()
+    if instance is not None:
+        settings = settings.model_copy(update={"audit_instance": instance})
+    run_audit(settings, stop_on_signals())
+
+
 @command(commands, "query-api")
 def query_api(
     host: Annotated[str | None, typer.Option(help="Bind address (IOTP_QUERY_HOST).")] = None,

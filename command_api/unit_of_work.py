@@ -23,8 +23,9 @@ from command_api.alarm_repositories import (
 from command_api.domain import Device, DeviceAlreadyExists
 from command_api.outbox import write_outbox
 from command_api.webhook_repository import PostgresWebhookRepository, WebhookRepository
-from iotp import api_keys
+from iotp import api_keys, dashboard_accounts
 from iotp.api_keys import ApiKey, IssuedKey
+from iotp.dashboard_accounts import Account
 from iotp.db import device_columns
 from iotp.events import Actor, Envelope, Issued
 from iotp.model import Location, MetricSpec, Role
@@ -77,6 +78,40 @@ class PostgresApiKeyRepository:
         return await api_keys.revoke_key(self.conn, key_id)
 
 
+class DashboardAccountRepository(Protocol):
+    async def create(self, username: str, role: Role, password: str) -> Account: ...
+    async def change(
+        self,
+        username: str,
+        *,
+        role: Role | None = None,
+        disabled: bool | None = None,
+        password: str | None = None,
+    ) -> tuple[Account, tuple[str, ...]]: ...
+
+
+class PostgresDashboardAccountRepository:
+    """iotp.dashboard_accounts on the unit of work's connection."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    async def create(self, username: str, role: Role, password: str) -> Account:
+        return await dashboard_accounts.create_account(self.conn, username, role, password)
+
+    async def change(
+        self,
+        username: str,
+        *,
+        role: Role | None = None,
+        disabled: bool | None = None,
+        password: str | None = None,
+    ) -> tuple[Account, tuple[str, ...]]:
+        return await dashboard_accounts.change_account(
+            self.conn, username, role=role, disabled=disabled, password=password
+        )
+
+
 class UnitOfWork(Protocol):
     @property
     def devices(self) -> DeviceRepository: ...
@@ -90,6 +125,8 @@ class UnitOfWork(Protocol):
     def webhooks(self) -> WebhookRepository: ...
     @property
     def api_keys(self) -> ApiKeyRepository: ...
+    @property
+    def dashboard_accounts(self) -> DashboardAccountRepository: ...
 
     def emit(self, *events: Envelope) -> None:
         """Queue events of no aggregate; commit writes them to the outbox after the devices'."""
@@ -246,6 +283,7 @@ class PostgresUnitOfWork:
         self.alarms = PostgresAlarmRepository(self._conn)
         self.webhooks = PostgresWebhookRepository(self._conn)
         self.api_keys = PostgresApiKeyRepository(self._conn)
+        self.dashboard_accounts = PostgresDashboardAccountRepository(self._conn)
         return self
 
     def emit(self, *events: Envelope) -> None:

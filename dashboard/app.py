@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.login import logout_control, require_login
+from dashboard.login import logout_control, require_login, watch_account
 
 PAGES = Path(__file__).parent / "views"  # not "pages": Streamlit would list those itself
 
@@ -26,12 +26,14 @@ def main() -> None:
             st.Page(PAGES / "alarms.py", title="Alarms", url_path="alarms"),
             st.Page(PAGES / "pipeline.py", title="Pipeline", url_path="pipeline"),
             st.Page(PAGES / "notifications.py", title="Notifications", url_path="notifications"),
+            st.Page(PAGES / "audit.py", title="Audit", url_path="audit"),
         ],
         position="sidebar" if allowed else "hidden",
     )
     if not allowed:
         return
     logout_control()
+    watch_account()
     navigation.run()
 
 

@@ -18,17 +18,26 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import redis
 
-from ingest.mqtt_source import MqttSource
-
 logger = logging.getLogger(__name__)
+
+
+class HandingBack(Protocol):
+    """What a hand-back needs of a source (MqttSource, Mqtt5Source)."""
+
+    @property
+    def delivered(self) -> int: ...
+    def unsubscribe(self, timeout: float) -> bool: ...
+    def drained(self, timeout: float) -> bool: ...
+
 
 ROUND_SECONDS = 1.0  # one round of drained(): acks out, then an UNSUBSCRIBE answered
 
 
-def hand_back(source: MqttSource, deadline: float, give_up: Callable[[], bool]) -> bool:
+def hand_back(source: HandingBack, deadline: float, give_up: Callable[[], bool]) -> bool:
     """Unsubscribe, then wait until the session is empty: True when it is, False once
     ``deadline`` (of time.monotonic) passed or ``give_up()`` says so."""
     source.unsubscribe(max(0.0, min(ROUND_SECONDS, deadline - time.monotonic())))
@@ -47,7 +56,7 @@ class Departure(threading.Thread):
 
     def __init__(
         self,
-        source: MqttSource,
+        source: HandingBack,
         leave: Callable[[], bool],
         when: threading.Event,
         deadline_seconds: float | None = None,

@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from ingest.broker_stats import broker_stats_from
 from ingest.counters import IngestCounters
 from ingest.handover import Departure
+from ingest.mqtt5_source import Mqtt5Source
 from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, MqttSource, SourceOptions
 from ingest.payloads import Limits
 from ingest.pipeline import BatchPolicy, IngestPipeline
@@ -28,7 +29,7 @@ from ingest.publisher import StreamPublisher
 from ingest.registry import DatabaseDevices, DeviceRegistry, RegistryFollower, last_device_event_id
 from ingest.store import TelemetryStore
 from iotp.errors import ConfigurationError, ServiceUnavailable
-from iotp.mqtt_url import parse_mqtt_url, tls_context
+from iotp.mqtt_url import BrokerAddress, parse_mqtt_url, tls_context
 from iotp.names import ingest_stats_key
 from iotp.preflight import require_migrated_database, require_redis
 from iotp.redis_client import redis_for
@@ -39,6 +40,8 @@ from iotp.settings import Settings
 logger = logging.getLogger(__name__)
 
 BROKER_CONNECT_TIMEOUT = 15.0
+
+BrokerSource = MqttSource | Mqtt5Source
 
 
 def limits_from(settings: Settings) -> Limits:
@@ -72,6 +75,13 @@ def source_options_from(settings: Settings) -> SourceOptions:
     )
 
 
+def mqtt_source(broker: BrokerAddress, options: SourceOptions) -> BrokerSource:
+    """MQTT 5 on asyncio and the compiled codec; paho for 3.1.1 (NATS, older brokers)."""
+    if options.protocol == "5":
+        return Mqtt5Source(broker, options)
+    return MqttSource(broker, options)
+
+
 def run_ingest(settings: Settings, stop: threading.Event) -> None:
     """Ingest until ``stop`` is set, then hand the share back or keep the session (handover).
 
@@ -83,7 +93,7 @@ def run_ingest(settings: Settings, stop: threading.Event) -> None:
     counters = IngestCounters()
     _serve_metrics(settings, counters)
     with _backends(settings) as (client, registry):
-        source = MqttSource(parse_mqtt_url(settings.mqtt_url), options)
+        source = mqtt_source(parse_mqtt_url(settings.mqtt_url), options)
         presence = Presence(client, session_record(settings, options), settings.ingest_live_seconds)
         departure = Departure(source, presence.leave, stop, settings.ingest_handover_seconds)
         pipeline = _pipeline(settings, source, client, registry, counters, options.client_id)
@@ -159,7 +169,7 @@ def retire_ingest(settings: Settings, target: str, stop: threading.Event) -> Ret
             share_group=record.share_group or settings.ingest_share_group,
             subscribe=False,
         )
-        source = MqttSource(parse_mqtt_url(settings.mqtt_url), options)
+        source = mqtt_source(parse_mqtt_url(settings.mqtt_url), options)
         emptying = Departure(source, lambda: True, _already(), abort=stop)
         pipeline = _pipeline(settings, source, client, registry, counters, record.client_id)
         try:
@@ -211,7 +221,7 @@ def _backends(settings: Settings) -> Iterator[tuple[redis.Redis, DeviceRegistry]
 
 def _pipeline(
     settings: Settings,
-    source: MqttSource,
+    source: BrokerSource,
     client: redis.Redis,
     registry: DeviceRegistry,
     counters: IngestCounters,
@@ -264,7 +274,7 @@ def _serve_metrics(settings: Settings, counters: IngestCounters) -> None:
         logger.warning("metrics port %s unavailable: %s", settings.ingest_metrics_port, exc)
 
 
-def _connect_to_broker(source: MqttSource) -> None:
+def _connect_to_broker(source: BrokerSource) -> None:
     """Start the source; fail with one clear line when the broker does not answer in time."""
     source.start()
     if not source.connected.wait(BROKER_CONNECT_TIMEOUT):

@@ -238,3 +238,44 @@ class CreateApiKey(Command):
 
 class RevokeApiKey(Command):
     key_id: UUID
+
+
+# Dashboard accounts (issue 22): people with a role. A user name is lower case so that
+# "Ada" and "ada" cannot be two accounts, and may be an e-mail address (the OIDC login maps
+# a person's e-mail to the account of that name).
+DASHBOARD_USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._@+\-]{0,127}$"
+DASHBOARD_PASSWORD_MIN_LENGTH = 12
+DASHBOARD_PASSWORD_MAX_LENGTH = 1024  # argon2 takes any length; this bounds the work per login
+DashboardUsername = Annotated[
+    str,
+    Field(
+        pattern=DASHBOARD_USERNAME_PATTERN,
+        description="1-128 of a-z, 0-9 and . _ @ + - (lower case), starting with a letter or digit",
+        examples=["ada", "ada@example.com"],
+    ),
+]
+DashboardPassword = Annotated[
+    SecretStr,
+    Field(min_length=DASHBOARD_PASSWORD_MIN_LENGTH, max_length=DASHBOARD_PASSWORD_MAX_LENGTH),
+]
+
+
+class CreateDashboardAccount(Command):
+    username: DashboardUsername
+    role: Role
+    password: DashboardPassword
+
+
+class ChangeDashboardAccount(Command):
+    """Change the given attributes of an account; those left out keep their value."""
+
+    username: DashboardUsername
+    role: Role | None = None
+    disabled: bool | None = Field(default=None, strict=True)
+    password: DashboardPassword | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> ChangeDashboardAccount:
+        if self.role is None and self.disabled is None and self.password is None:
+            raise ValueError("a change must name at least one of: role, disabled, password")
+        return self

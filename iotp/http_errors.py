@@ -170,7 +170,11 @@ def _issue(error: Mapping[str, Any]) -> dict[str, Any]:
         "type": str(_printable(error.get("type", ""))),
     }
     echoed = error.get("input")
-    if isinstance(echoed, str) and len(echoed) <= MAX_ECHOED_INPUT:
+    if (
+        isinstance(echoed, str)
+        and len(echoed) <= MAX_ECHOED_INPUT
+        and not _is_secret(error.get("loc", ()))
+    ):
         issue["input"] = _printable(echoed)
     bounds = error.get("ctx")
     if isinstance(bounds, Mapping):
@@ -178,6 +182,14 @@ def _issue(error: Mapping[str, Any]) -> dict[str, Any]:
         if scalars:
             issue["ctx"] = scalars
     return issue
+
+
+# A refused password or secret is never sent back: answers end up in logs and proxies.
+_SECRET_FIELDS = ("password", "secret", "token", "key")
+
+
+def _is_secret(loc: Sequence[Any]) -> bool:
+    return any(isinstance(part, str) and part.lower().endswith(_SECRET_FIELDS) for part in loc)
 
 
 def _is_scalar(value: object) -> bool:

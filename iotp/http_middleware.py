@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iotp.api_keys import CachedLookup, KeyAuthenticator
 from iotp.auth_throttle import FailureCounter, FailureThrottle
+from iotp.dashboard_accounts import DASHBOARD_USER_HEADER
 from iotp.http_errors import problem
 from iotp.permissions import (
     PRINCIPAL_SCOPE_KEY,
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 # Sent by the dashboard with its own key: the person the command is for (issue 22).
-DASHBOARD_USER_HEADER = b"x-iotp-dashboard-user"
+_DASHBOARD_USER = DASHBOARD_USER_HEADER.lower().encode()
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 Denied = Callable[[Principal, str, str, Permission | None, str], Awaitable[None]]
 
@@ -106,9 +107,9 @@ class AccessMiddleware:
             if counter is not None:
                 await counter.add("failures")
             return problem(401, "invalid bearer token", _AUTHENTICATE)
-        person = headers.get(DASHBOARD_USER_HEADER)
+        person = headers.get(_DASHBOARD_USER)
         if person is not None:
-            acting = await self._dashboard_user(principal, person.decode("latin-1"))
+            acting = await self._dashboard_user(scope, principal, person.decode("latin-1"))
             if isinstance(acting, JSONResponse):
                 return acting
             principal = acting
@@ -126,13 +127,16 @@ class AccessMiddleware:
                 )
         return None
 
-    async def _dashboard_user(self, key: Principal, username: str) -> Principal | JSONResponse:
+    async def _dashboard_user(
+        self, scope: Scope, key: Principal, username: str
+    ) -> Principal | JSONResponse:
         """The person the dashboard acts for, with that person's role, through ``key``."""
         accounts = self.policy.dashboard_users
         if accounts is None:
             return problem(400, "this API takes no X-Iotp-Dashboard-User header")
         if not key.may(Permission.DASHBOARD_USERS_ACT):
-            return problem(403, forbidden(key, Permission.DASHBOARD_USERS_ACT))
+            needed = Permission.DASHBOARD_USERS_ACT
+            return await self._denied(scope, key, needed, forbidden(key, needed))
         try:
             person = await accounts.get(username.encode("utf-8", "surrogateescape"), username)
         except psycopg.OperationalError as exc:

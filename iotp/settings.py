@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     request_max_bytes: int = Field(default=64 * 1024, ge=1024)
     idempotency_ttl_hours: int = Field(default=24, ge=1)
+    # Refused credentials from one client address: past the limit within the window, both
+    # APIs answer 429 to that address, whatever it sends, until the window has moved on.
+    auth_failure_limit: int = Field(default=20, ge=1)
+    auth_failure_window_seconds: float = Field(default=60.0, gt=0, le=86_400)
 
     timescaledb: Literal["auto", "on", "off"] = "auto"
     telemetry_chunk_hours: int = Field(default=24, ge=1)
@@ -117,6 +121,11 @@ class Settings(BaseSettings):
     dashboard_timezone: str = "UTC"
     dashboard_page_size: int = Field(default=50, ge=5, le=500)
     dashboard_password: SecretStr | None = None  # set: the dashboard asks for it first
+    # The key the dashboard sends commands with (it needs dashboard-users:act to send them
+    # for a logged-in person); unset, IOTP_API_TOKEN. dashboard.login: how often a session's
+    # account is re-checked (a disabled account is logged out within twice this).
+    dashboard_api_key: SecretStr | None = None
+    dashboard_account_check_seconds: float = Field(default=20.0, ge=0.5, le=30)
 
     state_dir: str = ".iotp"
     up_own_broker: bool = False  # `iotp up` runs its own Mosquitto even when one answers
@@ -140,11 +149,20 @@ class Settings(BaseSettings):
     notify_allow_private_targets: bool = False
     notify_secret_key: SecretStr | None = None
 
+    # The audit trail (`iotp audit`, issue 22): its consumer's instance name, and how long a
+    # command stays in the audit log (older rows are deleted a few at a time).
+    audit_instance: str = "0"
+    audit_retention_days: int = Field(default=400, ge=1)
+
     log_level: str = "INFO"
 
     def notifier_consumer(self) -> str:
         """The consumer name of this notifier process in its group."""
         return f"notifier-{socket.gethostname()}-{self.notify_instance}"
+
+    def audit_consumer(self) -> str:
+        """The consumer name of this audit process in its group."""
+        return f"audit-{socket.gethostname()}-{self.audit_instance}"
 
     def read_url(self) -> str:
         """The read store's database: its own setting, else the write database."""
@@ -161,6 +179,10 @@ class Settings(BaseSettings):
     def device_pepper(self) -> SecretStr | None:
         """What device passwords are derived with: its own setting, else IOTP_API_TOKEN."""
         return self.device_password_pepper or self.api_token
+
+    def dashboard_command_key(self) -> SecretStr | None:
+        """What the dashboard calls the command API with: its own key, else IOTP_API_TOKEN."""
+        return self.dashboard_api_key or self.api_token
 
     def query_token_value(self) -> SecretStr | None:
         """The query API's token: its own setting, else the command API's."""

@@ -254,6 +254,7 @@ def children(options: UpOptions, resolved: Services) -> list[Child]:
         Child("aggregate", ["aggregate"]),
         Child("alarms", ["alarms"]),
         Child("notify", ["notify"]),
+        Child("audit", ["audit"]),
         Child("dashboard", ["dashboard", "--port", str(options.dashboard_port)]),
     ]
     if resolved.broker is not None:

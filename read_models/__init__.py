@@ -7,5 +7,8 @@
 - ``queries`` are the only reads; the query API (``app``, ``routes``, ``dependencies``)
   serves them over HTTP and the dashboard calls them. ``health`` reports how far behind
   the read side is.
+- ``audit`` (pure: which events are commands, and their rows), ``audit_consumer`` (the
+  group ``iotp-audit``), ``audit_heal`` (from the outbox), ``audit_store``, ``audit_queries``,
+  ``audit_routes`` and ``audit_service``: the audit trail, `iotp audit` and ``GET /audit``.
 - ``schema`` and ``migrations``: the read store's own schema, in schema ``read_models``.
 """

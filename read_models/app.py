@@ -21,13 +21,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from iotp import __version__
 from iotp.api_keys import KeyAuthenticator, principal_for
+from iotp.auth_throttle import FailureCounter, FailureThrottle
 from iotp.errors import ConfigurationError
 from iotp.http_errors import error_responses, install_error_handlers, unavailable
-from iotp.http_middleware import AccessMiddleware
+from iotp.http_middleware import AccessMiddleware, AccessPolicy
 from iotp.permissions import Permission, Principal, Role, bootstrap_principal, requires
 from iotp.preflight import require_read_replica, require_read_store
+from iotp.redis_client import async_redis_for
 from iotp.settings import Settings, token_problem
 from read_models.alarm_routes import alarm_router
+from read_models.audit_routes import audit_router
 from read_models.export import router as export_router
 from read_models.health import health_redis
 from read_models.queries import LivenessRule, open_read_pool
@@ -61,8 +64,12 @@ def create_query_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.liveness_rule = LivenessRule.from_settings(settings)
     bootstrap = {token.get_secret_value(): bootstrap_principal("IOTP_QUERY_TOKEN", Role.VIEWER)}
+    throttle = FailureThrottle(settings.auth_failure_limit, settings.auth_failure_window_seconds)
+    counter = FailureCounter("query", lambda: getattr(app.state, "auth_redis", None))
     app.add_middleware(
-        AccessMiddleware, authenticator=KeyAuthenticator(bootstrap, _stored_key_lookup(app))
+        AccessMiddleware,
+        authenticator=KeyAuthenticator(bootstrap, _stored_key_lookup(app)),
+        policy=AccessPolicy(throttle=throttle, counter=counter),
     )
     install_error_handlers(app)
     app.add_exception_handler(psycopg.OperationalError, unavailable("read store"))
@@ -71,6 +78,7 @@ def create_query_app(settings: Settings) -> FastAPI:
     app.include_router(health_router)
     app.include_router(router)
     app.include_router(alarm_router)
+    app.include_router(audit_router)
     # The export module belongs to another area: its permission is declared here.
     app.include_router(
         export_router,
@@ -102,12 +110,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = open_read_pool(settings.reader_url(), name="iotp-read", max_size=8)
     app.state.pool = pool
     app.state.redis = health_redis(settings.redis_url, settings.redis_cluster)
+    # The access middleware counts refused credentials without blocking the event loop.
+    app.state.auth_redis = async_redis_for(
+        settings.redis_url, settings.redis_cluster, socket_connect_timeout=3, socket_timeout=5
+    )
     app.state.key_pool = _write_store_key_pool(settings)
     await app.state.key_pool.open(wait=False)
     try:
         yield
     finally:
         await app.state.key_pool.close()
+        await app.state.auth_redis.aclose()
         app.state.redis.close()
         pool.close()
 

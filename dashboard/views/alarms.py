@@ -1,6 +1,9 @@
 """Alarms: active first, then acknowledged, then the history; acknowledged through the
 command API, whose answer (or refusal) is shown as it gave it.
 
+An acknowledgement is sent for the logged-in person (dashboard.command_client): their name,
+never a typed one. A role that may not acknowledge sees no form.
+
 The lists read the alarm read model, so an acknowledgement shows in them once its event has
 gone through the outbox and the aggregators, a moment after the command API accepted it.
 """
@@ -10,25 +13,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pandas as pd
 import streamlit as st
 
+from dashboard.command_client import acknowledge
 from dashboard.data import SEVERITY_MARKS, local_times, read, settings
+from dashboard.login import Person, current_person
 from dashboard.refresh import refresh_interval
 from iotp.events import SEVERITIES
 from iotp.model import is_device_id
+from iotp.permissions import Permission
 from read_models import alarms
 
 RANGES = {"all": None, "24 h": timedelta(days=1), "7 d": timedelta(days=7)}
 COLUMNS = ["severity", "device", "metric", "state", "raised_at", "value", "acknowledged_by"]
-# What each refusal of the acknowledge command means, beside the API's own sentence.
-REFUSALS = {
-    401: "the dashboard's IOTP_API_TOKEN is not the command API's",
-    404: "unknown alarm",
-    409: "the alarm is already cleared or acknowledged",
-    422: "invalid request",
-}
 
 st.title("Alarms")
 
@@ -89,49 +87,10 @@ def show(page: alarms.AlarmPage | None, columns: list[str], empty: str) -> None:
     )
 
 
-def command_api_url() -> str:
-    """The command API as IOTP_API_HOST and IOTP_API_PORT name it (a wildcard is this host)."""
-    config = settings()
-    host = "127.0.0.1" if config.api_host in ("", "0.0.0.0", "::") else config.api_host  # noqa: S104
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{config.api_port}"
-
-
-def acknowledge(alarm_id: str, name: str, note: str) -> tuple[bool, str]:
-    """POST /alarms/{id}/acknowledge; whether it was accepted, and what to tell the user."""
-    token = settings().api_token
-    if token is None:
-        return False, "IOTP_API_TOKEN is not set: the dashboard cannot call the command API."
-    url = f"{command_api_url()}/alarms/{alarm_id}/acknowledge"
-    try:
-        answer = httpx.post(
-            url,
-            json={"acknowledged_by": name, "note": note or None},
-            headers={"Authorization": f"Bearer {token.get_secret_value()}"},
-            timeout=10,
-        )
-    except httpx.HTTPError as exc:
-        return (
-            False,
-            f"The command API does not answer at {url} (IOTP_API_HOST, IOTP_API_PORT): {exc}",
-        )
-    if answer.is_success:
-        return True, f"Alarm {alarm_id} acknowledged by {name}."
-    return False, f"The command API refused ({answer.status_code}, {_meaning(answer)})."
-
-
-def _meaning(answer: httpx.Response) -> str:
-    try:
-        detail: Any = answer.json().get("detail")
-    except ValueError:
-        detail = answer.text[:200]
-    if isinstance(detail, list):  # a 422 lists its issues
-        detail = "; ".join(str(issue.get("msg", issue)) for issue in detail)
-    meaning = REFUSALS.get(answer.status_code, "error")
-    return f"{meaning}: {detail}" if detail else meaning
-
-
-def acknowledge_form(active: alarms.AlarmPage) -> None:
+def acknowledge_form(active: alarms.AlarmPage, person: Person) -> None:
+    if not person.may(Permission.ALARMS_ACKNOWLEDGE):
+        st.caption(f"Your role ({person.role}) cannot acknowledge alarms.")
+        return
     labels = {
         str(a.alarm_id): f"{SEVERITY_MARKS[a.severity]} {a.device_id} · {a.metric or a.condition}"
         f" · {a.raised_at:%Y-%m-%d %H:%M} UTC"
@@ -140,16 +99,12 @@ def acknowledge_form(active: alarms.AlarmPage) -> None:
     with st.form("acknowledge", clear_on_submit=False, border=True):
         st.markdown("**Acknowledge an active alarm**")
         chosen = st.selectbox("Alarm", list(labels), format_func=labels.__getitem__, key="ack_id")
-        cols = st.columns(2)
-        name = cols[0].text_input("Your name", max_chars=200, key="ack_name")
-        note = cols[1].text_input("Note (optional)", max_chars=1000, key="ack_note")
+        note = st.text_input("Note (optional)", max_chars=1000, key="ack_note")
+        st.caption(f"Acknowledged as {person.name}")
         submitted = st.form_submit_button("Acknowledge", type="primary")
     if not submitted or chosen is None:
         return
-    if not name.strip():
-        st.error("Enter your name: the acknowledgement records who made it.")
-        return
-    ok, message = acknowledge(chosen, name.strip(), note.strip())
+    ok, message = acknowledge(chosen, person, note.strip())
     if ok:
         st.success(message + " The lists show it once the read models have the event.")
     else:
@@ -180,7 +135,7 @@ active = read(alarms.list_alarms, state="active", limit=page_size, **chosen_filt
 st.subheader(f"Active ({active.total if active else '?'})")
 show(active, COLUMNS[:-1], "No active alarm.")
 if active is not None and active.items:
-    acknowledge_form(active)
+    acknowledge_form(active, current_person())
 
 acknowledged = read(alarms.list_alarms, state="acknowledged", limit=page_size, **chosen_filters)
 st.subheader(f"Acknowledged ({acknowledged.total if acknowledged else '?'})")

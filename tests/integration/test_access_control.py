@@ -4,6 +4,7 @@ command and query APIs against real PostgreSQL and Redis."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -184,3 +185,84 @@ def test_every_route_that_may_answer_401_documents_429(settings: Settings) -> No
                 if "401" in answers:
                     assert "429" in answers, (method, path)
                     assert "Retry-After" in answers["429"]["headers"]
+
+
+def test_a_refused_password_or_secret_is_never_sent_back(settings: Settings) -> None:
+    account = {"username": "ada", "role": "viewer", "password": "short-pw"}
+    hook = {**HOOK, "secret": "has space in it!"}
+    with running_api(settings, relay=False) as client:
+        refused = [
+            client.post("/dashboard-accounts", json=account, headers=AUTH),
+            client.post("/webhooks", json=hook, headers=AUTH),
+        ]
+    for answer in refused:
+        assert answer.status_code == 422, answer.text
+        assert "short-pw" not in answer.text and "has space" not in answer.text
+        assert all("input" not in issue for issue in answer.json()["detail"])
+
+
+def _account(client: TestClient, username: str, role: str) -> None:
+    made = client.post(
+        "/dashboard-accounts",
+        json={"username": username, "role": role, "password": "a long enough password"},
+        headers=AUTH,
+    )
+    assert made.status_code == 201, made.text
+
+
+def test_the_dashboards_key_acts_with_the_persons_role_and_name_never_its_own(
+    settings: Settings, db: psycopg.Connection[Any]
+) -> None:
+    with running_api(settings, relay=False) as client:
+        _account(client, "ada", "operator")
+        _account(client, "vic", "viewer")
+        operator = _key(client, "operator", "not the dashboard")
+        as_ada = {**AUTH, "X-Iotp-Dashboard-User": "ada"}
+        statuses = {
+            # Only a key allowed to act for people may name one.
+            "operator key": client.post(
+                "/devices",
+                json=BOILER,
+                headers={**_bearer(operator["key"]), "X-Iotp-Dashboard-User": "ada"},
+            ).status_code,
+            "unknown": client.post(
+                "/devices", json=BOILER, headers={**AUTH, "X-Iotp-Dashboard-User": "nobody"}
+            ).status_code,
+            # The admin token acting for a viewer has the viewer's rights.
+            "viewer": client.post(
+                "/devices", json=BOILER, headers={**AUTH, "X-Iotp-Dashboard-User": "vic"}
+            ).status_code,
+            "operator": client.post("/devices", json=BOILER, headers=as_ada).status_code,
+            "operator, keys": client.get("/api-keys", headers=as_ada).status_code,
+        }
+        rule = client.post("/alarm-rules", json=RULE, headers=as_ada).json()
+        alarm_id = _alarm(db, rule["rule_id"])
+        claimed = client.post(
+            f"/alarms/{alarm_id}/acknowledge", json={"acknowledged_by": "bob"}, headers=as_ada
+        )
+        acked = client.post(f"/alarms/{alarm_id}/acknowledge", json={}, headers=as_ada)
+        disabled = client.patch("/dashboard-accounts/ada", json={"disabled": True}, headers=AUTH)
+        assert disabled.status_code == 200, disabled.text
+        deadline = time.monotonic() + 2.0
+        while client.get("/alarm-rules", headers=as_ada).status_code != 401:
+            assert time.monotonic() < deadline, "a disabled account still acts after 2 s"
+            time.sleep(0.1)
+    assert statuses == {
+        "operator key": 403,
+        "unknown": 401,
+        "viewer": 403,
+        "operator": 201,
+        "operator, keys": 403,
+    }
+    assert claimed.status_code == 422, claimed.text
+    assert acked.status_code == 200 and acked.json()["acknowledged_by"] == "ada"
+    ada = {"kind": "dashboard-user", "id": "ada", "name": "ada", "via": "IOTP_API_TOKEN"}
+    events = {e["type"]: e for e in _outbox(db)}
+    assert events["DeviceRegistered"]["actor"] == ada
+    assert events["AlarmAcknowledged"]["actor"] == ada
+    assert events["AlarmAcknowledged"]["acknowledged_by"] == "ada"
+    denied = [e for e in _outbox(db) if e["type"] == "AccessDenied"]
+    assert [(e["actor"]["name"], e["actor"]["kind"]) for e in denied] == [
+        ("not the dashboard", "api-key"),
+        ("vic", "dashboard-user"),
+    ]

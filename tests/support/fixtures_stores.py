@@ -62,7 +62,7 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
             " webhooks, webhook_deliveries, notifier_alarm_severities,"
             " read_models.webhook_deliveries,"
             " alarm_rules, alarms, alarm_evaluation, alarm_device_seen, alarm_positions,"
-            " notifier_positions, api_keys"
+            " notifier_positions, api_keys, dashboard_accounts"
         )
         yield conn
 

@@ -45,9 +45,16 @@ class ServiceProcess(IotpProcess):
 
 
 def run_iotp(
-    *args: str, env: Mapping[str, str], timeout: float = 60
+    *args: str, env: Mapping[str, str], timeout: float = 60, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``iotp ARGS`` to its end; its exit code and output, checked by the caller."""
+    """Run ``iotp ARGS`` (given ``stdin``) to its end; its exit code and output, checked by
+    the caller."""
     return subprocess.run(
-        iotp_argv(*args), env=env, capture_output=True, text=True, timeout=timeout, check=False
+        iotp_argv(*args),
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )

@@ -78,6 +78,7 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
         "0040_emqx_auth",
         "0050_consumer_recovery",
         "0060_api_keys",
+        "0070_dashboard_accounts",
     ]
     assert "compression after 7 d" in report.policies
     assert "retention after 30 d" in report.policies

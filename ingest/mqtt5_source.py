@@ -1,0 +1,432 @@
+"""Telemetry from an MQTT 5 broker on asyncio: :class:`Mqtt5Source`, in place of paho's.
+
+The guarantee is MqttSource's (ingest/mqtt_source.py), and so is the interface: QoS 1
+messages are acknowledged only when the pipeline says they are stored and published, and
+only on the connection that delivered them; until then the broker keeps them (persistent
+session, clean start false) and redelivers them after a disconnect or a crash. Our Receive
+Maximum bounds how many are held here, and ``max_buffered_bytes`` their bytes (reading
+pauses past it). The hand-back (ingest/handover.py) works as with paho: UNSUBSCRIBE, drain,
+then DISCONNECT with session expiry 0.
+
+The session (ingest/mqtt5_session.py) runs on an asyncio loop in one background thread;
+the pipeline's threads take and acknowledge as before. A connection that fails, or that a
+broker breaks, is replaced through iotp.retry's back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+import mqtt5
+
+from ingest.mqtt5_session import (
+    ConnectOptions,
+    ConnectRefused,
+    Mqtt5Session,
+    SessionClosed,
+    pubacks,
+)
+from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, InboundMessage, SourceOptions
+from iotp.mqtt_url import BrokerAddress
+from iotp.names import TELEMETRY_TOPIC_FILTER, shared_telemetry_subscription
+from iotp.retry import MAX_DELAY_SECONDS, Stopped, retry_transient_async
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+# A connection that lived longer than the longest back-off was a good one: when it drops,
+# reconnecting starts the back-off afresh instead of continuing from its last wait.
+STABLE_SECONDS = MAX_DELAY_SECONDS
+CLOSE_SECONDS = 10.0
+MQTT_MAX_PACKET_BYTES = 268_435_460  # the largest a remaining length can announce, plus 5
+
+
+class Mqtt5Source:
+    def __init__(self, broker: BrokerAddress, options: SourceOptions) -> None:
+        self.broker = broker
+        self.options = options
+        self.topic = (
+            shared_telemetry_subscription(options.share_group)
+            if options.shared
+            else TELEMETRY_TOPIC_FILTER
+        )
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self.session_present: bool | None = None  # at the first connection
+        self._queue: deque[InboundMessage] = deque()
+        # The taker is woken when the queue holds this many messages: the first one, or, while
+        # it waits out a batch's delay, a whole batch (one thread switch per batch, not per
+        # message).
+        self._wake_at = 1
+        self._buffered = 0
+        self._cond = threading.Condition()
+        self._epoch = 0
+        self._closing = False
+        self._subscribing = options.subscribe
+        self._unacked = 0  # QoS 1 messages this connection delivered and ingest has not acked
+        self._delivered = 0  # messages delivered on any connection
+        self._extra_filters: list[str] = []
+        self._paused = False  # reading stopped: the queue holds more than max_buffered_bytes
+        self._said_goodbye = False  # our DISCONNECT went out and the connection closed
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Event | None = None
+        # on the loop's thread only
+        self._session: Mqtt5Session | None = None
+        self._session_epoch = 0  # the epoch of self._session once accepted, else 0
+        self._suback: tuple[list[str], asyncio.Future[list[int] | None]] | None = None
+
+    def start(self) -> None:
+        """Connect (and reconnect) in a background thread; ``connected`` says when subscribed."""
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="iotp-ingest-mqtt5", daemon=True)
+        self._thread.start()
+
+    def close(self, end_session: bool = False) -> bool:
+        """Disconnect; ``end_session`` ends the session too, unless a message is still
+        unacknowledged. True when the DISCONNECT that ends it went out."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            ending = end_session and not self._unacked and not self._queue
+        if self._thread is None:
+            return False
+        self._call(self._shutdown, ending)  # after the acks already asked for
+        self._thread.join(CLOSE_SECONDS)
+        return ending and self._said_goodbye
+
+    def unsubscribe(self, timeout: float) -> bool:
+        """Have the broker deal this session nothing new (also after a reconnect).
+
+        True once the broker confirmed; it still delivers what the session already holds.
+        """
+        with self._cond:
+            self._subscribing = False
+        return self._unsubscribe(time.monotonic() + timeout)
+
+    def drained(self, timeout: float) -> bool:
+        """Whether the session holds nothing more: all it delivered is acknowledged, and
+        nothing more arrived before the broker answered an UNSUBSCRIBE sent after the acks.
+
+        The broker handles a client's packets in order and, on an acknowledgement, sends what
+        it released from the session's queue before it handles the next packet (Mosquitto
+        does); so its answer to the UNSUBSCRIBE comes after anything the session still held.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._unacked or self._queue:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            delivered, epoch = self._delivered, self._epoch
+        if not self._unsubscribe(deadline):
+            return False
+        with self._cond:
+            return self._delivered == delivered and self._epoch == epoch
+
+    def add_subscription(self, topic_filter: str, timeout: float) -> bool:
+        """Also take ``topic_filter`` (in the share group when shared), now and after every
+        reconnect. True once the broker granted it on the current connection."""
+        if self.options.shared:
+            topic_filter = f"$share/{self.options.share_group}/{topic_filter}"
+        with self._cond:
+            if topic_filter not in self._extra_filters:
+                self._extra_filters.append(topic_filter)
+        return bool(self._on_loop(self._subscribe_now(topic_filter), time.monotonic() + timeout))
+
+    # the pipeline's side
+
+    def take(
+        self, max_messages: int, max_bytes: int, max_delay: float, stop: threading.Event
+    ) -> list[InboundMessage]:
+        """The next batch: waits for a first message, then up to ``max_delay`` for more."""
+        batch: list[InboundMessage] = []
+        size = 0
+        with self._cond:
+            while not self._queue:
+                if stop.is_set() or self._closing:
+                    return batch
+                self._cond.wait(0.2)
+            deadline = time.monotonic() + max_delay
+            while len(batch) < max_messages and size < max_bytes:
+                if not self._queue:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or stop.is_set():
+                        break
+                    self._wake_at = max_messages - len(batch)
+                    try:
+                        self._cond.wait(remaining)
+                    finally:
+                        self._wake_at = 1
+                    continue
+                message = self._queue.popleft()
+                batch.append(message)
+                size += len(message.payload)
+            self._buffered -= size
+            resume = self._paused and self._buffered <= self.options.max_buffered_bytes
+            self._cond.notify_all()
+        if resume:
+            self._call(self._resume_reading)
+        return batch
+
+    def ack(self, messages: list[InboundMessage]) -> None:
+        """Acknowledge, in order, what the current connection delivered.
+
+        A message from an earlier connection is not acknowledged: the broker redelivers it
+        on the new one (where it is found already stored), and its old packet id may now
+        belong to another message.
+        """
+        with self._cond:
+            epoch = self._epoch
+            ids = [m.mid for m in messages if m.qos and m.epoch == epoch]
+            self._unacked -= len(ids)
+            self._cond.notify_all()
+        if ids:
+            self._call(self._write_acks, epoch, pubacks(ids), len(ids))
+
+    @property
+    def delivered(self) -> int:
+        """How many messages the broker delivered, on any connection."""
+        return self._delivered
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    # between the threads
+
+    def _call(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop's thread, in the order asked; not once closed."""
+        loop = self._loop
+        if loop is None:
+            return
+        # (once the loop closed, the connection and its packet ids are gone)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(callback, *args)
+
+    def _on_loop(self, coroutine: Coroutine[Any, Any, bool | None], deadline: float) -> bool | None:
+        """Run ``coroutine`` on the loop's thread and wait for it until ``deadline``; None
+        when it did not finish in time (or the loop is gone)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            coroutine.close()
+            return None
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:
+            coroutine.close()
+            return None
+        try:
+            result: bool | None = future.result(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            future.cancel()
+            return None
+        return result
+
+    def _unsubscribe(self, deadline: float) -> bool:
+        """Send an UNSUBSCRIBE and wait for the broker's answer until ``deadline``."""
+        answered = self._on_loop(self._unsubscribe_now(), deadline)
+        if answered is None:  # not connected: the loop reconnects
+            self.connected.wait(max(0.0, deadline - time.monotonic()))
+            time.sleep(0.1)
+        return bool(answered)
+
+    # on the loop's thread
+
+    def _run(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        except Exception as exc:
+            self.last_error = f"the MQTT session failed: {exc}"
+            logger.exception("the MQTT session to %s failed", self.broker)
+        finally:
+            self.connected.clear()
+            loop.close()
+
+    async def _serve(self) -> None:
+        assert self._stop is not None
+        while not self._closing:
+            try:
+                await retry_transient_async(
+                    self._connection, self._stop, task="ingest MQTT", on_retry=self._failed
+                )
+            except Stopped:
+                return
+
+    async def _connection(self) -> None:
+        """One connection, from CONNECT until it ends; raises why it ended, unless closing
+        or it had been stable (then the caller reconnects with a fresh back-off)."""
+        session = Mqtt5Session(self._connect_options(), self._accepted, self._received)
+        self._session = session
+        connected_at = 0.0
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                await session.connect(self.broker.host, self.broker.port, self.options.tls)
+            connected_at = time.monotonic()
+            if self._suback is not None:
+                await self._subscribed(*self._suback)
+            why = await session.closed
+        except SessionClosed:
+            if self._closing:
+                return
+            raise
+        finally:
+            self._session, self._session_epoch, self._suback = None, 0, None
+            self.connected.clear()
+        if self._closing:
+            self._said_goodbye = why is None
+            return
+        if time.monotonic() - connected_at >= STABLE_SECONDS:
+            self.last_error = why
+            logger.warning("connection to %s ended (%s); reconnecting", self.broker, why)
+            return
+        raise SessionClosed(why)
+
+    def _connect_options(self) -> ConnectOptions:
+        return ConnectOptions(
+            client_id=self.options.client_id,
+            keepalive=self.options.keepalive,
+            receive_maximum=self.options.receive_maximum,
+            max_packet_bytes=min(self.options.max_buffered_bytes, MQTT_MAX_PACKET_BYTES),
+            session_expiry=SESSION_EXPIRY_SECONDS,
+            clean_start=False,
+            username=self.broker.username,
+            password=self.broker.password,
+        )
+
+    def _accepted(self, connack: mqtt5.ConnAckPacket) -> None:
+        """The broker accepted the connection: a new epoch, before any of its messages."""
+        session = self._session
+        assert session is not None
+        with self._cond:
+            self._epoch += 1
+            self._session_epoch = self._epoch
+            self._unacked = 0  # the broker redelivers those on this connection
+            subscribing = self._subscribing
+            filters = [self.topic, *self._extra_filters]
+            self._paused = self._buffered > self.options.max_buffered_bytes
+        if self._paused:
+            session.pause_reading()
+        if self.session_present is None:
+            self.session_present = connack.session_present
+        self.last_error = None
+        logger.info(
+            "connected to %s as %s (session present: %s)",
+            self.broker,
+            self.options.client_id,
+            connack.session_present,
+        )
+        if subscribing:
+            self._suback = filters, session.subscribe(filters)
+        else:
+            self.connected.set()
+
+    async def _subscribed(
+        self, filters: list[str], suback: asyncio.Future[list[int] | None]
+    ) -> None:
+        codes = await suback
+        if codes is None:  # the connection ended first
+            return
+        granted = [self._granted(f, code) for f, code in zip(filters, codes, strict=False)]
+        # Only now does the broker route messages to this session: publishers started after
+        # the log line (tests, benchmarks, `iotp up`) lose nothing.
+        if granted and granted[0]:
+            self.connected.set()
+            logger.info("subscribed to %s", self.topic)
+
+    def _granted(self, topic_filter: str, code: int) -> bool:
+        if code >= 0x80:
+            reason = f"0x{code:02X}"
+            self.last_error = f"broker refused the subscription to {topic_filter}: {reason}"
+            logger.error(
+                "MQTT %s refused the subscription to %s: %s", self.broker, topic_filter, reason
+            )
+            return False
+        if code == 0:
+            logger.warning(
+                "%s granted only QoS 0 on %s: messages may be lost", self.broker, topic_filter
+            )
+        return True
+
+    async def _subscribe_now(self, topic_filter: str) -> bool:
+        session = self._session
+        if session is None or not self._session_epoch or not self._subscribing:
+            return False
+        codes = await session.subscribe([topic_filter])
+        return codes is not None and self._granted(topic_filter, codes[0])
+
+    async def _unsubscribe_now(self) -> bool | None:
+        session = self._session
+        if session is None or not self._session_epoch:
+            return None
+        # Any answer will do ("no subscription existed" included): it comes after what the
+        # broker sent before it.
+        codes = await session.unsubscribe([self.topic, *self._extra_filters])
+        return None if codes is None else True
+
+    def _received(self, packets: list[mqtt5.PublishPacket], received_at: datetime) -> None:
+        epoch = self._session_epoch
+        # A packet id says QoS 1: the session refuses QoS 2 and QoS 1 without one. (mqtt5's
+        # QoS values neither compare with ints nor are falsy at 0.)
+        messages = [
+            InboundMessage(p.topic, p.payload, pid or 0, 1 if pid else 0, epoch, received_at)
+            for p in packets
+            for pid in (p.packet_id,)
+        ]
+        size = sum([len(m.payload) for m in messages])
+        qos1 = sum([m.qos for m in messages])
+        limit = self.options.max_buffered_bytes
+        with self._cond:
+            self._queue.extend(messages)
+            self._buffered += size
+            self._delivered += len(messages)
+            self._unacked += qos1
+            if len(self._queue) >= self._wake_at or self._buffered > limit:
+                self._cond.notify_all()
+            # Last-resort memory bound (huge payloads); normally our Receive Maximum is.
+            pause = self._buffered > limit and not self._paused
+            self._paused = self._paused or pause
+        if pause and self._session is not None:
+            self._session.pause_reading()
+
+    def _resume_reading(self) -> None:
+        with self._cond:
+            resume = self._paused and self._buffered <= self.options.max_buffered_bytes
+            if resume:
+                self._paused = False
+        if resume and self._session is not None:
+            self._session.resume_reading()
+
+    def _write_acks(self, epoch: int, packets: bytes, count: int) -> None:
+        if self._session is not None and self._session_epoch == epoch:
+            self._session.write_pubacks(packets, count)
+
+    async def _failed(self, error: BaseException) -> None:
+        self.last_error = str(error)
+        if isinstance(error, ConnectRefused):
+            logger.error("MQTT %s refused ingest's connection: %s", self.broker, error)
+
+    def _shutdown(self, ending: bool) -> None:
+        assert self._stop is not None
+        self._stop.set()
+        session = self._session
+        if session is None:
+            return
+        if self._session_epoch:
+            # Lowering the expiry at DISCONNECT is allowed (raising it from 0 is not).
+            session.disconnect(session_expiry=0 if ending else None)
+        else:
+            session.abort()
