@@ -91,6 +91,13 @@ class AlarmEvaluator(StreamPart[AnyEvent | TelemetryFacts]):
         return self._db()
 
     def close(self) -> None:
+        # Released here rather than left to the server, which frees a session's locks only
+        # once its backend has exited: a standby takes over as soon as this returns.
+        if self._leading and not self._db.closed:
+            try:
+                self._db().execute("SELECT pg_advisory_unlock(%s)", (LEADER_LOCK_KEY,))
+            except psycopg.Error as exc:
+                logger.warning("alarms: could not release the leader lock: %s", exc)
         self._leading = False
         self._db.close()
 

@@ -4,9 +4,10 @@ The guarantee is MqttSource's (ingest/mqtt_source.py), and so is the interface: 
 messages are acknowledged only when the pipeline says they are stored and published, and
 only on the connection that delivered them; until then the broker keeps them (persistent
 session, clean start false) and redelivers them after a disconnect or a crash. Our Receive
-Maximum bounds how many are held here, and ``max_buffered_bytes`` their bytes (reading
-pauses past it). The hand-back (ingest/handover.py) works as with paho: UNSUBSCRIBE, drain,
-then DISCONNECT with session expiry 0.
+Maximum bounds how many are held here, and ``max_buffered_bytes`` their bytes: reading
+pauses past it (also against a broker that overshoots the Receive Maximum, as Mosquitto
+2.0.11 does once acknowledgements flow). The hand-back (ingest/handover.py) works as with
+paho: UNSUBSCRIBE, drain, then DISCONNECT with session expiry 0.
 
 The session (ingest/mqtt5_session.py) runs on an asyncio loop in one background thread;
 the pipeline's threads take and acknowledge as before. A connection that fails, or that a
@@ -254,6 +255,11 @@ class Mqtt5Source:
             logger.exception("the MQTT session to %s failed", self.broker)
         finally:
             self.connected.clear()
+            # what a caller still waits for (an UNSUBSCRIBE's answer) ends with the loop
+            leftovers = asyncio.all_tasks(loop)
+            for task in leftovers:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
             loop.close()
 
     async def _serve(self) -> None:
@@ -381,13 +387,17 @@ class Mqtt5Source:
         epoch = self._session_epoch
         # A packet id says QoS 1: the session refuses QoS 2 and QoS 1 without one. (mqtt5's
         # QoS values neither compare with ints nor are falsy at 0.)
-        messages = [
-            InboundMessage(p.topic, p.payload, pid or 0, 1 if pid else 0, epoch, received_at)
-            for p in packets
-            for pid in (p.packet_id,)
-        ]
-        size = sum([len(m.payload) for m in messages])
-        qos1 = sum([m.qos for m in messages])
+        messages: list[InboundMessage] = []
+        append = messages.append
+        size = qos1 = 0
+        for packet in packets:
+            packet_id, payload = packet.packet_id, packet.payload
+            size += len(payload)
+            if packet_id:
+                qos1 += 1
+                append(InboundMessage(packet.topic, payload, packet_id, 1, epoch, received_at))
+            else:
+                append(InboundMessage(packet.topic, payload, 0, 0, epoch, received_at))
         limit = self.options.max_buffered_bytes
         with self._cond:
             self._queue.extend(messages)

@@ -296,6 +296,24 @@ def test_an_ack_of_an_earlier_connection_never_reaches_the_next_one() -> None:
     assert broker.connections[0].pubacks == []
 
 
+def test_reading_pauses_past_max_buffered_bytes_and_resumes_when_taken() -> None:
+    async def floods(connection: FakeConnection) -> None:
+        await connection.handshake()
+        for packet_id in range(1, 41):  # 40 x 50 kB: twice the bound
+            connection.publish(packet_id, bytes(50_000))
+
+    broker = FakeBroker(floods)
+    options = source_options(receive_maximum=100)
+    with broker, running(Mqtt5Source(broker.address(), options)) as source:
+        wait_for(lambda: source.pending() >= 20)
+        time.sleep(0.5)
+        assert 20 <= source.pending() < 30  # reading paused just past 1 MiB
+        pipeline = Pipeline(source)
+        pipeline.run_until(lambda: len(pipeline.acked) == 40)
+        wait_for(lambda: len(broker.connections[0].pubacks) == 40)
+    assert len(broker.connections) == 1  # paused, never taken for dead or disconnected
+
+
 # --- a real Mosquitto ------------------------------------------------------------------
 
 
