@@ -2,10 +2,11 @@
 
 In one run, with the same workload and the same publishers as `iotp bench ingest`:
 - broker ceiling: the workload queued for a persistent session, then drained by a
-  subscriber that only counts: Mosquitto's own C client (``mosquitto_sub``), and a paho-mqtt
-  subscriber (the ceiling of any single-process Python consumer), twice: acknowledging in
-  its own loop, and as ingest uses paho (network thread, manual acknowledgements sent in
-  batches from another thread), whose CPU per message is the floor under ingest's;
+  subscriber that only counts: Mosquitto's own C client (``mosquitto_sub``); a paho-mqtt
+  subscriber, twice: acknowledging in its own loop, and as ingest uses paho (network thread,
+  manual acknowledgements sent in batches from another thread); and ingest's receive path
+  (``Mqtt5Source``, taken from and acknowledged as ingest's pipeline does), whose CPU per
+  message is the floor under ingest's. Each reports its CPU per 1,000 messages;
 - database ceiling: binary COPY of the same data points, pre-encoded so that only
   PostgreSQL's work is timed, into a table shaped like ``telemetry`` without and with its
   unique key;
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import io
+import queue
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,8 +40,12 @@ from paho.mqtt.properties import Properties
 from benchmarks.ingest import DrainPlan, prepare, run_drain
 from benchmarks.processes import CpuMeter, reap
 from benchmarks.workload import METRICS, Workload, publish_all
+from ingest.mqtt5_source import Mqtt5Source
+from ingest.mqtt_source import InboundMessage, SourceOptions
+from ingest.pipeline import BatchPolicy
+from ingest.service import batch_policy_from, source_options_from
 from iotp.errors import ConfigurationError
-from iotp.mqtt_url import parse_mqtt_url
+from iotp.mqtt_url import BrokerAddress, parse_mqtt_url
 from iotp.names import TELEMETRY_TOPIC_FILTER
 from iotp.runtime import settle_gc
 from iotp.settings import Settings
@@ -92,7 +99,7 @@ def drain_with_mosquitto_sub(
         cpu["subscriber"] = round(subscriber_cpu / seconds, 2)
     if counter.returncode != 0:
         raise RuntimeError(f"mosquitto_sub did not count every message (exit {counter.returncode})")
-    return _drain_figures(published.messages, workload.per_message, seconds, cpu)
+    return _drain_figures(published.messages, workload.per_message, seconds, cpu, subscriber_cpu)
 
 
 def drain_with_paho(
@@ -121,11 +128,37 @@ def drain_with_paho(
         cpu["subscriber"] = round(subscriber_cpu / seconds, 2)
     if counter.count < published.messages:
         raise RuntimeError(f"paho counter got {counter.count} of {published.messages}")
-    figures = _drain_figures(published.messages, workload.per_message, seconds, cpu)
-    figures["subscriber_cpu_ms_per_1k_messages"] = round(
-        subscriber_cpu * 1e6 / published.messages, 1
-    )
-    return figures
+    return _drain_figures(published.messages, workload.per_message, seconds, cpu, subscriber_cpu)
+
+
+def drain_with_ingest_receive_path(
+    settings: Settings, workload: Workload, publishers: int, workdir: Path, timeout: float
+) -> dict[str, Any]:
+    """Messages/s ingest's MQTT source (Mqtt5Source) drains, driven as ingest's pipeline
+    drives it with ingest's settings, but with nothing stored between take() and ack()."""
+    with local_mosquitto(workdir / f"broker-receive-path-{workload.per_message}") as broker:
+        address = parse_mqtt_url(broker.url)
+        options = replace(
+            source_options_from(settings), client_id=COUNTER_ID, protocol="5", tls=None
+        )
+        policy = batch_policy_from(settings)
+        _ReceivePathCounter(address, options, policy, 0).run(timeout=30)  # creates the session
+        published = publish_all(broker.url, workload, publishers)
+        meter = CpuMeter()
+        meter.add("broker", [psutil.Process(broker.pid)])
+        meter.start()
+        counter = _ReceivePathCounter(address, options, policy, published.messages)
+        with _settled_gc():
+            cpu_before = time.process_time()
+            started = time.perf_counter()
+            counter.run(timeout)
+            seconds = time.perf_counter() - started
+            subscriber_cpu = time.process_time() - cpu_before
+        cpu = meter.stop(seconds)
+        cpu["subscriber"] = round(subscriber_cpu / seconds, 2)
+    if counter.count < published.messages:
+        raise RuntimeError(f"receive path counter got {counter.count} of {published.messages}")
+    return _drain_figures(published.messages, workload.per_message, seconds, cpu, subscriber_cpu)
 
 
 @contextmanager
@@ -209,8 +242,52 @@ class _PahoCounter:
         self.client.loop_stop()
 
 
+class _ReceivePathCounter:
+    """An Mqtt5Source as IngestPipeline.run uses it: batches taken with its policy on one
+    thread, handed one at a time to a writer thread that acknowledges them (after the
+    commit, in ingest)."""
+
+    def __init__(
+        self, broker: BrokerAddress, options: SourceOptions, policy: BatchPolicy, expected: int
+    ) -> None:
+        self.source = Mqtt5Source(broker, options)
+        self.policy, self.expected, self.count = policy, expected, 0
+        self._stop = threading.Event()
+
+    def run(self, timeout: float) -> None:
+        policy = self.policy
+        handoff: queue.Queue[list[InboundMessage] | None] = queue.Queue(maxsize=1)
+        writer = threading.Thread(target=self._acknowledge, args=(handoff,), name="bench-acks")
+        deadline = threading.Timer(timeout, self._stop.set)
+        self.source.start()
+        writer.start()
+        deadline.start()
+        try:
+            if self.expected == 0:  # only the session: subscribed, then kept
+                self.source.connected.wait(timeout)
+            while self.count < self.expected and not self._stop.is_set():
+                # The last batch asks only for what is left: like the paho counters, this one
+                # stops at its last message instead of waiting out a batch delay for more.
+                wanted = min(policy.max_messages, self.expected - self.count)
+                batch = self.source.take(
+                    wanted, policy.max_bytes, policy.max_delay_seconds, self._stop
+                )
+                self.count += len(batch)
+                if batch:
+                    handoff.put(batch)
+        finally:
+            handoff.put(None)
+            writer.join()
+            deadline.cancel()
+            self.source.close()
+
+    def _acknowledge(self, handoff: queue.Queue[list[InboundMessage] | None]) -> None:
+        while (batch := handoff.get()) is not None:
+            self.source.ack(batch)
+
+
 def _drain_figures(
-    messages: int, per_message: int, seconds: float, cpu: dict[str, float]
+    messages: int, per_message: int, seconds: float, cpu: dict[str, float], subscriber_cpu: float
 ) -> dict[str, Any]:
     return {
         "messages": messages,
@@ -218,6 +295,7 @@ def _drain_figures(
         "messages_per_s": round(messages / seconds, 1),
         "readings_per_s": round(messages * per_message / seconds, 1),
         "cpu_cores": cpu,
+        "subscriber_cpu_ms_per_1k_messages": round(subscriber_cpu * 1e6 / messages, 1),
     }
 
 
@@ -289,13 +367,21 @@ def run_limits_bench(settings: Settings, plan: DrainPlan) -> dict[str, Any]:
 def _drains(
     settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path, database: dict[str, Any]
 ) -> dict[str, Any]:
-    """One workload drained by iotp and by the two counting subscribers; iotp's fractions."""
+    """One workload drained by iotp and by the counting subscribers; iotp's fractions of
+    each, and each Python counter's drain rate as a fraction of mosquitto_sub's."""
     iotp = run_drain(settings, plan, workload, workdir)
     broker_c = drain_with_mosquitto_sub(workload, plan.publishers, workdir, plan.timeout)
     broker_paho = drain_with_paho(workload, plan.publishers, workdir, plan.timeout)
     paho_as_ingest = drain_with_paho(
         workload, plan.publishers, workdir, plan.timeout, as_ingest=True
     )
+    receive_path = drain_with_ingest_receive_path(
+        settings, workload, plan.publishers, workdir, plan.timeout
+    )
+    for counter in (broker_paho, paho_as_ingest, receive_path):
+        counter["fraction_of_broker_mosquitto_sub"] = _fraction(
+            counter["messages_per_s"], broker_c["messages_per_s"]
+        )
     stored = iotp.readings_per_s_stored
     return {
         "iotp": {
@@ -308,9 +394,11 @@ def _drains(
         "broker_mosquitto_sub": broker_c,
         "broker_paho": broker_paho,
         "broker_paho_as_ingest": paho_as_ingest,
+        "ingest_receive_path": receive_path,
         "fraction_of_broker_mosquitto_sub": _fraction(stored, broker_c["readings_per_s"]),
         "fraction_of_broker_paho": _fraction(stored, broker_paho["readings_per_s"]),
         "fraction_of_broker_paho_as_ingest": _fraction(stored, paho_as_ingest["readings_per_s"]),
+        "fraction_of_ingest_receive_path": _fraction(stored, receive_path["readings_per_s"]),
         "fraction_of_database_copy_no_index": _fraction(
             stored, database["no_index"]["readings_per_s"]
         ),

@@ -56,6 +56,15 @@ def print_ingest_report(report: dict[str, Any]) -> None:
     console.print(table)
 
 
+# The counting subscribers of `iotp bench limits`: the C client first, then the Python ones.
+BROKER_COUNTERS = (
+    ("mosquitto_sub counting", "broker_mosquitto_sub"),
+    ("paho counting", "broker_paho"),
+    ("paho counting, acking as ingest", "broker_paho_as_ingest"),
+    ("ingest receive path (Mqtt5Source)", "ingest_receive_path"),
+)
+
+
 def print_limits_report(report: dict[str, Any]) -> None:
     table = Table(
         title=f"iotp bench limits ({report['machine']['cores']} cores, "
@@ -68,9 +77,7 @@ def print_limits_report(report: dict[str, Any]) -> None:
     rows = [
         ("iotp, stored", "iotp", "readings_per_s_stored"),
         ("iotp, applied to read models", "iotp", "readings_per_s_applied"),
-        ("broker: mosquitto_sub counting", "broker_mosquitto_sub", "readings_per_s"),
-        ("broker: paho counting", "broker_paho", "readings_per_s"),
-        ("broker: paho counting, acking as ingest", "broker_paho_as_ingest", "readings_per_s"),
+        *((f"broker: {label}", part, "readings_per_s") for label, part in BROKER_COUNTERS),
     ]
     for label, part, key in rows:
         table.add_row(label, *(f"{report[name][part][key]:,.0f}" for name in ("single", "batched")))
@@ -81,6 +88,7 @@ def print_limits_report(report: dict[str, Any]) -> None:
         "fraction_of_broker_mosquitto_sub",
         "fraction_of_broker_paho",
         "fraction_of_broker_paho_as_ingest",
+        "fraction_of_ingest_receive_path",
         "fraction_of_database_copy_no_index",
         "fraction_of_database_copy_unique_key",
     ):
@@ -88,15 +96,24 @@ def print_limits_report(report: dict[str, Any]) -> None:
             f"iotp stored / {key.removeprefix('fraction_of_').replace('_', ' ')}",
             *(f"{report[name][key]:.1%}" for name in ("single", "batched")),
         )
-    # CPU per message: ingests and aggregators together, beside what paho alone takes.
-    for label, part, key in (
+    # Each Python counter's drain rate against the broker's ceiling, the C client.
+    for label, part in BROKER_COUNTERS[1:]:
+        table.add_row(
+            f"{label} / mosquitto_sub, msg/s",
+            *(
+                f"{report[name][part]['fraction_of_broker_mosquitto_sub']:.1%}"
+                for name in ("single", "batched")
+            ),
+        )
+    # CPU per message: ingests and aggregators together, beside what each counter alone takes.
+    cpu_rows = [
         ("CPU ms per 1,000 readings: iotp", "iotp", "cpu_ms_per_1k_readings"),
-        (
-            "CPU ms per 1,000 messages: paho acking as ingest",
-            "broker_paho_as_ingest",
-            "subscriber_cpu_ms_per_1k_messages",
+        *(
+            (f"CPU ms per 1,000 messages: {label}", part, "subscriber_cpu_ms_per_1k_messages")
+            for label, part in BROKER_COUNTERS
         ),
-    ):
+    ]
+    for label, part, key in cpu_rows:
         table.add_row(label, *(f"{report[name][part][key]:.1f}" for name in ("single", "batched")))
     Console().print(table)
 

@@ -59,9 +59,12 @@ def test_tiny_limits_bench_counts_what_each_ceiling_received(settings: Settings)
     for name, messages in (("single", 400), ("batched", 200)):
         run = report[name]
         assert run["iotp"]["readings_lost"] == 0, name
-        for broker in ("broker_mosquitto_sub", "broker_paho", "broker_paho_as_ingest"):
+        counters = ("broker_paho", "broker_paho_as_ingest", "ingest_receive_path")
+        for broker in ("broker_mosquitto_sub", *counters):
             assert run[broker]["messages"] == messages, (name, broker)
-        assert run["broker_paho_as_ingest"]["subscriber_cpu_ms_per_1k_messages"] > 0
+            assert run[broker]["subscriber_cpu_ms_per_1k_messages"] > 0, (name, broker)
+        for broker in counters:
+            assert run[broker]["fraction_of_broker_mosquitto_sub"] > 0, (name, broker)
         expected = run["iotp"]["readings_per_s_stored"] / run["broker_paho"]["readings_per_s"]
         assert abs(run["fraction_of_broker_paho"] - expected) < 0.001
 
