@@ -273,9 +273,15 @@ class MqttSource:
     # the pipeline's side
 
     def take(
-        self, max_messages: int, max_bytes: int, max_delay: float, stop: threading.Event
+        self,
+        max_messages: int,
+        max_bytes: int,
+        max_delay: float,
+        stop: threading.Event,
+        gather_from: int = 1,
     ) -> list[InboundMessage]:
-        """The next batch: waits for a first message, then up to ``max_delay`` for more."""
+        """The next batch: waits for a first message, then up to ``max_delay`` for more if
+        at least ``gather_from`` were already waiting (busy); else it takes what is here."""
         batch: list[InboundMessage] = []
         size = 0
         with self._cond:
@@ -283,7 +289,8 @@ class MqttSource:
                 if stop.is_set() or self._closing:
                     return batch
                 self._cond.wait(0.2)
-            deadline = time.monotonic() + max_delay
+            busy = len(self._queue) >= gather_from
+            deadline = time.monotonic() + (max_delay if busy else 0.0)
             while len(batch) < max_messages and size < max_bytes:
                 if not self._queue:
                     remaining = deadline - time.monotonic()

@@ -36,7 +36,12 @@ HANDOFF_POLL_SECONDS = 0.2
 
 class MessageSource(Protocol):
     def take(
-        self, max_messages: int, max_bytes: int, max_delay: float, stop: threading.Event
+        self,
+        max_messages: int,
+        max_bytes: int,
+        max_delay: float,
+        stop: threading.Event,
+        gather_from: int = 1,
     ) -> list[InboundMessage]: ...
     def ack(self, messages: list[InboundMessage]) -> None: ...
 
@@ -47,6 +52,10 @@ class BatchPolicy:
     max_bytes: int
     max_delay_seconds: float
     deadletter_payload_max_bytes: int
+    # Gather for up to max_delay_seconds only when this many messages already wait (busy):
+    # while the writer stores a batch the next one builds up anyway, and a moderate rate is
+    # then stored at once instead of after the delay (freshness).
+    busy_messages: int = 1
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class IngestPipeline:
                     self.policy.max_bytes,
                     self.policy.max_delay_seconds,
                     stop,
+                    self.policy.busy_messages,
                 )
                 if batch:
                     _hand_to(writer, handoff, self.prepare(batch, stop))

@@ -58,6 +58,7 @@ def batch_policy_from(settings: Settings) -> BatchPolicy:
         max_messages=settings.ingest_batch_max_messages,
         max_bytes=settings.ingest_batch_max_bytes,
         max_delay_seconds=settings.ingest_batch_max_delay_ms / 1000,
+        busy_messages=settings.ingest_batch_busy_messages,
         deadletter_payload_max_bytes=settings.deadletter_payload_max_bytes,
     )
 

@@ -103,7 +103,8 @@ class ReaderOptions:
     batch_size: int = 500
     block_ms: int = 500
     claim_idle_ms: int = 30_000
-    gather_ms: int = 0  # after a short read, wait this long and add what arrived
+    gather_ms: int = 0  # after a short read of gather_min events or more, wait and add more
+    gather_min: int = 1
     shards: int = 1  # IOTP_EVENT_SHARDS: which trim records count cuts into this group
     heals_key: str | None = None  # a further hash heals are counted in (the aggregators')
     task: str = ""  # the name in log lines; the group's by default
@@ -211,9 +212,10 @@ class GroupReader(Generic[E]):
                     done.add(self.deliver({stream: claimed}, claimed=len(claimed)))
         batch = self._read(">", self.options.block_ms)
         size = sum(len(entries) for entries in batch.values())
-        if 0 < size < self.options.batch_size and self.options.gather_ms:
-            # A trickle: gather what arrives next into the same batch, for one transaction
-            # per gather_ms rather than one per handful of events.
+        if self.options.gather_min <= size < self.options.batch_size and self.options.gather_ms:
+            # Busy but short of a batch: gather what arrives next into the same batch, for one
+            # transaction per gather_ms rather than one per handful of events. A smaller read
+            # (a moderate rate) is applied at once: waiting would cost freshness, not CPU.
             time.sleep(self.options.gather_ms / 1000)
             for stream, entries in self._read(">", None, self.options.batch_size - size).items():
                 batch.setdefault(stream, []).extend(entries)

@@ -76,7 +76,11 @@ class Settings(BaseSettings):
     ingest_max_buffered_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     ingest_batch_max_messages: int = Field(default=2000, ge=1)
     ingest_batch_max_bytes: int = Field(default=1024 * 1024, ge=1024)
-    ingest_batch_max_delay_ms: int = Field(default=50, ge=1)
+    # Batches gather for up to the delay only while ingest is busy: after a batch of at least
+    # IOTP_INGEST_BATCH_BUSY_MESSAGES. Otherwise a batch is what has arrived, at once, so that
+    # a moderate rate is stored without waiting (freshness) and a heavy one in big batches.
+    ingest_batch_max_delay_ms: int = Field(default=50, ge=0)
+    ingest_batch_busy_messages: int = Field(default=100, ge=1)
     ingest_max_payload_bytes: int = Field(default=256 * 1024, ge=64)
     ingest_max_readings_per_message: int = Field(default=1000, ge=1)
     ingest_max_future_seconds: int = Field(default=300, ge=0)
@@ -98,8 +102,10 @@ class Settings(BaseSettings):
     aggregator_instance: str = "0"
     aggregator_batch_size: int = Field(default=2000, ge=1, le=100_000)
     aggregator_block_ms: int = Field(default=500, ge=1)
-    # After a read of fewer events than a batch, wait this long for more to apply with them.
+    # After a read of at least IOTP_AGGREGATOR_GATHER_MIN_EVENTS events (busy) but fewer than
+    # a batch, wait this long for more to apply with them; a smaller read is applied at once.
     aggregator_gather_ms: int = Field(default=50, ge=0, le=5000)
+    aggregator_gather_min_events: int = Field(default=100, ge=1)
     aggregator_claim_idle_ms: int = Field(default=30_000, ge=100)
     applied_events_keep_hours: int = Field(default=48, ge=1)
     liveness_timeout_seconds: int = Field(default=300, ge=1)

@@ -45,6 +45,7 @@ def aggregator_options(
     block_ms: int,
     claim_idle_ms: int,
     gather_ms: int = 0,
+    gather_min: int = 1,
     event_shards: int = 1,
 ) -> ReaderOptions:
     """How an aggregator reads: every aggregated stream, in the group ``iotp-aggregators``."""
@@ -56,6 +57,7 @@ def aggregator_options(
         block_ms=block_ms,
         claim_idle_ms=claim_idle_ms,
         gather_ms=gather_ms,
+        gather_min=gather_min,
         shards=event_shards,
         heals_key=READ_MODEL_HEALS_KEY,  # what /pipeline's `healing` reports
         task="aggregator",

@@ -44,6 +44,7 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> GroupReader[Folde
         block_ms=settings.aggregator_block_ms,
         claim_idle_ms=settings.aggregator_claim_idle_ms,
         gather_ms=settings.aggregator_gather_ms,
+        gather_min=settings.aggregator_gather_min_events,
         event_shards=settings.event_shards,
     )
     return aggregator(client, read_store, options, settings.applied_events_keep_hours, heal)

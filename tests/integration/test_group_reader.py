@@ -80,6 +80,27 @@ def test_every_event_is_applied_once_then_acknowledged_with_its_counters(
     assert part.heals == []
 
 
+def test_a_read_gathers_for_more_only_while_busy(
+    database: str, db: psycopg.Connection[Any], client: redis.Redis
+) -> None:
+    """Fewer than gather_min events are applied at once (freshness at a moderate rate); a
+    read of gather_min or more, short of a batch, waits gather_ms and takes what came."""
+    part = RecordingPart(database)
+    consumer = reader(client, part, (STREAM,), batch_size=100, gather_ms=600, gather_min=5)
+    publish(client, STREAM, 2)
+    started = time.monotonic()
+    assert consumer.step().entries == 2
+    assert time.monotonic() - started < 0.5
+    publish(client, STREAM, 5)
+    late = threading.Timer(0.2, publish, (client, STREAM, 3))
+    late.start()
+    started = time.monotonic()
+    assert consumer.step().entries == 8  # the 3 published while it gathered, in one batch
+    assert time.monotonic() - started >= 0.6
+    late.join()
+    assert len(applied(db)) == 10
+
+
 def test_a_kill_between_the_commit_and_the_xack_applies_nothing_twice(
     database: str, db: psycopg.Connection[Any], client: redis.Redis
 ) -> None:

@@ -267,6 +267,37 @@ def test_pubacks_go_out_only_when_the_pipeline_acks_them_in_one_write() -> None:
         wait_for(lambda: broker.connections[0].pubacks == [5, 6, 7])
 
 
+def test_a_batch_gathers_for_more_only_while_messages_wait() -> None:
+    """Below ``gather_from`` waiting messages a batch is what is here, taken at once (no
+    delay at a moderate rate); from it on, the batch waits up to the delay for more."""
+    more = threading.Event()
+
+    async def trickle_then_busy(connection: FakeConnection) -> None:
+        await connection.handshake()
+        connection.publish(1, b"m1")
+        await asyncio.to_thread(more.wait, 20)
+        for packet_id in range(2, 6):
+            connection.publish(packet_id, b"m%d" % packet_id)
+        await asyncio.sleep(0.3)
+        connection.publish(6, b"m6")
+
+    broker = FakeBroker(trickle_then_busy)
+    with broker, running(Mqtt5Source(broker.address(), source_options())) as source:
+        stop = threading.Event()
+        wait_for(lambda: source.pending() == 1)
+        started = time.monotonic()
+        first = source.take(100, 1 << 20, 5.0, stop, gather_from=3)
+        assert [m.payload for m in first] == [b"m1"]
+        assert time.monotonic() - started < 1.0  # not the 5 s delay
+        more.set()
+        wait_for(lambda: source.pending() == 4)
+        started = time.monotonic()
+        busy = source.take(100, 1 << 20, 1.0, stop, gather_from=3)
+        waited = time.monotonic() - started
+    assert [m.payload for m in busy] == [b"m2", b"m3", b"m4", b"m5", b"m6"]
+    assert 0.9 <= waited < 3.0  # it waited out the delay for the sixth and any more
+
+
 def test_an_ack_of_an_earlier_connection_never_reaches_the_next_one() -> None:
     gate = threading.Event()
 
