@@ -344,7 +344,10 @@ class Mqtt5Source:
         )
         if subscribing:
             self._suback = filters, session.subscribe(filters)
-        else:
+        if not subscribing or connack.session_present:
+            # A resumed session already holds its subscription, and the broker is delivering
+            # its backlog: the pipeline must start now. The SUBACK comes after that backlog,
+            # which may be more than max_buffered_bytes, and reading pauses until it is taken.
             self.connected.set()
 
     async def _subscribed(

@@ -200,7 +200,10 @@ class MqttSource:
                 client.subscribe(self.topic, options=SubscribeOptions(qos=1))
             elif subscribing:
                 client.subscribe(self.topic, qos=1)
-        if not subscribing:
+        if not subscribing or flags.session_present:
+            # A resumed session already holds its subscription and the broker is delivering
+            # its backlog: the pipeline must start now, as the SUBACK comes after that
+            # backlog, which may exceed max_buffered_bytes (and _on_message waits for room).
             self.connected.set()
         self.last_error = None
         logger.info(

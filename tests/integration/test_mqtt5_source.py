@@ -390,6 +390,26 @@ def test_a_persistent_session_resumes_with_what_was_published_meanwhile(uid: str
     assert ended(second)
 
 
+def test_a_resumed_backlog_larger_than_the_buffer_is_ready_and_drained(uid: str) -> None:
+    """The SUBACK comes after the session's backlog: with more queued than max_buffered_bytes
+    reading pauses before it, so readiness cannot wait for it (ingest would give up, its
+    pipeline never started). Ready at the CONNACK of a resumed session instead."""
+    first = unique_source(uid, max_buffered_bytes=64 * 1024, receive_maximum=1000)
+    first.start()
+    assert first.connected.wait(5), first.last_error
+    assert first.close() is False
+    payload = bytes(4096)
+    publish("mqtt://127.0.0.1:1883", [(f"m5t/{uid}/d", payload)] * 200)  # 800 kB queued
+    second = unique_source(uid, max_buffered_bytes=64 * 1024, receive_maximum=1000)
+    second.start()
+    assert second.connected.wait(5), second.last_error
+    assert second.session_present is True
+    pipeline = Pipeline(second)
+    pipeline.run_until(lambda: len(pipeline.acked) >= 200)
+    assert len(pipeline.acked) == 200
+    assert ended(second)
+
+
 def test_what_is_not_acknowledged_comes_back_and_nothing_else(uid: str) -> None:
     first = unique_source(uid)
     first.start()
