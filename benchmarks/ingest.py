@@ -237,7 +237,7 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
         ),
         peak_rss_mb=seen.rss.get("ingest", 0.0),
         aggregator_peak_rss_mb=seen.rss.get("aggregator", 0.0),
-        cpu_cores=seen.cpu,
+        cpu_cores={name: round(cores, 2) for name, cores in seen.cpu.items()},
         cpu_ms_per_1k_readings=cpu_ms_per_1k_readings(seen.cpu, seen.cpu_seconds, timed_stored),
         readings_stored_before_the_clock=stored_before * per,
         timeline=[(round(t, 2), s * per, a * per) for t, s, a in seen.samples],
@@ -261,7 +261,7 @@ def _measure(
     messages = published.messages
     stored_at, applied_at = progress.wait(messages, messages, timeout, list(children.values()))
     seconds = applied_at or stored_at or timeout
-    cpu = meter.stop(seconds)
+    cpu = meter.stop(seconds, digits=6)  # rounded when reported: a short run is a few ms
     samples = progress.stop()
     rss = {name: child.peak_rss_mb() for name, child in children.items()}  # high-water marks
     return Measured(published, stored_at, applied_at, cpu, rss, samples, seconds)

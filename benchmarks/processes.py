@@ -48,14 +48,14 @@ class CpuMeter:
             for name in (*self.groups, *self.named)
         }
 
-    def stop(self, seconds: float) -> dict[str, float]:
-        """Cores used by each group over the ``seconds`` since start()."""
+    def stop(self, seconds: float, digits: int = 2) -> dict[str, float]:
+        """Cores used by each group over the ``seconds`` since start(), to ``digits``."""
         used: dict[str, float] = {}
         for name, before in self._start.items():
             total = 0.0
             for process in self._processes(name):
                 total += _cpu(process) - before.get(process.pid, 0.0)
-            used[name] = round(total / seconds, 2)
+            used[name] = round(total / seconds, digits)
         return used
 
 

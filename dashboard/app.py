@@ -10,7 +10,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from dashboard.login import logout_control, require_login, watch_account
+from dashboard.login import current_person, logout_control, require_login, watch_account
+from iotp.permissions import Permission
 
 PAGES = Path(__file__).parent / "views"  # not "pages": Streamlit would list those itself
 
@@ -19,17 +20,17 @@ def main() -> None:
     st.set_page_config(page_title="iotp", page_icon="📡", layout="wide")
     allowed = require_login()
     # Registered even when locked, so that a deep link (/device?device=…) survives the login.
-    navigation = st.navigation(
-        [
-            st.Page(PAGES / "fleet.py", title="Fleet", url_path="fleet", default=True),
-            st.Page(PAGES / "device.py", title="Device", url_path="device"),
-            st.Page(PAGES / "alarms.py", title="Alarms", url_path="alarms"),
-            st.Page(PAGES / "pipeline.py", title="Pipeline", url_path="pipeline"),
-            st.Page(PAGES / "notifications.py", title="Notifications", url_path="notifications"),
-            st.Page(PAGES / "audit.py", title="Audit", url_path="audit"),
-        ],
-        position="sidebar" if allowed else "hidden",
-    )
+    pages = [
+        st.Page(PAGES / "fleet.py", title="Fleet", url_path="fleet", default=True),
+        st.Page(PAGES / "device.py", title="Device", url_path="device"),
+        st.Page(PAGES / "alarms.py", title="Alarms", url_path="alarms"),
+        st.Page(PAGES / "pipeline.py", title="Pipeline", url_path="pipeline"),
+        st.Page(PAGES / "notifications.py", title="Notifications", url_path="notifications"),
+    ]
+    # Listed only to those who may read it (the page refuses the others all the same).
+    if not allowed or current_person().may(Permission.AUDIT_READ):
+        pages.append(st.Page(PAGES / "audit.py", title="Audit", url_path="audit"))
+    navigation = st.navigation(pages, position="sidebar" if allowed else "hidden")
     if not allowed:
         return
     logout_control()

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+import redis
+
 from ingest.counters import IngestCounters
 from ingest.mqtt_source import InboundMessage
 from ingest.payloads import DeviceLookup, Limits, ParsedMessage, parse_message
@@ -217,11 +219,18 @@ class IngestPipeline:
         self._report_stats(stop)
 
     def _report_stats(self, stop: threading.Event, force: bool = False) -> None:
-        """Counters to Redis for `iotp status`, at most once a second (and when stopping)."""
+        """Counters to Redis for `iotp status`, at most once a second (and when stopping).
+
+        One attempt, never retried: the writer must not wait on a report while Redis is
+        away, when batches can still be stored (their events wait in the ledger).
+        """
         if not self._stats.take() and not force:
             return
         stats = (self.stats_key, self.counters.snapshot())
-        self._retry(lambda: self.publisher.publish((), (), stats), stop)
+        try:
+            self.publisher.publish((), (), stats)
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("ingest counters not written to Redis: %s", exc)
 
     def _retry(self, action: Callable[[], T], stop: threading.Event) -> T:
         """Run ``action`` until it succeeds; back off while PostgreSQL or Redis is away."""

@@ -37,12 +37,14 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Pa
             *("ingest", "ingest-1", "aggregator", "aggregator-1"),
             *("broker", "postgresql", "redis"),
         }
-        assert run["cpu_ms_per_1k_readings"] > 0, name
+        # CPU comes in clock ticks (10 ms): a tiny run may take none, never less than none.
+        assert run["cpu_ms_per_1k_readings"] >= 0, name
         # The timeline counts up to everything stored and applied, never past it.
         seconds, stored, applied = zip(*run["timeline"], strict=True)
         assert list(seconds) == sorted(seconds) and max(stored) <= readings, name
         assert all(a <= readings for a in applied), name
     assert report["live"]["stored_fraction_of_publish_rate"] > 0
+    assert sum(report[name]["cpu_ms_per_1k_readings"] for name in ("single", "batched", "live")) > 0
     assert report["single"]["stored_fraction_of_publish_rate"] is None
     chart = tmp_path / "ingest.png"
     ingest_chart(report, chart)

@@ -429,6 +429,22 @@ def test_a_viewer_sees_no_acknowledge_form(
         assert f"Your role ({role}) cannot acknowledge alarms." in [c.value for c in app.caption]
 
 
+def test_the_audit_page_is_listed_only_for_those_who_may_read_it(
+    dashboard: psycopg.Connection[Any], settings: Settings
+) -> None:
+    _make(settings, "vic", Role.VIEWER)
+    _make(settings, "olga", Role.OPERATOR)
+    operator = _log_in(_app().run(), "olga", PASSWORD)
+    operator.switch_page("views/audit.py").run()
+    assert not operator.exception
+    assert [t.value for t in operator.title] == ["Audit"]
+    viewer = _log_in(_app().run(), "vic", PASSWORD)
+    with pytest.raises(ValueError, match="Could not find a navigation page") as refused:
+        viewer.switch_page("views/audit.py")  # not among the viewer's pages
+    known = str(refused.value).split("Known pages:")[1]
+    assert "alarms.py" in known and "audit.py" not in known
+
+
 def test_a_disabled_account_is_logged_out_and_a_new_role_applies_at_the_next_check(
     dashboard: psycopg.Connection[Any], settings: Settings
 ) -> None:

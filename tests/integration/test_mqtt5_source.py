@@ -28,7 +28,7 @@ import trustme
 
 from ingest.handover import hand_back
 from ingest.mqtt5_source import Mqtt5Source
-from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, InboundMessage, SourceOptions
+from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, InboundMessage, MqttSource, SourceOptions
 from iotp.mqtt_url import BrokerAddress
 from local_platform.broker import BrokerTls, free_port, local_mosquitto
 from tests.support.fake_broker import FakeBroker, FakeConnection
@@ -390,17 +390,32 @@ def test_a_persistent_session_resumes_with_what_was_published_meanwhile(uid: str
     assert ended(second)
 
 
-def test_a_resumed_backlog_larger_than_the_buffer_is_ready_and_drained(uid: str) -> None:
+@pytest.mark.parametrize("kind", [Mqtt5Source, MqttSource], ids=["mqtt5", "paho"])
+def test_a_resumed_backlog_larger_than_the_buffer_is_ready_and_drained(
+    uid: str, kind: type[Mqtt5Source] | type[MqttSource]
+) -> None:
     """The SUBACK comes after the session's backlog: with more queued than max_buffered_bytes
     reading pauses before it, so readiness cannot wait for it (ingest would give up, its
     pipeline never started). Ready at the CONNACK of a resumed session instead."""
-    first = unique_source(uid, max_buffered_bytes=64 * 1024, receive_maximum=1000)
+
+    def resumed() -> Any:
+        options = source_options(
+            client_id=f"m5-test-{uid}",
+            share_group=f"g-{uid}",
+            max_buffered_bytes=64 * 1024,
+            receive_maximum=1000,
+        )
+        source = kind(LOCAL_MOSQUITTO, options)
+        source.topic = f"$share/g-{uid}/m5t/{uid}/+"
+        return source
+
+    first = resumed()
     first.start()
     assert first.connected.wait(5), first.last_error
     assert first.close() is False
     payload = bytes(4096)
     publish("mqtt://127.0.0.1:1883", [(f"m5t/{uid}/d", payload)] * 200)  # 800 kB queued
-    second = unique_source(uid, max_buffered_bytes=64 * 1024, receive_maximum=1000)
+    second = resumed()
     second.start()
     assert second.connected.wait(5), second.last_error
     assert second.session_present is True
