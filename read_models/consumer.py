@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import redis
@@ -90,7 +91,7 @@ class ReadModelUpdater(StreamPart[Folded]):
         with conn.transaction():
             store.lock_for_batch(conn)
             new = store.claim_events(conn, [d.event.event_id for d in batch.events])
-            fresh = [d.event for d in batch.events if d.event.event_id in new]
+            fresh = _first_of_each(batch, new)
             store.apply_deltas(conn, fold(fresh))
             for stream, last in batch.last_ids.items():
                 store.track(conn, stream, self.group, last, newest.get(stream))
@@ -114,6 +115,18 @@ class ReadModelUpdater(StreamPart[Folded]):
 
     def close(self) -> None:
         self._db.close()
+
+
+def _first_of_each(batch: Batch[Folded], new: set[UUID]) -> list[Folded]:
+    """The batch's events whose ids were ``new``, each once: an event re-published under
+    another entry id may come twice in one batch, and its ids are claimed once."""
+    fresh = []
+    for delivered in batch.events:
+        event_id = delivered.event.event_id
+        if event_id in new:
+            new.discard(event_id)
+            fresh.append(delivered.event)
+    return fresh
 
 
 def aggregator(

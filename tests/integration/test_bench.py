@@ -30,8 +30,10 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Pa
         assert run["readings_stored"] == readings and run["readings_lost"] == 0, name
         assert run["events_published"] == messages, name
         assert run["events_applied"] == messages, name
-        assert run["readings_per_s_stored"] > 0 and run["peak_rss_mb"] > 0, name
-        assert run["readings_per_s_applied"] > 0 and run["aggregator_peak_rss_mb"] > 0, name
+        # A drain's clock starts once every ingest is up; a session resumed with a backlog is
+        # read from its CONNACK, so a tiny backlog may be stored before then (a rate of 0).
+        assert run["readings_per_s_stored"] >= 0 and run["peak_rss_mb"] > 0, name
+        assert run["readings_per_s_applied"] >= 0 and run["aggregator_peak_rss_mb"] > 0, name
         assert run["seconds_stored"] <= run["seconds_applied"], name
         assert set(run["cpu_cores"]) >= {
             *("ingest", "ingest-1", "aggregator", "aggregator-1"),
@@ -44,6 +46,8 @@ def test_tiny_ingest_bench_counts_every_reading(settings: Settings, tmp_path: Pa
         assert list(seconds) == sorted(seconds) and max(stored) <= readings, name
         assert all(a <= readings for a in applied), name
     assert report["live"]["stored_fraction_of_publish_rate"] > 0
+    assert report["live"]["readings_per_s_stored"] > 0
+    assert report["live"]["readings_per_s_applied"] > 0
     assert sum(report[name]["cpu_ms_per_1k_readings"] for name in ("single", "batched", "live")) > 0
     assert report["single"]["stored_fraction_of_publish_rate"] is None
     chart = tmp_path / "ingest.png"
