@@ -1,19 +1,17 @@
 """Folding events into deltas of the read models: pure functions, no I/O.
 
-A batch of events becomes flat columns of its metric values (device, metric, ts, value,
-out of range: one entry per value, in the batch's order), which the store aggregates and
-merges in one statement per batch (:func:`read_models.store.apply_deltas`), plus small
-per-device and per-event parts. Every merge is associative and commutative (counts and sums
-add, min and max compare, the last value goes to the newest timestamp), so batches may be
-applied in any order by any number of aggregators and still converge.
+A batch of events becomes one delta per key (device and metric, minute, hour...), which the
+store merges with set-based upserts. Every merge is associative and commutative (counts and
+sums add, min and max compare, the last value goes to the newest timestamp), so batches may
+be applied in any order by any number of aggregators and still converge.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from itertools import repeat
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from iotp.events import (
@@ -31,32 +29,87 @@ DeviceEvent = DeviceRegistered | DeviceUpdated | DeviceDecommissioned | DeviceCr
 
 
 @dataclass(slots=True)
+class StatDelta:
+    count: int
+    sum: float
+    min: float
+    min_ts: datetime
+    max: float
+    max_ts: datetime
+    first_ts: datetime
+    last_ts: datetime
+    last_value: float
+    last_out_of_range: bool
+    breaches: int
+
+    def add(self, ts: datetime, value: float, out_of_range: bool) -> None:
+        self.count += 1
+        self.sum += value
+        # Ties keep the earliest timestamp, so that the result does not depend on arrival order.
+        if value < self.min or (value == self.min and ts < self.min_ts):
+            self.min, self.min_ts = value, ts
+        if value > self.max or (value == self.max and ts < self.max_ts):
+            self.max, self.max_ts = value, ts
+        self.first_ts = min(self.first_ts, ts)
+        if ts >= self.last_ts:
+            self.last_ts, self.last_value, self.last_out_of_range = ts, value, out_of_range
+        self.breaches += out_of_range
+
+
+@dataclass(slots=True)
+class BucketDelta:
+    count: int
+    sum: float
+    min: float
+    max: float
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+
+
+@dataclass(slots=True)
 class Activity:
     last_seen: datetime
     readings: int
 
 
-@dataclass(slots=True)
-class MetricValues:
-    """A batch's metric values as columns, one entry per value in the batch's order.
-
-    Built with a few C-level list extensions per reading: folding value by value into
-    per-key Python objects, then dumping those, was most of an aggregator's time.
-    """
-
-    device: list[str] = field(default_factory=list)
-    metric: list[str] = field(default_factory=list)
-    ts: list[datetime] = field(default_factory=list)
-    value: list[float] = field(default_factory=list)
-    out_of_range: list[bool] = field(default_factory=list)
+SeriesKey = tuple[str, str]
+# Buckets are keyed by whole minutes since the Unix epoch, not by datetimes: building and
+# hashing a datetime per value was about an eighth of the fold. The store turns each distinct
+# bucket into its timestamp once (minute_start).
+Minute = int
+BucketKey = tuple[str, str, Minute]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
 class Deltas:
-    values: MetricValues = field(default_factory=MetricValues)
+    stats: dict[SeriesKey, StatDelta] = field(default_factory=dict)
+    minute: dict[BucketKey, BucketDelta] = field(default_factory=dict)
+    fleet: dict[Minute, int] = field(default_factory=dict)
     activity: dict[str, Activity] = field(default_factory=dict)
     device_events: list[DeviceEvent] = field(default_factory=list)
     alarms: dict[UUID, AlarmDelta] = field(default_factory=dict)
+
+    @property
+    def hour(self) -> dict[BucketKey, BucketDelta]:
+        """Hour buckets merged from the minute buckets: the same figures for a fraction of
+        the work of updating both per value."""
+        hours: dict[BucketKey, BucketDelta] = {}
+        for (device, metric, minute), part in self.minute.items():
+            key = (device, metric, hour_of(minute))
+            bucket = hours.get(key)
+            if bucket is None:
+                hours[key] = BucketDelta(part.count, part.sum, part.min, part.max)
+            else:
+                bucket.count += part.count
+                bucket.sum += part.sum
+                bucket.min = min(bucket.min, part.min)
+                bucket.max = max(bucket.max, part.max)
+        return hours
 
     def add(self, event: Event | TelemetryFacts) -> None:
         if isinstance(event, TelemetryRecorded | TelemetryFacts):
@@ -68,21 +121,32 @@ class Deltas:
 
     def _add_telemetry(self, event: TelemetryRecorded | TelemetryFacts) -> None:
         device = event.device_id
-        values = self.values
+        stats, minutes, fleet = self.stats, self.minute, self.fleet
         points = 0
         for reading in event.readings:
-            metrics = reading.metrics
-            count = len(metrics)
-            points += count
-            values.device.extend(repeat(device, count))
-            values.metric.extend(metrics)
-            values.ts.extend(repeat(reading.ts, count))
-            values.value.extend(metrics.values())
+            # Timestamps decoded by pydantic carry its own tzinfo objects; comparing or
+            # hashing two of them calls back into Python. With the one stdlib UTC, the many key
+            # look-ups below cost a sixth as much (the fold was most of an aggregator's time).
+            ts = reading.ts.astimezone(UTC)
+            minute = minute_of(ts)
             breaching = reading.out_of_range
-            if breaching:
-                values.out_of_range.extend([metric in breaching for metric in metrics])
-            else:
-                values.out_of_range.extend(repeat(False, count))
+            for metric, value in reading.metrics.items():
+                points += 1
+                out = metric in breaching
+                stat = stats.get((device, metric))
+                if stat is None:
+                    stats[(device, metric)] = StatDelta(
+                        1, value, value, ts, value, ts, ts, ts, value, out, int(out)
+                    )
+                else:
+                    stat.add(ts, value, out)
+                key = (device, metric, minute)
+                bucket = minutes.get(key)
+                if bucket is None:
+                    minutes[key] = BucketDelta(1, value, value, value)
+                else:
+                    bucket.add(value)
+            fleet[minute] = fleet.get(minute, 0) + len(reading.metrics)
         seen = event.received_at or event.ingested_at
         activity = self.activity.get(device)
         if activity is None:
@@ -90,6 +154,24 @@ class Deltas:
         else:
             activity.last_seen = max(activity.last_seen, seen)
             activity.readings += points
+
+
+def minute_of(ts: datetime) -> Minute:
+    """The minute ``ts`` falls in, in whole minutes since the epoch: exact (no float), and
+    the floor before 1970 too (a timedelta's seconds are never negative)."""
+    since = ts - EPOCH
+    return since.days * 1440 + since.seconds // 60
+
+
+def hour_of(minute: Minute) -> Minute:
+    """The first minute of the hour ``minute`` falls in."""
+    return minute - minute % 60
+
+
+@functools.lru_cache(maxsize=4096)
+def minute_start(minute: Minute) -> datetime:
+    """The bucket's timestamp, as the read models store it."""
+    return EPOCH + timedelta(minutes=minute)
 
 
 def fold(events: Iterable[Event | TelemetryFacts]) -> Deltas:

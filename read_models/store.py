@@ -17,7 +17,7 @@ from iotp.db import device_columns
 from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated
 from iotp.redis_client import split_id
 from read_models.alarms import apply_alarms
-from read_models.projection import Deltas, DeviceEvent
+from read_models.projection import BucketDelta, BucketKey, Deltas, DeviceEvent, minute_start
 
 # The upserts take their arrays as binary parameters (%b): psycopg dumps a list several
 # times faster in binary than as array text, and that dumping bounded the aggregator.
@@ -28,20 +28,13 @@ REBUILD_LOCK_KEY = 0x10770004
 
 Conn = psycopg.Connection[Any]
 
-# A batch's metric values go in once, as columns (read_models.projection.MetricValues), and
-# one statement aggregates and merges them into every table they touch, each in key order
-# and the tables always in the statement's one order. Its aggregation in C replaced a fold
-# value by value into Python objects, and the dumping of their 29 arrays (most of an
-# aggregator's CPU, py-spy). Float sums add in another order than before: they may differ
-# in the last bit, as they already do between aggregators and from a rebuild.
-# Within a series the batch's figures follow the fold's rules: a tie on the minimum or the
-# maximum keeps the earliest timestamp, and the last value is the one at the newest
-# timestamp, the later in the batch on a tie (as a later batch wins a tie in the merge).
-# Buckets are whole minutes and hours of UTC, binned from an origin before any aware
-# datetime (1 BC), so that every bin is a floor.
-_BUCKET_ORIGIN = "TIMESTAMPTZ '0001-01-01 00:00:00+00 BC'"
-_KEY_ORDER = 'device_id COLLATE "C", metric COLLATE "C"'
-_MERGE_STATS = """
+_UPSERT_STATS = """
+INSERT INTO read_models.metric_stats AS t (device_id, metric, count, sum, min, min_ts, max,
+    max_ts, first_ts, last_ts, last_value, last_out_of_range, breaches)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::int8[], %b::float8[], %b::float8[],
+    %b::timestamptz[], %b::float8[], %b::timestamptz[], %b::timestamptz[], %b::timestamptz[],
+    %b::float8[], %b::bool[], %b::int8[])
+ON CONFLICT (device_id, metric) DO UPDATE SET
     count = t.count + excluded.count,
     sum = t.sum + excluded.sum,
     min_ts = CASE WHEN excluded.min < t.min THEN excluded.min_ts
@@ -60,76 +53,23 @@ _MERGE_STATS = """
     last_ts = GREATEST(t.last_ts, excluded.last_ts),
     breaches = t.breaches + excluded.breaches
 """
-_MERGE_ROLLUP = """
+
+_UPSERT_ROLLUP = """
+INSERT INTO read_models.{table} AS t (device_id, metric, bucket, count, sum, min, max)
+SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::int8[], %b::float8[],
+    %b::float8[], %b::float8[])
+ON CONFLICT (device_id, metric, bucket) DO UPDATE SET
     count = t.count + excluded.count,
     sum = t.sum + excluded.sum,
     min = LEAST(t.min, excluded.min),
     max = GREATEST(t.max, excluded.max)
 """
 
-
-_VALUES = """
-v AS (
-    SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::float8[], %b::bool[])
-        WITH ORDINALITY AS v(device_id, metric, ts, value, out_of_range, n)
-)"""
-
-_SERIES = """
-g AS (
-    SELECT device_id, metric, count(*) AS count, sum(value) AS sum, min(value) AS min,
-        max(value) AS max, min(ts) AS first_ts, max(ts) AS last_ts,
-        count(*) FILTER (WHERE out_of_range) AS breaches
-    FROM v GROUP BY device_id, metric
-),
-ties AS (
-    SELECT g.device_id, g.metric,
-        min(v.ts) FILTER (WHERE v.value = g.min) AS min_ts,
-        min(v.ts) FILTER (WHERE v.value = g.max) AS max_ts,
-        max(v.n) FILTER (WHERE v.ts = g.last_ts) AS last_n
-    FROM g JOIN v USING (device_id, metric) GROUP BY g.device_id, g.metric
-)"""
-
-_STATS = f"""
-metric_stats AS (
-    INSERT INTO read_models.metric_stats AS t (device_id, metric, count, sum, min, min_ts, max,
-        max_ts, first_ts, last_ts, last_value, last_out_of_range, breaches)
-    SELECT g.device_id, g.metric, g.count, g.sum, g.min, ties.min_ts, g.max, ties.max_ts,
-        g.first_ts, g.last_ts, last.value, last.out_of_range, g.breaches
-    FROM g JOIN ties USING (device_id, metric) JOIN v AS last ON last.n = ties.last_n
-    ORDER BY g.device_id COLLATE "C", g.metric COLLATE "C"
-    ON CONFLICT (device_id, metric) DO UPDATE SET {_MERGE_STATS})"""  # noqa: S608
-
-
-def _rollup(table: str, width: str) -> str:
-    return f"""
-{table} AS (
-    INSERT INTO read_models.{table} AS t (device_id, metric, bucket, count, sum, min, max)
-    SELECT device_id, metric, date_bin('{width}', ts, {_BUCKET_ORIGIN}) AS bucket, count(*),
-        sum(value), min(value), max(value)
-    FROM v GROUP BY device_id, metric, bucket
-    ORDER BY {_KEY_ORDER}, bucket
-    ON CONFLICT (device_id, metric, bucket) DO UPDATE SET {_MERGE_ROLLUP})"""  # noqa: S608
-
-
-_FLEET = f"""
+_UPSERT_FLEET = """
 INSERT INTO read_models.fleet_minute AS t (bucket, readings)
-SELECT date_bin('1 minute', ts, {_BUCKET_ORIGIN}) AS bucket, count(*) FROM v
-GROUP BY bucket ORDER BY bucket
-ON CONFLICT (bucket) DO UPDATE SET readings = t.readings + excluded.readings"""  # noqa: S608
-
-_UPSERT_VALUES = (
-    "WITH"
-    + ",".join(
-        (
-            _VALUES,
-            _SERIES,
-            _STATS,
-            _rollup("rollup_minute", "1 minute"),
-            _rollup("rollup_hour", "1 hour"),
-        )
-    )
-    + _FLEET
-).encode()
+SELECT * FROM unnest(%b::timestamptz[], %b::int8[])
+ON CONFLICT (bucket) DO UPDATE SET readings = t.readings + excluded.readings
+"""
 
 _UPSERT_ACTIVITY = """
 INSERT INTO read_models.device_activity AS t (device_id, last_seen, readings)
@@ -205,12 +145,31 @@ def apply_deltas(conn: Conn, deltas: Deltas) -> None:
     """
     for event in deltas.device_events:
         apply_device_event(conn, event)
-    values = deltas.values
-    if values.value:
+    if deltas.stats:
+        keys, values = zip(*sorted(deltas.stats.items()), strict=True)
         conn.execute(
-            _UPSERT_VALUES,
-            (values.device, values.metric, values.ts, values.value, values.out_of_range),
+            _UPSERT_STATS,
+            (
+                [k[0] for k in keys],
+                [k[1] for k in keys],
+                [v.count for v in values],
+                [v.sum for v in values],
+                [v.min for v in values],
+                [v.min_ts for v in values],
+                [v.max for v in values],
+                [v.max_ts for v in values],
+                [v.first_ts for v in values],
+                [v.last_ts for v in values],
+                [v.last_value for v in values],
+                [v.last_out_of_range for v in values],
+                [v.breaches for v in values],
+            ),
         )
+    _upsert_rollup(conn, "rollup_minute", deltas.minute)
+    _upsert_rollup(conn, "rollup_hour", deltas.hour)
+    if deltas.fleet:
+        fleet = sorted(deltas.fleet.items())
+        conn.execute(_UPSERT_FLEET, ([minute_start(k) for k, _ in fleet], [v for _, v in fleet]))
     if deltas.activity:
         activity = sorted(deltas.activity.items())
         conn.execute(
@@ -222,6 +181,24 @@ def apply_deltas(conn: Conn, deltas: Deltas) -> None:
             ),
         )
     apply_alarms(conn, deltas.alarms)
+
+
+def _upsert_rollup(conn: Conn, table: str, buckets: dict[BucketKey, BucketDelta]) -> None:
+    if not buckets:
+        return
+    keys, values = zip(*sorted(buckets.items()), strict=True)
+    conn.execute(
+        _UPSERT_ROLLUP.format(table=table).encode(),
+        (
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [minute_start(k[2]) for k in keys],
+            [v.count for v in values],
+            [v.sum for v in values],
+            [v.min for v in values],
+            [v.max for v in values],
+        ),
+    )
 
 
 def apply_device_event(conn: Conn, event: DeviceEvent) -> None:

@@ -1,4 +1,4 @@
-"""The store's one-statement fold of a batch gives what the fold's rules say, value by value.
+"""The fold of a batch, merged by the store, gives what the fold's rules say, value by value.
 
 The reference below folds every value in order into Python objects with the rules the read
 models document: a tie on the minimum or the maximum keeps the earliest timestamp, the last
