@@ -35,7 +35,7 @@ from ingest.mqtt5_session import (
     SessionClosed,
     pubacks,
 )
-from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, InboundMessage, SourceOptions
+from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, InboundMessage, Received, SourceOptions
 from iotp.mqtt_url import BrokerAddress
 from iotp.names import TELEMETRY_TOPIC_FILTER, shared_telemetry_subscription
 from iotp.retry import MAX_DELAY_SECONDS, Stopped, retry_transient_async
@@ -50,7 +50,7 @@ CLOSE_SECONDS = 10.0
 MQTT_MAX_PACKET_BYTES = 268_435_460  # the largest a remaining length can announce, plus 5
 
 
-class Mqtt5Source:
+class Mqtt5Source(Received):
     def __init__(self, broker: BrokerAddress, options: SourceOptions) -> None:
         self.broker = broker
         self.options = options
@@ -155,32 +155,10 @@ class Mqtt5Source:
         stop: threading.Event,
         gather_from: int = 1,
     ) -> list[InboundMessage]:
-        """The next batch: waits for a first message, then up to ``max_delay`` for more if
-        at least ``gather_from`` were already waiting (busy); else it takes what is here."""
-        batch: list[InboundMessage] = []
-        size = 0
+        """The next batch (:meth:`Received.take_locked`); reading resumes once the queue
+        is back under ``max_buffered_bytes``."""
         with self._cond:
-            while not self._queue:
-                if stop.is_set() or self._closing:
-                    return batch
-                self._cond.wait(0.2)
-            busy = len(self._queue) >= gather_from
-            deadline = time.monotonic() + (max_delay if busy else 0.0)
-            while len(batch) < max_messages and size < max_bytes:
-                if not self._queue:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or stop.is_set():
-                        break
-                    self._wake_at = max_messages - len(batch)
-                    try:
-                        self._cond.wait(remaining)
-                    finally:
-                        self._wake_at = 1
-                    continue
-                message = self._queue.popleft()
-                batch.append(message)
-                size += len(message.payload)
-            self._buffered -= size
+            batch = self.take_locked(max_messages, max_bytes, max_delay, stop, gather_from)
             resume = self._paused and self._buffered <= self.options.max_buffered_bytes
             self._cond.notify_all()
         if resume:

@@ -58,7 +58,55 @@ class SourceOptions:
     subscribe: bool = True  # False: resume the session only to empty it (`--retire`)
 
 
-class MqttSource:
+class Received:
+    """What a source received and the pipeline has not taken, and how a batch is taken from
+    it: the part both sources share (this one and ingest/mqtt5_source.py's)."""
+
+    _queue: deque[InboundMessage]
+    _cond: threading.Condition
+    _closing: bool
+    # The receiving side wakes the taker when the queue holds this many messages.
+    _wake_at: int
+    _buffered: int  # payload bytes in the queue
+
+    def take_locked(
+        self,
+        max_messages: int,
+        max_bytes: int,
+        max_delay: float,
+        stop: threading.Event,
+        gather_from: int,
+    ) -> list[InboundMessage]:
+        """The next batch, with ``_cond`` held: waits for a first message, then up to
+        ``max_delay`` for more if at least ``gather_from`` were already waiting (busy);
+        else it takes what is here."""
+        batch: list[InboundMessage] = []
+        size = 0
+        while not self._queue:
+            if stop.is_set() or self._closing:
+                return batch
+            self._cond.wait(0.2)
+        busy = len(self._queue) >= gather_from
+        deadline = time.monotonic() + (max_delay if busy else 0.0)
+        while len(batch) < max_messages and size < max_bytes:
+            if not self._queue:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or stop.is_set():
+                    break
+                self._wake_at = max_messages - len(batch)
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._wake_at = 1
+                continue
+            message = self._queue.popleft()
+            batch.append(message)
+            size += len(message.payload)
+        self._buffered -= size
+        return batch
+
+
+class MqttSource(Received):
     def __init__(self, broker: BrokerAddress, options: SourceOptions) -> None:
         self.broker = broker
         self.options = options
@@ -283,32 +331,9 @@ class MqttSource:
         stop: threading.Event,
         gather_from: int = 1,
     ) -> list[InboundMessage]:
-        """The next batch: waits for a first message, then up to ``max_delay`` for more if
-        at least ``gather_from`` were already waiting (busy); else it takes what is here."""
-        batch: list[InboundMessage] = []
-        size = 0
+        """The next batch (:meth:`Received.take_locked`)."""
         with self._cond:
-            while not self._queue:
-                if stop.is_set() or self._closing:
-                    return batch
-                self._cond.wait(0.2)
-            busy = len(self._queue) >= gather_from
-            deadline = time.monotonic() + (max_delay if busy else 0.0)
-            while len(batch) < max_messages and size < max_bytes:
-                if not self._queue:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or stop.is_set():
-                        break
-                    self._wake_at = max_messages - len(batch)
-                    try:
-                        self._cond.wait(remaining)
-                    finally:
-                        self._wake_at = 1
-                    continue
-                message = self._queue.popleft()
-                batch.append(message)
-                size += len(message.payload)
-            self._buffered -= size
+            batch = self.take_locked(max_messages, max_bytes, max_delay, stop, gather_from)
             self._cond.notify_all()
         return batch
 
