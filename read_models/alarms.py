@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from iotp.events import SEVERITIES, AlarmAcknowledged, AlarmCleared, AlarmRaised, Severity
+from read_models.pages import page_rows
 
 Conn = psycopg.Connection[Any]
 AlarmEvent = AlarmRaised | AlarmAcknowledged | AlarmCleared
@@ -213,20 +214,9 @@ def list_alarms(
         "limit": limit,
         "offset": offset,
     }
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            f"SELECT {_FIELDS}, count(*) OVER () AS total FROM read_models.alarms {_FILTER}"  # noqa: S608
-            " ORDER BY raised_at DESC, alarm_id LIMIT %(limit)s OFFSET %(offset)s",
-            params,
-        ).fetchall()
-        if rows:
-            total = int(rows[0]["total"])
-        else:  # a page past the end still says how many there are
-            counted = cur.execute(
-                f"SELECT count(*) AS n FROM read_models.alarms {_FILTER}",  # noqa: S608
-                params,
-            ).fetchone()
-            total = int(counted["n"]) if counted else 0
+    rows, total = page_rows(
+        conn, _FIELDS, f"read_models.alarms {_FILTER}", "raised_at DESC, alarm_id", params
+    )
     return AlarmPage(
         items=[Alarm.model_validate(row) for row in rows], total=total, limit=limit, offset=offset
     )

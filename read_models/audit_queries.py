@@ -11,11 +11,11 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import dict_row
 from pydantic import BaseModel
 
 from iotp.events import Actor
 from read_models.audit import Outcome
+from read_models.pages import page_rows
 
 Conn = psycopg.Connection[Any]
 
@@ -78,20 +78,9 @@ def list_audit(
         "limit": limit,
         "offset": offset,
     }
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            f"SELECT {_FIELDS}, count(*) OVER () AS total FROM read_models.audit_log {_FILTER}"  # noqa: S608
-            " ORDER BY at DESC, event_id LIMIT %(limit)s OFFSET %(offset)s",
-            params,
-        ).fetchall()
-        if rows:
-            total = int(rows[0]["total"])
-        else:  # a page past the end still says how many there are
-            counted = cur.execute(
-                f"SELECT count(*) AS n FROM read_models.audit_log {_FILTER}",  # noqa: S608
-                params,
-            ).fetchone()
-            total = int(counted["n"]) if counted else 0
+    rows, total = page_rows(
+        conn, _FIELDS, f"read_models.audit_log {_FILTER}", "at DESC, event_id", params
+    )
     return AuditPage(items=[_entry(row) for row in rows], total=total, limit=limit, offset=offset)
 
 
