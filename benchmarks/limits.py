@@ -23,12 +23,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 import psutil
@@ -112,23 +112,15 @@ def drain_with_paho(
     """
     name = f"broker-paho-{'ingest-' if as_ingest else ''}{workload.per_message}"
     with local_mosquitto(workdir / name) as broker:
-        _PahoCounter(broker.url, 0, as_ingest).run(timeout=30)  # creates the session
-        published = publish_all(broker.url, workload, publishers)
-        meter = CpuMeter()
-        meter.add("broker", [psutil.Process(broker.pid)])
-        meter.start()
-        counter = _PahoCounter(broker.url, published.messages, as_ingest)
-        with _settled_gc():
-            cpu_before = time.process_time()
-            started = time.perf_counter()
-            counter.run(timeout)
-            seconds = time.perf_counter() - started
-            subscriber_cpu = time.process_time() - cpu_before
-        cpu = meter.stop(seconds)
-        cpu["subscriber"] = round(subscriber_cpu / seconds, 2)
-    if counter.count < published.messages:
-        raise RuntimeError(f"paho counter got {counter.count} of {published.messages}")
-    return _drain_figures(published.messages, workload.per_message, seconds, cpu, subscriber_cpu)
+        return _drain_in_process(
+            broker.url,
+            broker.pid,
+            workload,
+            publishers,
+            timeout,
+            lambda expected: _PahoCounter(broker.url, expected, as_ingest),
+            "paho counter",
+        )
 
 
 def drain_with_ingest_receive_path(
@@ -142,22 +134,50 @@ def drain_with_ingest_receive_path(
             source_options_from(settings), client_id=COUNTER_ID, protocol="5", tls=None
         )
         policy = batch_policy_from(settings)
-        _ReceivePathCounter(address, options, policy, 0).run(timeout=30)  # creates the session
-        published = publish_all(broker.url, workload, publishers)
-        meter = CpuMeter()
-        meter.add("broker", [psutil.Process(broker.pid)])
-        meter.start()
-        counter = _ReceivePathCounter(address, options, policy, published.messages)
-        with _settled_gc():
-            cpu_before = time.process_time()
-            started = time.perf_counter()
-            counter.run(timeout)
-            seconds = time.perf_counter() - started
-            subscriber_cpu = time.process_time() - cpu_before
-        cpu = meter.stop(seconds)
-        cpu["subscriber"] = round(subscriber_cpu / seconds, 2)
+        return _drain_in_process(
+            broker.url,
+            broker.pid,
+            workload,
+            publishers,
+            timeout,
+            lambda expected: _ReceivePathCounter(address, options, policy, expected),
+            "receive path counter",
+        )
+
+
+class _Counting(Protocol):
+    count: int
+
+    def run(self, timeout: float) -> None: ...
+
+
+def _drain_in_process(
+    url: str,
+    broker_pid: int,
+    workload: Workload,
+    publishers: int,
+    timeout: float,
+    counter_for: Callable[[int], _Counting],
+    what: str,
+) -> dict[str, Any]:
+    """Create the counter's session, queue the workload for it, then time the counter (this
+    process's CPU, every thread) draining it."""
+    counter_for(0).run(timeout=30)  # creates the session
+    published = publish_all(url, workload, publishers)
+    meter = CpuMeter()
+    meter.add("broker", [psutil.Process(broker_pid)])
+    meter.start()
+    counter = counter_for(published.messages)
+    with _settled_gc():
+        cpu_before = time.process_time()
+        started = time.perf_counter()
+        counter.run(timeout)
+        seconds = time.perf_counter() - started
+        subscriber_cpu = time.process_time() - cpu_before
+    cpu = meter.stop(seconds)
+    cpu["subscriber"] = round(subscriber_cpu / seconds, 2)
     if counter.count < published.messages:
-        raise RuntimeError(f"receive path counter got {counter.count} of {published.messages}")
+        raise RuntimeError(f"{what} got {counter.count} of {published.messages}")
     return _drain_figures(published.messages, workload.per_message, seconds, cpu, subscriber_cpu)
 
 
