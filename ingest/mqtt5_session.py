@@ -21,11 +21,15 @@ import logging
 import ssl
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import mqtt5
+
+from iotp.mqtt_url import BrokerAddress
+from iotp.retry import MAX_DELAY_SECONDS, AsyncOnRetry, Stopped, retry_transient_async
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,10 @@ FROM_SERVER = frozenset({0x20, 0x30, 0x31, 0x32, 0x33, 0x3A, 0x3B, 0x90, 0xB0, 0
 CONNACK, PUBLISH, PINGRESP = 2, 3, 13
 
 DEAD_AFTER_KEEPALIVES = 1.5
+CONNECT_TIMEOUT_SECONDS = 10.0
+# A connection that lived longer than the longest back-off was a good one: when it drops,
+# reconnecting starts the back-off afresh instead of continuing from its last wait.
+STABLE_SECONDS = MAX_DELAY_SECONDS
 _PUBACK = struct.Struct(">BBH")  # PUBACK, remaining length 2, packet id (reason 0 omitted)
 
 
@@ -167,11 +175,13 @@ class Mqtt5Session(asyncio.Protocol):
 
     # what the owner asks for
 
-    def subscribe(self, filters: list[str]) -> asyncio.Future[list[int] | None]:
-        """SUBSCRIBE to ``filters`` at QoS 1: a future of the SUBACK's reason codes (None
-        when the connection ended first)."""
+    def subscribe(
+        self, filters: list[str], max_qos: mqtt5.QoS = mqtt5.QoS.AT_LEAST_ONCE
+    ) -> asyncio.Future[list[int] | None]:
+        """SUBSCRIBE to ``filters`` (QoS 1 unless said): a future of the SUBACK's reason
+        codes (None when the connection ended first)."""
         packet_id = self._packet_id()
-        topics = [mqtt5.TopicFilter(f, max_qos=mqtt5.QoS.AT_LEAST_ONCE) for f in filters]
+        topics = [mqtt5.TopicFilter(f, max_qos=max_qos) for f in filters]
         return self._ask(packet_id, mqtt5.SubscribePacket(packet_id, topics).write())
 
     def unsubscribe(self, filters: list[str]) -> asyncio.Future[list[int] | None]:
@@ -438,3 +448,80 @@ class Mqtt5Session(asyncio.Protocol):
             self._last_ping = now
             self._write(mqtt5.PingReqPacket().write())
         self._schedule_keepalive()
+
+
+# Every connection built on the session (ingest's source, the $SYS reader) connects, backs
+# off and reconnects the same way.
+
+OnAccepted = Callable[[Mqtt5Session], Awaitable[None]]
+
+
+async def keep_connected(
+    new_session: Callable[[], Mqtt5Session],
+    broker: BrokerAddress,
+    tls: ssl.SSLContext | None,
+    stop: asyncio.Event,
+    *,
+    task: str,
+    on_accepted: OnAccepted | None = None,
+    on_ended: Callable[[], None] | None = None,
+    on_retry: AsyncOnRetry | None = None,
+) -> str | None:
+    """Connect a ``new_session()`` to ``broker`` whenever the last one ended, until ``stop``.
+
+    A connection that failed or ended soon is replaced after iotp.retry's back-off; one that
+    lived ``STABLE_SECONDS``, at once. ``on_accepted`` runs after each CONNACK, ``on_ended``
+    when each connection is over, ``on_retry`` with why one failed or ended. Returns why the
+    last one ended once stopped: None when our own DISCONNECT closed it cleanly.
+    """
+    last: str | None = "stopped while not connected"
+
+    async def connection() -> None:
+        nonlocal last
+        session = new_session()
+        connected_at = 0.0
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                await session.connect(broker.host, broker.port, tls)
+            connected_at = time.monotonic()
+            if on_accepted is not None:
+                await on_accepted(session)
+            why = await session.closed
+        except SessionClosed:
+            if stop.is_set():
+                return
+            raise
+        finally:
+            if on_ended is not None:
+                on_ended()
+        if stop.is_set():
+            last = why
+            return
+        if time.monotonic() - connected_at < STABLE_SECONDS:
+            raise SessionClosed(why)
+        logger.warning("%s: the connection to %s ended (%s); reconnecting", task, broker, why)
+        if on_retry is not None:
+            await on_retry(SessionClosed(why))
+
+    while not stop.is_set():
+        try:
+            await retry_transient_async(connection, stop, task=task, on_retry=on_retry)
+        except Stopped:
+            break
+    return last
+
+
+def run_loop(loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on ``loop`` in this thread, then end what it left running and close it.
+
+    What a caller in another thread still waits for (an UNSUBSCRIBE's answer) ends with it.
+    """
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(main)
+    finally:
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        loop.close()

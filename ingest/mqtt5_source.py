@@ -32,20 +32,16 @@ from ingest.mqtt5_session import (
     ConnectOptions,
     ConnectRefused,
     Mqtt5Session,
-    SessionClosed,
+    keep_connected,
     pubacks,
+    run_loop,
 )
 from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, InboundMessage, Received, SourceOptions
 from iotp.mqtt_url import BrokerAddress
 from iotp.names import TELEMETRY_TOPIC_FILTER, shared_telemetry_subscription
-from iotp.retry import MAX_DELAY_SECONDS, Stopped, retry_transient_async
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_SECONDS = 10.0
-# A connection that lived longer than the longest back-off was a good one: when it drops,
-# reconnecting starts the back-off afresh instead of continuing from its last wait.
-STABLE_SECONDS = MAX_DELAY_SECONDS
 CLOSE_SECONDS = 10.0
 MQTT_MAX_PACKET_BYTES = 268_435_460  # the largest a remaining length can announce, plus 5
 
@@ -230,61 +226,40 @@ class Mqtt5Source(Received):
     # on the loop's thread
 
     def _run(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
+        assert self._loop is not None
         try:
-            loop.run_until_complete(self._serve())
+            run_loop(self._loop, self._serve())
         except Exception as exc:
             self.last_error = f"the MQTT session failed: {exc}"
             logger.exception("the MQTT session to %s failed", self.broker)
         finally:
             self.connected.clear()
-            # what a caller still waits for (an UNSUBSCRIBE's answer) ends with the loop
-            leftovers = asyncio.all_tasks(loop)
-            for task in leftovers:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
-            loop.close()
 
     async def _serve(self) -> None:
         assert self._stop is not None
-        while not self._closing:
-            try:
-                await retry_transient_async(
-                    self._connection, self._stop, task="ingest MQTT", on_retry=self._failed
-                )
-            except Stopped:
-                return
+        why = await keep_connected(
+            self._new_session,
+            self.broker,
+            self.options.tls,
+            self._stop,
+            task="ingest MQTT",
+            on_accepted=self._after_connack,
+            on_ended=self._ended,
+            on_retry=self._failed,
+        )
+        self._said_goodbye = why is None
 
-    async def _connection(self) -> None:
-        """One connection, from CONNECT until it ends; raises why it ended, unless closing
-        or it had been stable (then the caller reconnects with a fresh back-off)."""
-        session = Mqtt5Session(self._connect_options(), self._accepted, self._received)
-        self._session = session
-        connected_at = 0.0
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                await session.connect(self.broker.host, self.broker.port, self.options.tls)
-            connected_at = time.monotonic()
-            if self._suback is not None:
-                await self._subscribed(*self._suback)
-            why = await session.closed
-        except SessionClosed:
-            if self._closing:
-                return
-            raise
-        finally:
-            self._session, self._session_epoch, self._suback = None, 0, None
-            self.connected.clear()
-        if self._closing:
-            self._said_goodbye = why is None
-            return
-        if time.monotonic() - connected_at >= STABLE_SECONDS:
-            self.last_error = why
-            logger.warning("connection to %s ended (%s); reconnecting", self.broker, why)
-            return
-        raise SessionClosed(why)
+    def _new_session(self) -> Mqtt5Session:
+        self._session = Mqtt5Session(self._connect_options(), self._accepted, self._received)
+        return self._session
+
+    async def _after_connack(self, session: Mqtt5Session) -> None:
+        if self._suback is not None:
+            await self._subscribed(*self._suback)
+
+    def _ended(self) -> None:
+        self._session, self._session_epoch, self._suback = None, 0, None
+        self.connected.clear()
 
     def _connect_options(self) -> ConnectOptions:
         return ConnectOptions(

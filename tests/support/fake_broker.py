@@ -67,12 +67,18 @@ class FakeConnection:
         self.send(mqtt5.ConnAckPacket(session_present=session_present, **connack).write())  # type: ignore[arg-type]
         return connect
 
-    async def handshake(self, session_present: bool = False, **connack: object) -> None:
-        """CONNECT, CONNACK, then the SUBSCRIBE granted at QoS 1."""
+    async def handshake(
+        self,
+        session_present: bool = False,
+        grant: mqtt5.SubAckReasonCode = mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE,
+        **connack: object,
+    ) -> mqtt5.SubscribePacket:
+        """CONNECT, CONNACK, then the SUBSCRIBE answered with ``grant`` (QoS 1 unless said)."""
         await self.accept(session_present, **connack)
         subscribe = await self.expect(mqtt5.SubscribePacket)
-        granted = [mqtt5.SubAckReasonCode.GRANTED_QOS_AT_LEAST_ONCE] * len(subscribe.topic_filters)
+        granted = [grant] * len(subscribe.topic_filters)
         self.send(mqtt5.SubAckPacket(subscribe.packet_id, granted).write())
+        return subscribe
 
     def publish(self, packet_id: int, payload: bytes, *, duplicate: bool = False) -> None:
         """A QoS 1 PUBLISH of ``payload`` on the telemetry topic."""
@@ -83,6 +89,12 @@ class FakeConnection:
             packet_id=packet_id,
             duplicate=duplicate,
         )
+        self.send(packet.write())
+
+    def publish_on(self, topic: str, payload: bytes, packet_id: int = 0) -> None:
+        """A PUBLISH of ``payload`` on ``topic``: QoS 0, or QoS 1 with a ``packet_id``."""
+        qos = mqtt5.QoS.AT_LEAST_ONCE if packet_id else mqtt5.QoS.AT_MOST_ONCE
+        packet = mqtt5.PublishPacket(topic, payload, qos=qos, packet_id=packet_id or None)
         self.send(packet.write())
 
     async def until_closed(self, timeout: float = 30.0) -> None:
