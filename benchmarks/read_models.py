@@ -133,8 +133,8 @@ def seed_query_store(settings: Settings, devices: int, days: int) -> str:
         )
         conn.execute(
             """
-            INSERT INTO read_models.rollup_minute (device_id, metric, bucket, count, sum, min,
-                max)
+            INSERT INTO read_models.rollup_minute_recent (device_id, metric, bucket, count,
+                sum, min, max)
             SELECT %s, m, b, 4, 80, 19, 21
             FROM unnest(ARRAY['temperature', 'humidity', 'battery']) m,
                  generate_series(date_trunc('minute', now()) - %s * interval '1 day',
@@ -144,10 +144,11 @@ def seed_query_store(settings: Settings, devices: int, days: int) -> str:
         )
         conn.execute(
             """
-            INSERT INTO read_models.rollup_hour (device_id, metric, bucket, count, sum, min, max)
+            INSERT INTO read_models.rollup_hour_recent (device_id, metric, bucket, count, sum,
+                min, max)
             SELECT device_id, metric, date_trunc('hour', bucket), sum(count), sum(sum),
                    min(min), max(max)
-            FROM read_models.rollup_minute GROUP BY 1, 2, 3
+            FROM read_models.rollup_minute_recent GROUP BY 1, 2, 3
             """
         )
         conn.execute(

@@ -47,12 +47,45 @@ def rebuild() -> None:
         report = run_rebuild(
             settings, progress=lambda done, total: bar.update(task, completed=done, total=total)
         )
+    covered = (
+        "from the first reading"
+        if report.covered_from is None
+        else f"from {report.covered_from:%Y-%m-%d} (raw telemetry's retention; the read"
+        " models' days before it were kept)"
+    )
     typer.echo(
         f"rebuilt {report.devices} devices, {report.metric_series} metric series,"
-        f" {report.minute_buckets} minute and {report.hour_buckets} hour buckets;"
+        f" {report.minute_buckets} minute, {report.hour_buckets} hour and"
+        f" {report.day_buckets} day buckets {covered};"
         f" handed over {report.window_events} events published during the rebuild"
         f" ({report.window_applied} applied)"
     )
+
+
+@command(commands)
+def retention(
+    once: Annotated[
+        bool, typer.Option("--once", help="Run every retention job now, and print what went.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Retention of the read models (rollup tiers, the fleet's minutes, the audit log, applied
+    event ids) and, on plain PostgreSQL, of raw telemetry. The aggregators run it every
+    IOTP_RETENTION_INTERVAL_SECONDS; --once runs it now."""
+    from read_models.retention import run_retention
+
+    if not once:
+        raise typer.BadParameter("the aggregators run retention; say --once to run it now")
+    report = run_retention(load_settings(), everything=True)
+    if report is None:
+        typer.echo("another process is running the retention job; try again shortly", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        print_report({"rows": report.rows, "longest_batch_ms": report.longest_batch_ms}, True)
+        return
+    for what, count in report.rows.items():
+        typer.echo(f"{what}: {count}")
+    typer.echo(f"longest batch: {report.longest_batch_ms:.0f} ms")
 
 
 @command(commands)

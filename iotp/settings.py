@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     aggregator_gather_min_events: int = Field(default=100, ge=1)
     aggregator_claim_idle_ms: int = Field(default=30_000, ge=100)
     applied_events_keep_hours: int = Field(default=48, ge=1)
+    # Rollup tiers (issue 24): minute buckets are kept this many days, hour buckets this many,
+    # day buckets for ever. The retention job runs in one aggregator at a time, every
+    # IOTP_RETENTION_INTERVAL_SECONDS.
+    rollup_minute_retention_days: int = Field(default=7, ge=1)
+    rollup_hour_retention_days: int = Field(default=400, ge=1)
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
     liveness_timeout_seconds: int = Field(default=300, ge=1)
     liveness_timeouts: dict[str, int] = Field(default_factory=dict)
     # The alarm process (`iotp alarms`, issue 16): readings per batch, and how often its

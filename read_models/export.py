@@ -31,12 +31,13 @@ from starlette.background import BackgroundTask
 from iotp.http_errors import error_responses, invalid
 from iotp.settings import Settings
 from read_models import queries
+from read_models.rollup_tiers import BY_SOURCE, range_sql
 from read_models.routes import DeviceIdPath
 
 logger = logging.getLogger(__name__)
 
 ExportFormat = Literal["csv", "parquet"]
-ExportSource = Literal["raw", "minute", "hour"]
+ExportSource = Literal["raw", "minute", "hour", "day"]
 CHUNK_ROWS = 10_000
 DEFAULT_WINDOW = timedelta(days=1)
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
@@ -75,12 +76,11 @@ ROLLUP_COLUMNS = (
 # instead of sorting the whole range before sending the first one.
 _RAW_SQL = """
     SELECT device_id, metric, ts, value FROM telemetry
-    WHERE device_id COLLATE "C" = %s AND ts >= %s AND ts < %s
+    WHERE device_id COLLATE "C" = %(device)s AND ts >= %(start)s AND ts < %(end)s
     ORDER BY device_id COLLATE "C", metric COLLATE "C", ts
 """
 _ROLLUP_SQL = """
-    SELECT device_id, metric, bucket, count, sum / count AS mean, min, max
-    FROM read_models.rollup_{source} WHERE device_id = %s AND bucket >= %s AND bucket < %s
+    SELECT device_id, metric, bucket, count, sum / count AS mean, min, max FROM ({buckets}) AS r
     ORDER BY device_id, metric, bucket
 """
 
@@ -101,7 +101,8 @@ class ExportRequest:
     def sql(self) -> str:
         if self.source == "raw":
             return _RAW_SQL
-        return _ROLLUP_SQL.format(source=self.source)  # one of two literals
+        tier = BY_SOURCE[self.source]
+        return _ROLLUP_SQL.format(buckets=range_sql(tier, "device_id = %(device)s"))
 
     def file_name(self, file_format: ExportFormat) -> str:
         """A file name safe in a header and on any file system."""
@@ -137,7 +138,10 @@ def fetch_chunks(conn: psycopg.Connection[Any], export: ExportRequest) -> Iterat
     """The export's rows, ``CHUNK_ROWS`` at a time, from a server-side cursor."""
     with conn.cursor(name="iotp_export") as cursor:
         cursor.itersize = CHUNK_ROWS
-        cursor.execute(export.sql().encode(), (export.device_id, export.start, export.end))
+        cursor.execute(
+            export.sql().encode(),
+            {"device": export.device_id, "start": export.start, "end": export.end},
+        )
         while rows := cursor.fetchmany(CHUNK_ROWS):
             yield rows
 

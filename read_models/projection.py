@@ -9,7 +9,7 @@ be applied in any order by any number of aggregators and still converge.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -98,18 +98,12 @@ class Deltas:
     def hour(self) -> dict[BucketKey, BucketDelta]:
         """Hour buckets merged from the minute buckets: the same figures for a fraction of
         the work of updating both per value."""
-        hours: dict[BucketKey, BucketDelta] = {}
-        for (device, metric, minute), part in self.minute.items():
-            key = (device, metric, hour_of(minute))
-            bucket = hours.get(key)
-            if bucket is None:
-                hours[key] = BucketDelta(part.count, part.sum, part.min, part.max)
-            else:
-                bucket.count += part.count
-                bucket.sum += part.sum
-                bucket.min = min(bucket.min, part.min)
-                bucket.max = max(bucket.max, part.max)
-        return hours
+        return _coarser(self.minute, hour_of)
+
+    @property
+    def day(self) -> dict[BucketKey, BucketDelta]:
+        """Day buckets (UTC), merged from the minute buckets like the hours."""
+        return _coarser(self.minute, day_of)
 
     def add(self, event: Event | TelemetryFacts) -> None:
         if isinstance(event, TelemetryRecorded | TelemetryFacts):
@@ -156,6 +150,23 @@ class Deltas:
             activity.readings += points
 
 
+def _coarser(
+    minutes: dict[BucketKey, BucketDelta], bucket_of: Callable[[Minute], Minute]
+) -> dict[BucketKey, BucketDelta]:
+    merged: dict[BucketKey, BucketDelta] = {}
+    for (device, metric, minute), part in minutes.items():
+        key = (device, metric, bucket_of(minute))
+        bucket = merged.get(key)
+        if bucket is None:
+            merged[key] = BucketDelta(part.count, part.sum, part.min, part.max)
+        else:
+            bucket.count += part.count
+            bucket.sum += part.sum
+            bucket.min = min(bucket.min, part.min)
+            bucket.max = max(bucket.max, part.max)
+    return merged
+
+
 def minute_of(ts: datetime) -> Minute:
     """The minute ``ts`` falls in, in whole minutes since the epoch: exact (no float), and
     the floor before 1970 too (a timedelta's seconds are never negative)."""
@@ -166,6 +177,11 @@ def minute_of(ts: datetime) -> Minute:
 def hour_of(minute: Minute) -> Minute:
     """The first minute of the hour ``minute`` falls in."""
     return minute - minute % 60
+
+
+def day_of(minute: Minute) -> Minute:
+    """The first minute of the UTC day ``minute`` falls in."""
+    return minute - minute % 1440
 
 
 @functools.lru_cache(maxsize=4096)

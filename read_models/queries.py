@@ -6,7 +6,7 @@ The dashboard and the query API read through these functions, over the pool that
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, get_args
 
 import orjson
@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from iotp.settings import Settings
 from read_models.alarms import AlarmCounts, open_alarm_counts
+from read_models.rollup_tiers import BY_BUCKET, BucketName, range_sql
 
 Conn = psycopg.Connection[Any]
 Liveness = Literal["online", "offline", "never_seen"]
@@ -271,19 +272,18 @@ def series(
     metric: str,
     start: datetime,
     end: datetime,
-    bucket: Literal["1m", "1h"],
+    bucket: BucketName,
 ) -> list[SeriesPoint]:
-    """Rollup buckets of one metric in [start, end): minute or hour buckets, bounded."""
-    table = "read_models.rollup_minute" if bucket == "1m" else "read_models.rollup_hour"
-    step = timedelta(minutes=1) if bucket == "1m" else timedelta(hours=1)
-    if (end - start) / step > MAX_SERIES_POINTS:
+    """Rollup buckets of one metric in [start, end): minute, hour or day buckets, bounded."""
+    tier = BY_BUCKET[bucket]
+    if (end - start) / tier.bucket > MAX_SERIES_POINTS:
         raise ValueError(f"at most {MAX_SERIES_POINTS} buckets: use a wider bucket or range")
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            f"SELECT bucket, count, sum / count AS mean, min, max FROM {table}"  # noqa: S608
-            " WHERE device_id = %s AND metric = %s AND bucket >= %s AND bucket < %s"
-            " ORDER BY bucket",
-            (device_id, metric, start, end),
+            "SELECT bucket, count, sum / count AS mean, min, max FROM ("  # noqa: S608
+            + range_sql(tier, "device_id = %(device)s AND metric = %(metric)s")
+            + ") AS r ORDER BY bucket",
+            {"device": device_id, "metric": metric, "start": start, "end": end},
         ).fetchall()
     return [SeriesPoint.model_validate(row) for row in rows]
 

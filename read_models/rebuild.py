@@ -32,7 +32,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -52,25 +52,26 @@ from read_models import store
 # The read model's own column list: the copy fills exactly the columns its events fill.
 from read_models.alarms import ALARM_COLUMNS
 from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
+from read_models.kept import Before, coverage_start, joined_stats
 from read_models.projection import Deltas
+from read_models.retention import expire_before
+from read_models.rollup_tiers import DAY, HOUR, MINUTE, TIERS, Tier
 
 logger = logging.getLogger(__name__)
 
+# Emptied and refilled whole: the write store holds all of them.
+WHOLE_TABLES = ("devices", "device_activity", "metric_stats", "alarms", "applied_events")
 MODEL_TABLES = (
-    "devices",
-    "device_activity",
-    "metric_stats",
-    "rollup_minute",
-    "rollup_hour",
+    *WHOLE_TABLES,
+    *(f"rollup_{tier.name}_{half}" for tier in TIERS for half in ("recent", "packed")),
     "fleet_minute",
-    "alarms",
-    "applied_events",
 )
 Progress = Callable[[int, int], None]
 
 # Telemetry's unique key is byte-ordered (migration 0005): look-ups by device say
-# COLLATE "C" to use it.
-_STATS = """
+# COLLATE "C" to use it. Every statement reads from %(from)s on (NULL: all of it).
+_SINCE = "(%(from)s::timestamptz IS NULL OR t.ts >= %(from)s)"
+_STATS = f"""
 SELECT t.device_id, t.metric, count(*), sum(t.value),
        min(t.value), (array_agg(t.ts ORDER BY t.value ASC, t.ts ASC))[1],
        max(t.value), (array_agg(t.ts ORDER BY t.value DESC, t.ts ASC))[1],
@@ -81,22 +82,56 @@ FROM telemetry t
 JOIN devices d USING (device_id)
 LEFT JOIN LATERAL jsonb_to_recordset(d.metrics) AS r(name text, min float8, max float8)
        ON r.name = t.metric
-WHERE t.device_id COLLATE "C" = ANY(%s)
+WHERE t.device_id COLLATE "C" = ANY(%(devices)s) AND {_SINCE}
 GROUP BY t.device_id, t.metric
-"""
-_ROLLUP = """
-SELECT device_id, metric, date_trunc(%s, ts), count(*), sum(value), min(value), max(value)
-FROM telemetry WHERE device_id COLLATE "C" = ANY(%s)
+"""  # noqa: S608 - constant fragments only
+# date_bin from the epoch, not date_trunc, whose days (and odd-offset hours) follow the
+# session's time zone: buckets are UTC, as the aggregators make them.
+_ROLLUP = f"""
+SELECT t.device_id, t.metric, date_bin(%(width)s, t.ts, TIMESTAMPTZ 'epoch'), count(*),
+       sum(t.value), min(t.value), max(t.value)
+FROM telemetry t WHERE t.device_id COLLATE "C" = ANY(%(devices)s) AND {_SINCE}
 GROUP BY 1, 2, 3
-"""
-_ACTIVITY = """
-SELECT device_id, max(received_at), count(*) FROM telemetry
-WHERE device_id COLLATE "C" = ANY(%s) GROUP BY 1
-"""
-_FLEET = """
-SELECT date_trunc('minute', ts), count(*) FROM telemetry
-WHERE device_id COLLATE "C" = ANY(%s) GROUP BY 1
-"""
+"""  # noqa: S608 - constant fragments only
+_ACTIVITY = f"""
+SELECT t.device_id, max(t.received_at), count(*) FROM telemetry t
+WHERE t.device_id COLLATE "C" = ANY(%(devices)s) AND {_SINCE} GROUP BY 1
+"""  # noqa: S608 - constant fragments only
+_FLEET = f"""
+SELECT date_bin(INTERVAL '1 minute', t.ts, TIMESTAMPTZ 'epoch'), count(*) FROM telemetry t
+WHERE t.device_id COLLATE "C" = ANY(%(devices)s) AND {_SINCE} GROUP BY 1
+"""  # noqa: S608 - constant fragments only
+# Per series, before the coverage, from the day rollups (both halves).
+_BEFORE = f"""
+SELECT device_id, metric, sum(count)::bigint, sum(sum),
+       min(min), (array_agg(bucket ORDER BY min ASC, bucket ASC))[1],
+       max(max), (array_agg(bucket ORDER BY max DESC, bucket ASC))[1],
+       min(bucket), max(bucket), (array_agg(sum / count ORDER BY bucket DESC))[1]
+FROM ({
+    DAY.buckets_sql(
+        "device_id = ANY(%(devices)s) AND bucket < %(before)s",
+        "device_id = ANY(%(devices)s) AND p.period < %(before)s"
+        " AND p.period + (u.i - 1) * INTERVAL '1 day' < %(before)s",
+    )
+}) AS d
+GROUP BY device_id, metric
+"""  # noqa: S608 - constant fragments only
+_STATS_COLUMNS = (
+    "device_id",
+    "metric",
+    "count",
+    "sum",
+    "min",
+    "min_ts",
+    "max",
+    "max_ts",
+    "first_ts",
+    "last_ts",
+    "last_value",
+    "last_out_of_range",
+    "breaches",
+)
+_ROLLUP_COLUMNS = ("device_id", "metric", "bucket", "count", "sum", "min", "max")
 
 
 @dataclass
@@ -108,15 +143,48 @@ class RebuildReport:
     window_events: int
     window_applied: int
     marked_applied: int
+    day_buckets: int = 0
+    # The first instant recomputed from raw telemetry; None: all of it (no raw retention).
+    covered_from: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Spans:
+    """From when each model is recomputed; None: from the first reading."""
+
+    coverage: datetime | None
+    minute: datetime | None
+    hour: datetime | None
+
+    @classmethod
+    def of(cls, settings: Settings, now: datetime) -> Spans:
+        coverage = coverage_start(settings, now)
+
+        def later(tier: Tier, days: int) -> datetime:
+            kept = expire_before(tier, now, days)
+            return kept if coverage is None else max(kept, coverage)
+
+        return cls(
+            coverage,
+            later(MINUTE, settings.rollup_minute_retention_days),
+            later(HOUR, settings.rollup_hour_retention_days),
+        )
+
+    def of_tier(self, tier: Tier) -> datetime | None:
+        return {"minute": self.minute, "hour": self.hour}.get(tier.name, self.coverage)
 
 
 def rebuild(
-    settings: Settings, progress: Progress | None = None, chunk_devices: int = 200
+    settings: Settings,
+    progress: Progress | None = None,
+    chunk_devices: int = 200,
+    now: datetime | None = None,
 ) -> RebuildReport:
     client = redis_for(settings.redis_url, settings.redis_cluster, socket_connect_timeout=5)
     streams = aggregated_streams(settings.event_shards)
     read = connect(settings.read_url(), setting=READ_DATABASE_SETTING)
     write = connect(settings.database_url)
+    spans = Spans.of(settings, now or datetime.now(UTC))
     try:
         ensure_groups(client, AGGREGATOR_GROUP, streams)
         read.execute("SELECT pg_advisory_lock(%s)", (store.REBUILD_LOCK_KEY,))
@@ -127,7 +195,7 @@ def rebuild(
             write.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             write.execute("SELECT 1")  # the snapshot is taken here, after the positions
             with read.transaction():
-                report = _recompute(write, read, chunk_devices, progress)
+                report = _recompute(write, read, chunk_devices, progress, spans)
                 _copy_alarms(write, read)
                 _hand_over(client, write, read, positions, report)
             write.rollback()
@@ -152,9 +220,25 @@ def _recompute(
     read: psycopg.Connection[Any],
     chunk_devices: int,
     progress: Progress | None,
+    spans: Spans,
 ) -> RebuildReport:
-    for table in MODEL_TABLES:
+    coverage = spans.coverage
+    if coverage is not None:
+        # What the statistics said before: their instants before the coverage are kept.
+        read.execute(
+            "CREATE TEMP TABLE kept_stats ON COMMIT DROP AS SELECT * FROM read_models.metric_stats;"
+            " CREATE TEMP TABLE kept_activity ON COMMIT DROP AS"
+            " SELECT * FROM read_models.device_activity"
+        )
+    for table in WHOLE_TABLES:
         read.execute(f"DELETE FROM read_models.{table}")  # noqa: S608 - constant names
+    for tier in TIERS:
+        _clear_rollups(read, tier, coverage)
+    read.execute(
+        "DELETE FROM read_models.fleet_minute WHERE %(from)s::timestamptz IS NULL"
+        " OR bucket >= %(from)s",
+        {"from": coverage},
+    )
     devices = write.execute(
         "SELECT device_id, name, kind, lat, lon, metadata, metrics, status, created_at,"
         " updated_at, decommissioned_at FROM devices ORDER BY device_id"
@@ -168,51 +252,106 @@ def _recompute(
         )
     ids = [row[0] for row in devices]
     fleet: dict[datetime, int] = defaultdict(int)
-    series = minutes = hours = 0
+    report = RebuildReport(len(devices), 0, 0, 0, 0, 0, 0, covered_from=coverage)
     for done, chunk in enumerate(_chunks(ids, chunk_devices), start=1):
-        stats = write.execute(_STATS, (chunk,)).fetchall()
-        series += len(stats)
-        _copy(
-            read,
-            "metric_stats",
-            (
-                "device_id",
-                "metric",
-                "count",
-                "sum",
-                "min",
-                "min_ts",
-                "max",
-                "max_ts",
-                "first_ts",
-                "last_ts",
-                "last_value",
-                "last_out_of_range",
-                "breaches",
-            ),
-            stats,
-        )
-        for unit, table in (("minute", "rollup_minute"), ("hour", "rollup_hour")):
-            rows = write.execute(_ROLLUP, (unit, chunk)).fetchall()
-            if unit == "minute":
-                minutes += len(rows)
+        since = {"devices": chunk, "from": coverage}
+        stats = write.execute(_STATS, since).fetchall()
+        activity = write.execute(_ACTIVITY, since).fetchall()
+        if coverage is not None:
+            stats, activity = _joined(read, chunk, coverage, stats, activity)
+        report.metric_series += len(stats)
+        _copy(read, "metric_stats", _STATS_COLUMNS, stats)
+        for tier in TIERS:
+            rows = write.execute(
+                _ROLLUP, {"devices": chunk, "from": spans.of_tier(tier), "width": tier.bucket}
+            ).fetchall()
+            if tier is MINUTE:
+                report.minute_buckets += len(rows)
+            elif tier is HOUR:
+                report.hour_buckets += len(rows)
             else:
-                hours += len(rows)
-            _copy(
-                read, table, ("device_id", "metric", "bucket", "count", "sum", "min", "max"), rows
-            )
-        _copy(
-            read,
-            "device_activity",
-            ("device_id", "last_seen", "readings"),
-            write.execute(_ACTIVITY, (chunk,)).fetchall(),
-        )
-        for bucket, count in write.execute(_FLEET, (chunk,)).fetchall():
+                report.day_buckets += len(rows)
+            _copy(read, tier.recent.removeprefix("read_models."), _ROLLUP_COLUMNS, rows)
+        _copy(read, "device_activity", ("device_id", "last_seen", "readings"), activity)
+        fleet_since = {"devices": chunk, "from": spans.minute}
+        for bucket, count in write.execute(_FLEET, fleet_since).fetchall():
             fleet[bucket] += count
         if progress is not None:
             progress(min(done * chunk_devices, len(ids)), len(ids))
     _copy(read, "fleet_minute", ("bucket", "readings"), sorted(fleet.items()))
-    return RebuildReport(len(devices), series, minutes, hours, 0, 0, 0)
+    return report
+
+
+def _clear_rollups(read: psycopg.Connection[Any], tier: Tier, start: datetime | None) -> None:
+    """Delete ``tier``'s buckets from ``start`` on (all of them when None), in both halves:
+    a packed period that straddles ``start`` keeps the buckets before it."""
+    if start is None:
+        read.execute(f"DELETE FROM {tier.recent}")  # noqa: S608 - constant names
+        read.execute(f"DELETE FROM {tier.packed}")  # noqa: S608
+        return
+    read.execute(f"DELETE FROM {tier.recent} WHERE bucket >= %s", (start,))  # noqa: S608
+    read.execute(f"DELETE FROM {tier.packed} WHERE period >= %s", (start,))  # noqa: S608
+    straddling = tier.period_of(start)
+    kept = int((start - straddling) / tier.bucket)
+    if kept:
+        cut = ", ".join(
+            f"{column} = {column}[1:{kept}] || array_fill(NULL::{kind}, ARRAY[{tier.slots - kept}])"
+            for column, kind in (
+                ("counts", "int8"),
+                ("sums", "float8"),
+                ("mins", "float8"),
+                ("maxs", "float8"),
+            )
+        )
+        read.execute(
+            f"UPDATE {tier.packed} SET {cut} WHERE period = %s",  # noqa: S608 - constants
+            (straddling,),
+        )
+
+
+def _joined(
+    read: psycopg.Connection[Any],
+    chunk: list[str],
+    coverage: datetime,
+    raw_stats: list[Any],
+    raw_activity: list[Any],
+) -> tuple[list[Any], list[Any]]:
+    """The chunk's statistics and activity: the kept time before ``coverage`` joined to the
+    write store's readings from it (:mod:`read_models.kept`)."""
+    before = {
+        (row[0], row[1]): Before(*row[2:])
+        for row in read.execute(_BEFORE, {"devices": chunk, "before": coverage}).fetchall()
+    }
+    old = {
+        (row[0], row[1]): tuple(row)
+        for row in read.execute(
+            f"SELECT {', '.join(_STATS_COLUMNS)} FROM kept_stats"  # noqa: S608 - constants
+            " WHERE device_id = ANY(%s)",
+            (chunk,),
+        ).fetchall()
+    }
+    raw = {(row[0], row[1]): tuple(row) for row in raw_stats}
+    stats = []
+    for key in sorted(before.keys() | raw.keys()):
+        joined = joined_stats(key, before.get(key), old.get(key), raw.get(key), coverage)
+        if joined is not None:
+            stats.append(joined)
+    seen = {row[0]: (row[1], row[2]) for row in raw_activity}
+    kept_seen = dict(
+        read.execute(
+            "SELECT device_id, last_seen FROM kept_activity WHERE device_id = ANY(%s)", (chunk,)
+        ).fetchall()
+    )
+    counted: dict[str, int] = defaultdict(int)
+    for (device, _), part in before.items():
+        counted[device] += part.count
+    activity = []
+    for device in sorted(seen.keys() | counted.keys()):
+        last_seen, readings = seen.get(device, (None, 0))
+        candidates = [at for at in (last_seen, kept_seen.get(device)) if at is not None]
+        if candidates:
+            activity.append((device, max(candidates), readings + counted[device]))
+    return stats, activity
 
 
 def _copy(

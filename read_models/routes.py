@@ -20,6 +20,7 @@ from read_models.dependencies import (
     SettingsDep,
 )
 from read_models.health import PipelineHealth, pipeline_health
+from read_models.rollup_tiers import BucketName
 
 # Checked by AccessMiddleware before anything is read (iotp.permissions); /healthz is public.
 router = APIRouter(dependencies=[requires(Permission.READ_MODELS_READ)])
@@ -95,9 +96,11 @@ def get_series(
     metric: Annotated[str, Query(pattern=METRIC_NAME_PATTERN)],
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
-    bucket: Literal["1m", "1h"] = "1m",
+    bucket: BucketName = "1m",
 ) -> list[queries.SeriesPoint]:
-    """Rollups of one metric: minute or hour buckets between from and to (UTC)."""
+    """Rollups of one metric: minute (`1m`), hour (`1h`) or day (`1d`) buckets between from
+    and to (UTC). Minute buckets are kept IOTP_ROLLUP_MINUTE_RETENTION_DAYS, hour buckets
+    IOTP_ROLLUP_HOUR_RETENTION_DAYS, day buckets for ever."""
     end = _aware(end) if end else datetime.now(UTC)
     start = _aware(start) if start else _hour_before(end)
     if start >= end:

@@ -17,6 +17,7 @@ from iotp.runtime import settle_gc
 from iotp.settings import Settings
 from read_models.consumer import AGGREGATOR_GROUP, Folded, aggregator, aggregator_options
 from read_models.rebuild import rebuild
+from read_models.retention import run_periodically
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,15 @@ def run_aggregator(settings: Settings, stop: threading.Event) -> None:
     )
     reader = aggregator_for(settings, client)
     logger.info("aggregating as %s in group %s", settings.aggregator_consumer(), AGGREGATOR_GROUP)
+    # The retention job (read_models/retention.py) runs beside the fold, in whichever
+    # aggregator holds its lock; a thread, so that a long round never delays a batch.
+    retention = threading.Thread(
+        target=run_periodically, args=(settings, stop), name="retention", daemon=True
+    )
+    retention.start()
     settle_gc()
     try:
         reader.run(stop)
     finally:
         client.close()
+        retention.join(timeout=5)

@@ -165,8 +165,9 @@ def apply_deltas(conn: Conn, deltas: Deltas) -> None:
                 [v.breaches for v in values],
             ),
         )
-    _upsert_rollup(conn, "rollup_minute", deltas.minute)
-    _upsert_rollup(conn, "rollup_hour", deltas.hour)
+    _upsert_rollup(conn, "rollup_minute_recent", deltas.minute)
+    _upsert_rollup(conn, "rollup_hour_recent", deltas.hour)
+    _upsert_rollup(conn, "rollup_day_recent", deltas.day)
     if deltas.fleet:
         fleet = sorted(deltas.fleet.items())
         conn.execute(_UPSERT_FLEET, ([minute_start(k) for k, _ in fleet], [v for _, v in fleet]))

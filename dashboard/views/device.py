@@ -11,6 +11,7 @@ import streamlit as st
 from dashboard.data import alarm_badge, deferred, liveness_rule, local_times, read, settings
 from read_models import alarms, queries
 from read_models.export import MEDIA_TYPES, ExportRequest, export_bytes
+from read_models.rollup_tiers import BY_BUCKET, bucket_for_range
 
 RANGES = {"1 h": timedelta(hours=1), "24 h": timedelta(days=1), "7 d": timedelta(days=7)}
 
@@ -106,8 +107,9 @@ if choice == "custom":
         st.stop()
 else:
     start = end - RANGES[choice]
-bucket = "1m" if end - start <= timedelta(days=1) else "1h"
-shown = ExportRequest(device.device_id, "minute" if bucket == "1m" else "hour", start, end)
+bucket = bucket_for_range(end - start)
+tier = BY_BUCKET[bucket]
+shown = ExportRequest(device.device_id, tier.name, start, end)
 if end - start <= timedelta(days=settings().export_max_days):
     for column, file_format in zip(st.columns(2), MEDIA_TYPES, strict=True):
         column.download_button(
@@ -131,7 +133,7 @@ device_alarms = [
 ]
 for stat in stats:
     points = read(queries.series, device.device_id, stat.metric, start, end, bucket) or []
-    st.subheader(f"{stat.metric} ({'minute' if bucket == '1m' else 'hour'} buckets)")
+    st.subheader(f"{stat.metric} ({tier.name} buckets)")
     if not points:
         st.caption("No readings in this range.")
         continue

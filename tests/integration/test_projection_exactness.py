@@ -137,8 +137,9 @@ def _telemetry_models(db: psycopg.Connection[Any]) -> Models:
 def test_batches_split_anywhere_reach_the_reference_fold(db: psycopg.Connection[Any]) -> None:
     for seed in range(12):
         db.execute(
-            "TRUNCATE read_models.metric_stats, read_models.rollup_minute,"
-            " read_models.rollup_hour, read_models.fleet_minute, read_models.device_activity"
+            "TRUNCATE read_models.metric_stats, read_models.rollup_minute_recent,"
+            " read_models.rollup_hour_recent, read_models.rollup_day_recent,"
+            " read_models.fleet_minute, read_models.device_activity"
         )
         rng = random.Random(seed)
         events = _events(rng, rng.randint(1, 80))

@@ -35,7 +35,9 @@ from tests.support.servers import SERVERS, TEST_TOKEN
 AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 READ_TABLES = (
     "read_models.devices, read_models.device_activity, read_models.metric_stats,"
-    " read_models.rollup_minute, read_models.rollup_hour, read_models.fleet_minute,"
+    " read_models.rollup_minute_recent, read_models.rollup_hour_recent,"
+    " read_models.rollup_day_recent, read_models.rollup_minute_packed,"
+    " read_models.rollup_hour_packed, read_models.rollup_day_packed, read_models.fleet_minute,"
     " read_models.tracking, read_models.applied_events"
 )
 

@@ -57,7 +57,10 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
         conn.execute(
             "TRUNCATE devices, outbox, idempotency_keys, telemetry, ingest_ledger,"
             " read_models.devices, read_models.device_activity, read_models.metric_stats,"
-            " read_models.rollup_minute, read_models.rollup_hour, read_models.fleet_minute,"
+            " read_models.rollup_minute_recent, read_models.rollup_hour_recent,"
+            " read_models.rollup_day_recent, read_models.rollup_minute_packed,"
+            " read_models.rollup_hour_packed, read_models.rollup_day_packed,"
+            " read_models.fleet_minute,"
             " read_models.tracking, read_models.applied_events, read_models.alarms,"
             " webhooks, webhook_deliveries, notifier_alarm_severities,"
             " read_models.webhook_deliveries,"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import UTC
 from typing import Any
 
 import psycopg
@@ -31,6 +32,9 @@ def read_models(db: psycopg.Connection[Any]) -> Models:
         ),
         "rollup_hour": table(
             "SELECT device_id, metric, bucket, count, sum, min, max FROM read_models.rollup_hour", 3
+        ),
+        "rollup_day": table(
+            "SELECT device_id, metric, bucket, count, sum, min, max FROM read_models.rollup_day", 3
         ),
         "fleet_minute": table("SELECT bucket, readings FROM read_models.fleet_minute", 1),
         "device_activity": table(
@@ -61,6 +65,7 @@ def from_write_store(db: psycopg.Connection[Any]) -> Models:
     stats: dict[Any, list[Any]] = {}
     minute: dict[Any, list[Any]] = {}
     hour: dict[Any, list[Any]] = {}
+    day: dict[Any, list[Any]] = {}
     fleet: dict[Any, int] = defaultdict(int)
     activity: dict[Any, list[Any]] = {}
 
@@ -99,6 +104,7 @@ def from_write_store(db: psycopg.Connection[Any]) -> Models:
         for buckets, trunc in (
             (minute, ts.replace(second=0, microsecond=0)),
             (hour, ts.replace(minute=0, second=0, microsecond=0)),
+            (day, ts.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)),
         ):
             b = buckets.get((device, metric, trunc))
             if b is None:
@@ -115,6 +121,7 @@ def from_write_store(db: psycopg.Connection[Any]) -> Models:
         "metric_stats": {k: tuple(v) for k, v in stats.items()},
         "rollup_minute": {k: tuple(v) for k, v in minute.items()},
         "rollup_hour": {k: tuple(v) for k, v in hour.items()},
+        "rollup_day": {k: tuple(v) for k, v in day.items()},
         "fleet_minute": {k: (v,) for k, v in fleet.items()},
         "device_activity": {k: tuple(v) for k, v in activity.items()},
         "devices": devices,

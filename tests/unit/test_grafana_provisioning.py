@@ -155,12 +155,12 @@ def as_reader(db: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
     )
     db.execute("INSERT INTO read_models.device_activity VALUES ('d1', now(), 3)")
     db.execute(
-        "INSERT INTO read_models.rollup_minute VALUES ('d1', 'temp', date_trunc('minute', now()),"
-        " 3, 60, 19, 21)"
+        "INSERT INTO read_models.rollup_minute_recent"
+        " VALUES ('d1', 'temp', date_trunc('minute', now()), 3, 60, 19, 21)"
     )
     db.execute(
-        "INSERT INTO read_models.rollup_hour VALUES ('d1', 'temp', date_trunc('hour', now()),"
-        " 3, 60, 19, 21)"
+        "INSERT INTO read_models.rollup_hour_recent"
+        " VALUES ('d1', 'temp', date_trunc('hour', now()), 3, 60, 19, 21)"
     )
     db.execute(
         "INSERT INTO read_models.alarms (alarm_id, device_id, metric, severity, raised_at,"
@@ -208,7 +208,7 @@ def test_a_hostile_device_variable_stays_a_string(as_reader: psycopg.Connection[
     "statement",
     [
         "INSERT INTO read_models.devices (device_id) VALUES ('x')",
-        "UPDATE read_models.rollup_minute SET count = 0",
+        "UPDATE read_models.rollup_minute_recent SET count = 0",
         "DELETE FROM read_models.alarms",
         "TRUNCATE read_models.metric_stats",
         "SELECT count(*) FROM telemetry",

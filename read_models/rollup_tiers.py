@@ -1,0 +1,97 @@
+"""The rollup tiers (minute, hour, day): their layout, and the SQL that reads them.
+
+Each tier is kept in two tables (read_models/migrations/0050_rollup_tiers.sql): ``_recent``,
+one row per bucket, which the aggregators upsert; and ``_packed``, one row per period
+holding that period's buckets as arrays, which the retention job fills from ``_recent`` once
+a period is over. Readers merge the two halves, since a late reading can put a bucket in both
+for a while.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+BucketName = Literal["1m", "1h", "1d"]
+TierName = Literal["minute", "hour", "day"]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: TierName  # the tables are read_models.rollup_<name>[_recent|_packed]
+    bucket: timedelta
+    slots: int  # buckets per packed period
+
+    @property
+    def period(self) -> timedelta:
+        return self.bucket * self.slots
+
+    @property
+    def recent(self) -> str:
+        return f"read_models.rollup_{self.name}_recent"
+
+    @property
+    def packed(self) -> str:
+        return f"read_models.rollup_{self.name}_packed"
+
+    @property
+    def view(self) -> str:
+        return f"read_models.rollup_{self.name}"
+
+    def period_of(self, at: datetime) -> datetime:
+        """The start of the packed period ``at`` falls in (periods are aligned on the epoch)."""
+        return EPOCH + (at - EPOCH) // self.period * self.period
+
+    def buckets_sql(self, where_recent: str, where_packed: str) -> str:
+        """One row per bucket (device_id, metric, bucket, count, sum, min, max) of both
+        halves, merged; ``where_*`` filter each half (on bucket, and on period)."""
+        step = int(self.bucket.total_seconds())
+        return f"""
+SELECT device_id, metric, bucket, sum(count)::bigint AS count, sum(sum) AS sum,
+       min(min) AS min, max(max) AS max
+FROM (
+    SELECT device_id, metric, bucket, count, sum, min, max FROM {self.recent}
+    WHERE {where_recent}
+    UNION ALL
+    SELECT p.device_id, p.metric, p.period + (u.i - 1) * INTERVAL '{step} seconds', u.c, u.s,
+           u.lo, u.hi
+    FROM {self.packed} p,
+         unnest(p.counts, p.sums, p.mins, p.maxs) WITH ORDINALITY AS u(c, s, lo, hi, i)
+    WHERE u.c IS NOT NULL AND {where_packed}
+) AS b
+GROUP BY device_id, metric, bucket"""  # noqa: S608 - constant names and integers only
+
+
+MINUTE = Tier("minute", timedelta(minutes=1), 60)
+HOUR = Tier("hour", timedelta(hours=1), 24)
+# Days are packed 32 to a block from the epoch: any fixed width works, readers never see it.
+DAY = Tier("day", timedelta(days=1), 32)
+TIERS = (MINUTE, HOUR, DAY)
+BY_BUCKET: dict[BucketName, Tier] = {"1m": MINUTE, "1h": HOUR, "1d": DAY}
+BY_SOURCE: dict[str, Tier] = {tier.name: tier for tier in TIERS}
+
+
+def bucket_for_range(span: timedelta) -> BucketName:
+    """The bucket a chart of ``span`` reads: minutes up to a day, hours up to a month (31
+    days), days beyond (the minute and hour tiers may not reach that far back)."""
+    if span <= timedelta(days=1):
+        return "1m"
+    return "1h" if span <= timedelta(days=31) else "1d"
+
+
+def range_sql(tier: Tier, device_filter: str) -> str:
+    """``tier``'s buckets of the devices ``device_filter`` selects (a condition on device_id
+    with its own parameters), in [%(start)s, %(end)s), by bucket.
+
+    The packed half is narrowed by period first, so that its index finds the few periods
+    that can hold the range.
+    """
+    return tier.buckets_sql(
+        f"{device_filter} AND bucket >= %(start)s AND bucket < %(end)s",
+        f"{device_filter} AND p.period > %(start)s - INTERVAL '{int(tier.period.total_seconds())}"
+        " seconds' AND p.period < %(end)s AND p.period + (u.i - 1) * INTERVAL"
+        f" '{int(tier.bucket.total_seconds())} seconds' >= %(start)s AND p.period + (u.i - 1)"
+        f" * INTERVAL '{int(tier.bucket.total_seconds())} seconds' < %(end)s",
+    )
