@@ -185,6 +185,33 @@ def bench_rebuild(
     show(run_rebuild_bench(load_settings(), devices, rows), as_json)
 
 
+@command(bench, "growth")
+def bench_growth(
+    devices: Annotated[int, typer.Option(help="Devices whose readings are folded.")] = 1000,
+    days: Annotated[int, typer.Option(help="Days of minutely readings of each.")] = 30,
+    raw_devices: Annotated[
+        int, typer.Option(help="Devices whose raw telemetry is stored, for its bytes.")
+    ] = 20,
+    query_devices: Annotated[
+        int, typer.Option(help="Devices in the read store the queries are timed on.")
+    ] = 10_000,
+    requests: Annotated[int, typer.Option(help="Requests per endpoint.")] = 100,
+    timescale_url: Annotated[
+        str | None,
+        typer.Option(help="A throw-away TimescaleDB: also measure raw telemetry compressed."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Bytes per device-day of each read model before and after retention, raw telemetry's,
+    Redis bytes per device, the steady-state read store of 10,000 devices, and query p95s."""
+    from benchmarks.growth import run_growth_bench
+
+    report = run_growth_bench(
+        load_settings(), devices, days, raw_devices, query_devices, requests, timescale_url
+    )
+    show(report, as_json)
+
+
 @command(bench, "scale")
 def bench_scale(
     devices: DevicesOption = 100,

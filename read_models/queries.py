@@ -13,7 +13,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from iotp.settings import Settings
 from read_models.alarms import AlarmCounts, open_alarm_counts
@@ -110,6 +110,9 @@ class SeriesPoint(BaseModel):
     mean: float
     min: float
     max: float
+
+
+SERIES = TypeAdapter(list[SeriesPoint])
 
 
 class FleetSummary(BaseModel):
@@ -275,17 +278,42 @@ def series(
     bucket: BucketName,
 ) -> list[SeriesPoint]:
     """Rollup buckets of one metric in [start, end): minute, hour or day buckets, bounded."""
+    return SERIES.validate_python(_series_rows(conn, device_id, metric, start, end, bucket))
+
+
+def series_json(
+    conn: Conn,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    bucket: BucketName,
+) -> bytes:
+    """:func:`series` as the JSON the query API answers: the rows straight from the read
+    store into JSON, with no model per row (a week of minutes is 10,080 of them)."""
+    rows = _series_rows(conn, device_id, metric, start, end, bucket)
+    return orjson.dumps(rows, option=orjson.OPT_UTC_Z)
+
+
+def _series_rows(
+    conn: Conn,
+    device_id: str,
+    metric: str,
+    start: datetime,
+    end: datetime,
+    bucket: BucketName,
+) -> list[dict[str, Any]]:
     tier = BY_BUCKET[bucket]
     if (end - start) / tier.bucket > MAX_SERIES_POINTS:
         raise ValueError(f"at most {MAX_SERIES_POINTS} buckets: use a wider bucket or range")
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
+    # Binary results: no timestamp parsing of up to MAX_SERIES_POINTS rows.
+    with conn.cursor(row_factory=dict_row, binary=True) as cur:
+        return cur.execute(
             "SELECT bucket, count, sum / count AS mean, min, max FROM ("  # noqa: S608
-            + range_sql(tier, "device_id = %(device)s AND metric = %(metric)s")
+            + range_sql(tier, "device_id = %(device)s AND metric = %(metric)s", one_series=True)
             + ") AS r ORDER BY bucket",
             {"device": device_id, "metric": metric, "start": start, "end": end},
         ).fetchall()
-    return [SeriesPoint.model_validate(row) for row in rows]
 
 
 def fleet(conn: Conn, rule: LivenessRule) -> FleetSummary:

@@ -2,8 +2,9 @@
 
 What it does, in this order, a batch at a time:
 
-1. **Pack** each tier: buckets of ``rollup_<tier>_recent`` whose period ended a period ago
-   move into ``rollup_<tier>_packed`` (one row per period, merged with what is there).
+1. **Pack** each tier: buckets of ``rollup_<tier>_recent`` older than the tier's grace (an
+   hour of minutes, a day of hours, two days of days) move into ``rollup_<tier>_packed``
+   (one row per period, merged with what is there).
 2. **Expire** minute rollups older than IOTP_ROLLUP_MINUTE_RETENTION_DAYS, hour rollups older
    than IOTP_ROLLUP_HOUR_RETENTION_DAYS (whole packed periods: a period that straddles the
    limit waits until all of it is past), and the fleet's readings per minute with the minutes.
@@ -97,9 +98,8 @@ class RetentionReport:
 
 
 def pack_before(tier: Tier, now: datetime) -> datetime:
-    """Buckets before this are packed: their period ended at least one period ago, so late
-    readings for it are rare (and merge in when they come)."""
-    return tier.period_of(now) - tier.period
+    """Buckets before this are packed: they are older than the tier's grace."""
+    return tier.bucket_of(now - tier.grace)
 
 
 def expire_before(tier: Tier, now: datetime, days: int) -> datetime:

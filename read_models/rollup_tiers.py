@@ -23,6 +23,10 @@ class Tier:
     name: TierName  # the tables are read_models.rollup_<name>[_recent|_packed]
     bucket: timedelta
     slots: int  # buckets per packed period
+    # Buckets older than this are packed, into a period that may still be filling (a row
+    # merged again at the next rounds): late readings are rare past it, and merge when
+    # they come.
+    grace: timedelta
 
     @property
     def period(self) -> timedelta:
@@ -40,16 +44,29 @@ class Tier:
     def view(self) -> str:
         return f"read_models.rollup_{self.name}"
 
+    def bucket_of(self, at: datetime) -> datetime:
+        return EPOCH + (at - EPOCH) // self.bucket * self.bucket
+
     def period_of(self, at: datetime) -> datetime:
         """The start of the packed period ``at`` falls in (periods are aligned on the epoch)."""
         return EPOCH + (at - EPOCH) // self.period * self.period
 
-    def buckets_sql(self, where_recent: str, where_packed: str) -> str:
+    def buckets_sql(self, where_recent: str, where_packed: str, one_series: bool = False) -> str:
         """One row per bucket (device_id, metric, bucket, count, sum, min, max) of both
-        halves, merged; ``where_*`` filter each half (on bucket, and on period)."""
+        halves, merged; ``where_*`` filter each half (on bucket, and on period).
+
+        ``one_series``: the filters select one device's one metric, so buckets are grouped
+        by time alone (hashing the names too was a third of a week of minutes' time).
+        """
         step = int(self.bucket.total_seconds())
+        keys = "bucket" if one_series else "device_id, metric, bucket"
+        names = (
+            "min(device_id) AS device_id, min(metric) AS metric"
+            if one_series
+            else ("device_id, metric")
+        )
         return f"""
-SELECT device_id, metric, bucket, sum(count)::bigint AS count, sum(sum) AS sum,
+SELECT {names}, bucket, sum(count)::bigint AS count, sum(sum) AS sum,
        min(min) AS min, max(max) AS max
 FROM (
     SELECT device_id, metric, bucket, count, sum, min, max FROM {self.recent}
@@ -61,13 +78,15 @@ FROM (
          unnest(p.counts, p.sums, p.mins, p.maxs) WITH ORDINALITY AS u(c, s, lo, hi, i)
     WHERE u.c IS NOT NULL AND {where_packed}
 ) AS b
-GROUP BY device_id, metric, bucket"""  # noqa: S608 - constant names and integers only
+GROUP BY {keys}"""  # noqa: S608 - constant names and integers only
 
 
-MINUTE = Tier("minute", timedelta(minutes=1), 60)
-HOUR = Tier("hour", timedelta(hours=1), 24)
-# Days are packed 32 to a block from the epoch: any fixed width works, readers never see it.
-DAY = Tier("day", timedelta(days=1), 32)
+# Periods: an hour of minutes, a week of hours (measured: 30 bytes a bucket, against 45 for a
+# day of hours, with the row's own cost spread over more buckets), 32 days of days. Any
+# fixed width aligned on the epoch works: readers never see the periods.
+MINUTE = Tier("minute", timedelta(minutes=1), 60, grace=timedelta(hours=1))
+HOUR = Tier("hour", timedelta(hours=1), 168, grace=timedelta(days=1))
+DAY = Tier("day", timedelta(days=1), 32, grace=timedelta(days=2))
 TIERS = (MINUTE, HOUR, DAY)
 BY_BUCKET: dict[BucketName, Tier] = {"1m": MINUTE, "1h": HOUR, "1d": DAY}
 BY_SOURCE: dict[str, Tier] = {tier.name: tier for tier in TIERS}
@@ -81,7 +100,7 @@ def bucket_for_range(span: timedelta) -> BucketName:
     return "1h" if span <= timedelta(days=31) else "1d"
 
 
-def range_sql(tier: Tier, device_filter: str) -> str:
+def range_sql(tier: Tier, device_filter: str, one_series: bool = False) -> str:
     """``tier``'s buckets of the devices ``device_filter`` selects (a condition on device_id
     with its own parameters), in [%(start)s, %(end)s), by bucket.
 
@@ -94,4 +113,5 @@ def range_sql(tier: Tier, device_filter: str) -> str:
         " seconds' AND p.period < %(end)s AND p.period + (u.i - 1) * INTERVAL"
         f" '{int(tier.bucket.total_seconds())} seconds' >= %(start)s AND p.period + (u.i - 1)"
         f" * INTERVAL '{int(tier.bucket.total_seconds())} seconds' < %(end)s",
+        one_series,
     )

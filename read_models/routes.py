@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel
 
 from iotp.http_errors import error_responses, invalid
@@ -97,7 +97,7 @@ def get_series(
     start: Annotated[datetime | None, Query(alias="from")] = None,
     end: Annotated[datetime | None, Query(alias="to")] = None,
     bucket: BucketName = "1m",
-) -> list[queries.SeriesPoint]:
+) -> Response:
     """Rollups of one metric: minute (`1m`), hour (`1h`) or day (`1d`) buckets between from
     and to (UTC). Minute buckets are kept IOTP_ROLLUP_MINUTE_RETENTION_DAYS, hour buckets
     IOTP_ROLLUP_HOUR_RETENTION_DAYS, day buckets for ever."""
@@ -108,9 +108,10 @@ def get_series(
     if not queries.device_exists(db, device_id):
         raise _unknown(device_id)
     try:
-        return queries.series(db, device_id, metric, start, end, bucket)
+        body = queries.series_json(db, device_id, metric, start, end, bucket)
     except ValueError as exc:
         raise invalid(("query", "bucket"), str(exc)) from exc
+    return Response(body, media_type="application/json")
 
 
 @router.get("/fleet", response_model=queries.FleetSummary, responses=error_responses(*_READ_ERRORS))

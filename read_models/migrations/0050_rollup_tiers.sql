@@ -4,12 +4,12 @@
 --   rollup_<tier>_recent: one row per device, metric and bucket, upserted by the aggregators
 --       (cheap narrow updates while a bucket is still filling, late data included);
 --   rollup_<tier>_packed: one row per device, metric and period holding that period's
---       buckets as arrays (60 minutes an hour, 24 hours a day, 32 days a block), NULL where a
---       bucket has no data. A full hour of minutes takes 35 bytes a bucket here, against 179
---       as rows with their index.
+--       buckets as arrays (60 minutes an hour, 168 hours a week, 32 days a block), NULL where
+--       a bucket has no data. A bucket takes about 30 bytes packed, against 155 to 179 as a
+--       row with its index (docs/benchmarks.md, `iotp bench growth`).
 -- The retention job (read_models/retention.py) moves buckets from recent to packed once
--- their period is over, merging with what is packed already (counts and sums add, min and
--- max compare), and deletes packed periods older than the tier's retention.
+-- they are past the tier's grace, merging with what is packed already (counts and sums
+-- add, min and max compare), and deletes packed periods older than the tier's retention.
 -- The view rollup_<tier> shows both as one row per bucket, in the shape the tables had, so
 -- that readers (Grafana, psql, scripts) keep working: a bucket can be in both halves for a
 -- while (a late reading), and the view merges them.

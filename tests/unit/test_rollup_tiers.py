@@ -17,7 +17,9 @@ COVERAGE = datetime(2026, 12, 1, tzinfo=UTC)
 
 def test_periods_are_aligned_on_the_epoch() -> None:
     assert MINUTE.period_of(AT) == datetime(2026, 12, 7, 13, tzinfo=UTC)
-    assert HOUR.period_of(AT) == datetime(2026, 12, 7, tzinfo=UTC)
+    week = HOUR.period_of(AT)
+    assert week <= AT < week + timedelta(days=7)
+    assert week.hour == 0 and (week - datetime(1970, 1, 1, tzinfo=UTC)).days % 7 == 0
     block = DAY.period_of(AT)
     assert block <= AT < block + timedelta(days=32)
     assert (block - datetime(1970, 1, 1, tzinfo=UTC)).days % 32 == 0
@@ -25,9 +27,10 @@ def test_periods_are_aligned_on_the_epoch() -> None:
     assert MINUTE.period_of(before_1970) == datetime(1969, 12, 31, 23, tzinfo=UTC)
 
 
-def test_packing_waits_a_period_and_expiry_takes_whole_periods() -> None:
-    assert pack_before(MINUTE, AT) == datetime(2026, 12, 7, 12, tzinfo=UTC)
-    assert pack_before(HOUR, AT) == datetime(2026, 12, 6, tzinfo=UTC)
+def test_packing_waits_the_grace_and_expiry_takes_whole_periods() -> None:
+    assert pack_before(MINUTE, AT) == datetime(2026, 12, 7, 12, 45, tzinfo=UTC)
+    assert pack_before(HOUR, AT) == datetime(2026, 12, 6, 13, tzinfo=UTC)
+    assert pack_before(DAY, AT) == datetime(2026, 12, 5, tzinfo=UTC)
     limit = expire_before(MINUTE, AT, 7)
     assert limit == datetime(2026, 11, 30, 13, tzinfo=UTC)
     assert limit <= AT - timedelta(days=7)

@@ -1,0 +1,359 @@
+"""`iotp bench growth`: what the stores take per device-day, before and after retention, and
+how the query API answers at a fleet's scale.
+
+The workload goes through the real paths: backdated readings, one a minute per device and
+metric (rollup volume depends on the minutes with data, not on the reading rate), folded by
+the aggregator's own fold and store into the read models, in batches; raw telemetry is
+written by ingest's own store. Nothing is inserted by hand.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from benchmarks.ingest import bench_settings
+from benchmarks.read_models import _query_api, _time_endpoint
+from benchmarks.stores import register, reset
+from ingest.store import StagedRow, TelemetryStore
+from iotp.events import RecordedReading, TelemetryRecorded
+from iotp.redis_client import redis_for
+from iotp.settings import Settings
+from read_models import store
+from read_models.projection import fold
+from read_models.rebuild import rebuild
+from read_models.retention import run_retention
+from read_models.rollup_tiers import DAY, HOUR, MINUTE, TIERS
+
+METRICS = ("temperature", "humidity", "battery")
+EVENTS_PER_BATCH = 100  # device-hours per aggregator batch: 6,000 readings
+READ_STORE_TABLES = (
+    *(f"rollup_{tier.name}_{half}" for tier in TIERS for half in ("recent", "packed")),
+    "metric_stats",
+    "device_activity",
+    "fleet_minute",
+    "devices",
+)
+
+
+def _hours(
+    devices: list[str], start: datetime, hours: int, rng: random.Random
+) -> Iterator[TelemetryRecorded]:
+    """One event per device and hour holding that hour's 60 readings of every metric."""
+    for hour in range(hours):
+        at = start + timedelta(hours=hour)
+        for device in devices:
+            readings = tuple(
+                RecordedReading(
+                    ts=at + timedelta(minutes=m, seconds=rng.randrange(60)),
+                    metrics={
+                        "temperature": round(20 + rng.gauss(0, 2), 2),
+                        "humidity": round(45 + rng.gauss(0, 5), 1),
+                        "battery": 100.0 - hour / 100,
+                    },
+                )
+                for m in range(60)
+            )
+            yield TelemetryRecorded(device_id=device, readings=readings, ingested_at=at)
+
+
+def fold_backdated(
+    conn: psycopg.Connection[Any], devices: list[str], days: int, now: datetime
+) -> float:
+    """Fold ``days`` of minutely readings of ``devices`` into the read models; seconds taken."""
+    rng = random.Random(24)
+    start = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+    started = time.perf_counter()
+    batch: list[TelemetryRecorded] = []
+    for event in _hours(devices, start, days * 24, rng):
+        batch.append(event)
+        if len(batch) == EVENTS_PER_BATCH:
+            _apply(conn, batch)
+            batch = []
+    _apply(conn, batch)
+    return time.perf_counter() - started
+
+
+def _apply(conn: psycopg.Connection[Any], events: list[TelemetryRecorded]) -> None:
+    if events:
+        with conn.transaction():
+            store.lock_for_batch(conn)
+            store.apply_deltas(conn, fold(events))
+
+
+def _sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    # What the rows take, not the space deleted rows left for reuse (VACUUM FULL): the
+    # recent halves stay small in a steady state, as their freed pages are filled again.
+    conn.execute("VACUUM FULL")
+    conn.execute("ANALYZE")
+    return {
+        table: _one(conn, f"SELECT pg_total_relation_size('read_models.{table}')")
+        for table in READ_STORE_TABLES
+    }
+
+
+def _one(conn: psycopg.Connection[Any], sql: str, *params: Any) -> int:
+    row = conn.execute(sql.encode(), params or None).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _per_tier(sizes: dict[str, int]) -> dict[str, int]:
+    """Bytes of each read model, the two halves of a rollup tier together."""
+    merged: dict[str, int] = {}
+    for table, size in sizes.items():
+        name = table.rsplit("_", 1)[0] if table.startswith("rollup_") else table
+        merged[name] = merged.get(name, 0) + size
+    return merged
+
+
+def _per_device_day(sizes: dict[str, int], device_days: int) -> dict[str, float]:
+    return {name: round(size / device_days, 1) for name, size in _per_tier(sizes).items()}
+
+
+def _raw_bytes(settings: Settings, devices: list[str], days: int, now: datetime) -> dict[str, Any]:
+    """Raw telemetry of ``devices`` over ``days`` (every minute, three metrics), written by
+    ingest's store; bytes per device-day on this server."""
+    writer = TelemetryStore(settings.database_url, "bench-growth")
+    rng = random.Random(24)
+    start = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
+    try:
+        rows: list[StagedRow] = []
+        seq = 0
+        for event in _hours(devices, start, days * 24, rng):
+            for reading in event.readings:
+                for metric, value in reading.metrics.items():
+                    rows.append((seq, event.device_id, reading.ts, metric, value, reading.ts))
+                    seq += 1
+            if len(rows) >= 50_000:
+                writer.write(rows, lambda _new: [])
+                rows = []
+        if rows:
+            writer.write(rows, lambda _new: [])
+    finally:
+        writer.close()
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE telemetry")
+        size = _one(conn, "SELECT pg_total_relation_size('telemetry')")
+        count = _one(conn, "SELECT count(*) FROM telemetry")
+    return {
+        "devices": len(devices),
+        "days": days,
+        "rows": count,
+        "bytes": size,
+        "bytes_per_device_day": round(size / (len(devices) * days), 1),
+        "bytes_per_row": round(size / max(count, 1), 1),
+    }
+
+
+def _redis_per_device(settings: Settings, devices: list[str]) -> dict[str, Any]:
+    """Redis memory per device: every key that names one of ``devices``, by MEMORY USAGE."""
+    client = redis_for(settings.redis_url, settings.redis_cluster)
+    total = keys = 0
+    wanted = set(devices)
+    for key in client.scan_iter(count=1000):
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if any(part in wanted for part in name.split(":")):
+            total += int(client.memory_usage(key) or 0)
+            keys += 1
+    used: Any = client.info("memory")
+    return {
+        "device_keys": keys,
+        "bytes_per_device": round(total / max(len(devices), 1), 1),
+        "used_memory": int(used["used_memory"]),
+    }
+
+
+def run_growth_bench(
+    settings: Settings,
+    devices: int,
+    days: int,
+    raw_devices: int,
+    query_devices: int,
+    requests: int,
+    timescale_url: str | None = None,
+) -> dict[str, Any]:
+    """Bytes per device-day of every read model before and after retention; raw telemetry's;
+    Redis's per device; and query p95s at ``query_devices`` devices."""
+    settings = bench_settings(settings)
+    now = datetime.now(UTC)
+    reset(settings)
+    ids = [f"growth-{n:05d}" for n in range(devices)]
+    device_days = devices * days
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        fold_seconds = fold_backdated(conn, ids, days, now)
+        readings = device_days * 1440
+        before = _sizes(conn)
+        row_bytes = _bytes_per_bucket(conn, before, "recent")
+        started = time.perf_counter()
+        report = run_retention(settings, now=now)
+        retention_seconds = time.perf_counter() - started
+        after = _sizes(conn)
+    assert report is not None
+    result: dict[str, Any] = {
+        "devices": devices,
+        "days": days,
+        "metrics": len(METRICS),
+        "readings_folded": readings,
+        "fold_readings_per_s": round(readings / fold_seconds),
+        "retention": {
+            "minute_days": settings.rollup_minute_retention_days,
+            "hour_days": settings.rollup_hour_retention_days,
+            "seconds": round(retention_seconds, 1),
+            "rows": report.rows,
+            "longest_batch_ms": round(report.longest_batch_ms, 1),
+        },
+        "bytes_per_device_day_before": _per_device_day(before, device_days),
+        "bytes_per_device_day_after": _per_device_day(after, device_days),
+        "read_store_bytes_before": sum(before.values()),
+        "read_store_bytes_after": sum(after.values()),
+        "raw_telemetry_plain": _raw_bytes(settings, ids[:raw_devices], days, now),
+    }
+    if timescale_url is not None:
+        from benchmarks.scale import timescale_compression
+
+        compressed = timescale_compression(timescale_url, 20)
+        compressed["bytes_per_device_day_compressed_at_1_per_minute"] = round(
+            compressed["bytes_per_reading_compressed"] * 1440, 1
+        )
+        result["raw_telemetry_timescaledb"] = compressed
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        keep_all = settings.model_copy(
+            update={"rollup_minute_retention_days": 10**5, "rollup_hour_retention_days": 10**5}
+        )
+        run_retention(keep_all, now=now + timedelta(days=70))  # everything packed
+        packed = _bytes_per_bucket(conn, _sizes(conn), "packed")
+    result["bytes_per_bucket"] = {"row": row_bytes, "packed": packed}
+    result["steady_state"] = steady_state(row_bytes, packed, _per_tier(after), devices, settings)
+    result["queries"] = _queries(settings, query_devices, requests, now)
+    result["redis"] = _redis_per_device(settings, [f"query-{n:05d}" for n in range(query_devices)])
+    return result
+
+
+def _bytes_per_bucket(
+    conn: psycopg.Connection[Any], sizes: dict[str, int], half: str
+) -> dict[str, float]:
+    """Bytes per bucket of each tier's ``half`` (recent: rows; packed: arrays), with indexes."""
+    found: dict[str, float] = {}
+    for tier in TIERS:
+        if half == "recent":
+            buckets = _one(conn, f"SELECT count(*) FROM {tier.recent}")  # noqa: S608
+        else:
+            buckets = _one(
+                conn,
+                f"SELECT count(*) FROM {tier.packed}, unnest(counts) c WHERE c IS NOT NULL",  # noqa: S608
+            )
+        table = f"rollup_{tier.name}_{half}"
+        if buckets:
+            found[tier.name] = round(sizes[table] / buckets, 1)
+    return found
+
+
+def steady_state(
+    row_bytes: dict[str, float],
+    packed_bytes: dict[str, float],
+    after: dict[str, int],
+    devices: int,
+    settings: Settings,
+) -> dict[str, Any]:
+    """The read store of 10,000 devices x 3 metrics reporting every 10 s, a year on, with
+    these tiers: buckets kept x measured bytes per bucket (a bucket costs the same whatever
+    the readings in it, so minutely readings measure it), plus the recent halves (a tier's
+    grace of rows) and the per-series statistics."""
+    series = 10_000 * len(METRICS)
+    kept = {
+        MINUTE: settings.rollup_minute_retention_days * 1440,
+        HOUR: settings.rollup_hour_retention_days * 24,
+        DAY: 365,
+    }
+    gigabytes: dict[str, float] = {}
+    for tier, buckets in kept.items():
+        recent = tier.grace / tier.bucket
+        per_series = buckets * packed_bytes.get(tier.name, 0.0) + recent * row_bytes.get(
+            tier.name, 0.0
+        )
+        gigabytes[f"{tier.name} tier"] = round(series * per_series / 1e9, 2)
+    per_device = (after.get("metric_stats", 0) + after.get("device_activity", 0)) / devices
+    gigabytes["statistics and activity"] = round(10_000 * per_device / 1e9, 3)
+    total = sum(gigabytes.values())
+    return {
+        "devices": 10_000,
+        "metrics": len(METRICS),
+        "minute_days": settings.rollup_minute_retention_days,
+        "hour_days": settings.rollup_hour_retention_days,
+        "gb": gigabytes,
+        "total_gb": round(total, 2),
+    }
+
+
+def _queries(settings: Settings, devices: int, requests: int, now: datetime) -> dict[str, Any]:
+    """p50/p95 of every query endpoint at ``devices`` devices: each with its statistics, the
+    shown one with 30 days of minutely readings folded, then retention (7 days of minutes,
+    30 days of hours kept)."""
+    reset(settings)
+    ids = [f"query-{n:05d}" for n in range(devices)]
+    shown = ids[0]
+    register(settings, ids, "thermostat", [{"name": m} for m in METRICS])
+    with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+        rebuild(settings)  # the devices' rows, as the aggregators would have them
+        rng = random.Random(7)
+        one_each = [
+            TelemetryRecorded(
+                device_id=device,
+                readings=(
+                    RecordedReading(
+                        ts=now - timedelta(minutes=rng.randrange(30)),
+                        metrics={m: rng.random() * 40 for m in METRICS},
+                    ),
+                ),
+                ingested_at=now,
+                received_at=now - timedelta(seconds=rng.randrange(900)),
+            )
+            for device in ids
+        ]
+        for start in range(0, len(one_each), 1000):
+            _apply(conn, one_each[start : start + 1000])
+        fold_backdated(conn, [shown], 30, now)
+        run_retention(settings, now=now)
+        conn.execute("VACUUM ANALYZE")
+    endpoints = _endpoints(shown, now)
+    with (
+        tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
+        _query_api(settings, tmp) as http,
+    ):
+        return {
+            "devices": devices,
+            "endpoints": {
+                name: _time_endpoint(http, path, params, requests)
+                for name, (path, params) in endpoints.items()
+            },
+        }
+
+
+def _endpoints(shown: str, now: datetime) -> dict[str, tuple[str, dict[str, Any]]]:
+    def series(span: timedelta, bucket: str) -> tuple[str, dict[str, Any]]:
+        window = {"from": (now - span).isoformat(), "to": now.isoformat(), "bucket": bucket}
+        return f"/devices/{shown}/series", {"metric": "temperature", **window}
+
+    filtered = {"status": "active", "kind": "thermostat", "sort": "last_seen", "order": "desc"}
+    return {
+        "GET /devices": ("/devices", {}),
+        "GET /devices (filtered, sorted)": ("/devices", {**filtered, "limit": 100}),
+        "GET /devices (page 50)": ("/devices", {"offset": 2500, "limit": 50}),
+        "GET /devices/{id}": (f"/devices/{shown}", {}),
+        "GET /devices/{id}/stats": (f"/devices/{shown}/stats", {}),
+        "GET /devices/{id}/series 1h@1m": series(timedelta(hours=1), "1m"),
+        "GET /devices/{id}/series 24h@1m": series(timedelta(days=1), "1m"),
+        "GET /devices/{id}/series 7d@1m": series(timedelta(days=7), "1m"),
+        "GET /devices/{id}/series 7d@1h": series(timedelta(days=7), "1h"),
+        "GET /devices/{id}/series 30d@1h": series(timedelta(days=30), "1h"),
+        "GET /devices/{id}/series 30d@1d": series(timedelta(days=30), "1d"),
+        "GET /fleet": ("/fleet", {}),
+        "GET /pipeline": ("/pipeline", {}),
+        "GET /alarms": ("/alarms", {}),
+    }
