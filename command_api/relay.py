@@ -2,6 +2,10 @@
 
 At-least-once: an event is marked sent only after XADD succeeded, so a relay that dies in
 between sends it again on its next run, with the same ``event_id`` for consumers to dedupe.
+Its housekeeping bounds what it fills: sent outbox rows and idempotency keys past their
+retention are deleted, and its streams are trimmed to what every consumer group has
+consumed (:mod:`iotp.stream_trim`; each trim is one atomic script, so relays running it
+side by side are harmless).
 """
 
 from __future__ import annotations
@@ -16,13 +20,20 @@ import psycopg
 import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
-from command_api.outbox import FORGET_SENT_SQL, MARK_SENT_SQL, UNSENT_SQL, outbox_backlog
+from command_api.outbox import (
+    FORGET_SENT_SQL,
+    MARK_SENT_SQL,
+    STREAM_OF,
+    UNSENT_SQL,
+    outbox_backlog,
+)
 from command_api.unit_of_work import Conn
 from iotp.names import RELAY_STATS_KEY
 from iotp.periodic import Every
 from iotp.redis_client import text
 from iotp.retry import Stopped, retry_transient_async
 from iotp.settings import Settings
+from iotp.stream_trim import StreamTrim, trim_consumed
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +41,7 @@ RELAY_LOCK_KEY = 0x10770002  # one active relay at a time keeps the stream in ou
 NOTIFY_CHANNEL = "iotp_outbox"
 HOUSEKEEPING_SECONDS = 600.0
 REPORT_SECONDS = 2.0
+RELAYED_STREAMS = tuple(dict.fromkeys(STREAM_OF.values()))
 
 
 async def fetch_unsent(conn: Conn, limit: int) -> list[dict[str, Any]]:
@@ -91,6 +103,36 @@ async def housekeeping(conn: Conn, settings: Settings) -> None:
             "DELETE FROM idempotency_keys WHERE created_at < now() - %s * INTERVAL '1 hour'",
             (settings.idempotency_ttl_hours,),
         )
+
+
+async def trim_streams(client: aioredis.Redis, cap: int) -> list[StreamTrim]:
+    """Trim every relayed stream to what its consumer groups have not consumed yet."""
+    trims = [await trim_consumed(client, stream, cap, time.time()) for stream in RELAYED_STREAMS]
+    for trim in trims:
+        if trim.cut:
+            logger.error(
+                "%s has no consumer group and reached its cap of %s entries"
+                " (IOTP_EVENT_STREAM_MAXLEN): its %s oldest entries were cut; a group created"
+                " on it later heals from the write store",
+                trim.stream,
+                cap,
+                trim.cut,
+            )
+        elif trim.length > cap:
+            # Never cut: a group's unconsumed entries stay. A part retired for good leaves its
+            # group behind, holding the stream; the line names it.
+            logger.warning(
+                "%s holds %s entries, over IOTP_EVENT_STREAM_MAXLEN (%s): consumer group %s"
+                " has not consumed them (is its part running? a retired part's group can be"
+                " removed with XGROUP DESTROY)",
+                trim.stream,
+                trim.length,
+                cap,
+                trim.held_by,
+            )
+        elif trim.trimmed:
+            logger.debug("trimmed %s consumed entries of %s", trim.trimmed, trim.stream)
+    return trims
 
 
 async def _listen(conn: psycopg.AsyncConnection[Any], wake: asyncio.Event) -> None:
@@ -176,6 +218,7 @@ class _Relay:
                 self.report.done()
             if self.housekeeping.due():
                 await housekeeping(conn, self.settings)
+                await trim_streams(self.client, self.settings.event_stream_maxlen)
                 self.housekeeping.done()
         await _sleep_until_woken(
             self.wake, self.stop, self.listener, self.settings.relay_poll_seconds

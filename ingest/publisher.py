@@ -24,6 +24,7 @@ from iotp.event_shards import telemetry_stream_for, telemetry_streams, trims_key
 from iotp.names import TELEMETRY_DEADLETTER_STREAM
 from iotp.periodic import Every
 from iotp.redis_client import text
+from iotp.stream_trim import CONSUMED_FLOOR_LUA
 
 logger = logging.getLogger(__name__)
 
@@ -33,39 +34,19 @@ CUT_LOG_SECONDS = 10.0
 # Many XADDs in one command (a third of the client-side cost of pipelining them one by one),
 # then the trim. Below the cap that is one XLEN: the groups' positions are looked at only
 # when the stream is over its cap, which a stream that the groups keep up with reaches once
-# per cap's worth of entries. Fields as to_fields() writes them. Returns the entries cut
-# before a group read them, then the groups that lost entries.
-_XADD_EVENTS = """
+# per cap's worth of entries (the floor is iotp.stream_trim's, which the outbox relay trims
+# its streams to as well). Fields as to_fields() writes them. Returns the entries cut before
+# a group read them, then the groups that lost entries.
+_XADD_EVENTS = (
+    CONSUMED_FLOOR_LUA
+    + """
 local stream, record, cap = KEYS[1], KEYS[2], tonumber(ARGV[1])
 for i = 3, #ARGV, 5 do
   redis.call('XADD', stream, '*', 'type', ARGV[i], 'event_id', ARGV[i + 1],
              'device_id', ARGV[i + 2], 'schema_version', ARGV[i + 3], 'data', ARGV[i + 4])
 end
 if redis.call('XLEN', stream) <= cap then return {0} end
-local function split(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function older(a, b)
-  local am, as = split(a)
-  local bm, bs = split(b)
-  return am < bm or (am == bm and as < bs)
-end
--- What each group still needs: its oldest pending entry (of those still in the stream: the
--- ids of deleted ones stay pending until a consumer is handed them), else the one after its
--- last delivered entry. Everything older than the oldest need was read and acknowledged.
-local oldest = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1][1]
-local needs, floor = {}, nil
-for _, group in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-  local info = {}
-  for j = 1, #group, 2 do info[group[j]] = group[j + 1] end
-  local ms, seq = split(info['last-delivered-id'])
-  local need = string.format('%.0f-%.0f', ms, seq + 1)
-  local pending = redis.call('XPENDING', stream, info['name'], oldest, '+', 1)[1]
-  if pending and older(pending[1], need) then need = pending[1] end
-  needs[info['name']] = need
-  if floor == nil or older(need, floor) then floor = need end
-end
+local floor, needs = consumed_floor(stream)
 if floor ~= nil then
   redis.call('XTRIM', stream, 'MINID', '~', floor)
   if redis.call('XLEN', stream) <= cap then return {0} end
@@ -95,6 +76,7 @@ for name, entry in pairs(nexts) do
 end
 return result
 """
+)
 _EVENT_FIELDS = ("type", "event_id", "device_id", "schema_version", "data")
 
 # Dead letters, each as its field count then its fields, added under the cap; returns how

@@ -4,6 +4,11 @@ Loaded from the devices table at start, kept current from ``iotp:events:devices`
 asked of the database on a miss (a device registered a moment ago whose event is still on
 its way). Misses are remembered briefly so that a flood of unknown ids cannot turn into a
 flood of queries.
+
+The stream is trimmed by what the consumer groups consumed (:mod:`iotp.stream_trim`), and
+the follower is no group: when a trim took entries it had not read yet (it fell behind, or
+the trim came between its start and its first read), it loads the devices table again, as
+at start, rather than go on without them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import redis
@@ -24,8 +29,9 @@ from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated, f
 from iotp.group_reader import Counts, decode_batch
 from iotp.model import MetricSpec
 from iotp.names import DEVICE_EVENTS_STREAM
-from iotp.redis_client import text
+from iotp.redis_client import split_id, text
 from iotp.retry import Stopped, retry_transient
+from iotp.stream_trim import missed_after, trimmed_before
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +68,7 @@ class DeviceRegistry:
     def load(self, devices: Iterable[DeviceInfo]) -> None:
         for device in devices:
             self._devices[device.device_id] = device
+            self._unknown_until.pop(device.device_id, None)
 
     def lookup(self, device_id: str) -> DeviceInfo | None:
         """The device, from memory, else from the database (misses cached for a moment)."""
@@ -93,6 +100,14 @@ class DeviceRegistry:
             self._devices[event.device_id] = DeviceInfo(event.device_id, "decommissioned", metrics)
 
 
+class DeviceTable(Protocol):
+    """Every device as the devices table has it now."""
+
+    def fetch_all(self) -> list[DeviceInfo]: ...
+
+    def close(self) -> None: ...
+
+
 class DatabaseDevices:
     """Device look-ups for the registry, on a connection of their own."""
 
@@ -115,9 +130,13 @@ class DatabaseDevices:
         return None if row is None else _from_row(row)
 
     def fetch_all(self) -> list[DeviceInfo]:
-        with self._connection().cursor() as cur:
-            cur.execute(_SELECT_DEVICES)
-            return [_from_row(row) for row in cur]
+        try:
+            with self._connection().cursor() as cur:
+                cur.execute(_SELECT_DEVICES)
+                return [_from_row(row) for row in cur]
+        except psycopg.OperationalError:
+            self.close()
+            raise
 
     def close(self) -> None:
         self._connection.close()
@@ -132,25 +151,68 @@ class RegistryFollower(threading.Thread):
     """Applies device events from the stream to the registry as they arrive.
 
     Plain XREAD, not a consumer group: every ingest process needs every device event. It
-    reads and decodes as the group reader does (:mod:`iotp.group_reader`).
+    reads and decodes as the group reader does (:mod:`iotp.group_reader`). ``table`` is the
+    follower's own (its thread's) way to the devices table, for when the stream was trimmed
+    past its position; closed when the follower stops.
     """
 
     def __init__(
-        self, registry: DeviceRegistry, client: redis.Redis, after: str, stop: threading.Event
+        self,
+        registry: DeviceRegistry,
+        client: redis.Redis,
+        after: str,
+        stop: threading.Event,
+        table: DeviceTable,
     ) -> None:
         super().__init__(name="iotp-ingest-registry", daemon=True)
         self.registry, self.client, self.position, self.stop = registry, client, after, stop
+        self.table = table
+        self.reloads = 0
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                entries = retry_transient(self._read, self.stop, task="device registry")
-            except Stopped:
-                return
-            batch = decode_batch(entries, from_fields, Counts(), "device registry")
-            for delivered in batch.events:
-                self.registry.apply(delivered.event)
-            self.position = batch.last_ids.get(DEVICE_EVENTS_STREAM, self.position)
+        try:
+            while not self.stop.is_set():
+                self.step()
+        except Stopped:
+            return
+        finally:
+            self.table.close()
 
-    def _read(self) -> dict[str, list[Entry]]:
-        return read_streams(self.client, {DEVICE_EVENTS_STREAM: self.position}, 500, 500)
+    def step(self) -> None:
+        """One read: apply what it brought, or reload if a trim took entries not yet read."""
+        entries, trimmed = retry_transient(self._read, self.stop, task="device registry")
+        if missed_after(self.position, trimmed):
+            logger.warning(
+                "device registry: %s was trimmed up to %s, past this process's position %s;"
+                " reloading the devices from the database",
+                DEVICE_EVENTS_STREAM,
+                trimmed,
+                self.position,
+            )
+            self.position, count = retry_transient(
+                lambda: self._reload(trimmed), self.stop, task="device registry"
+            )
+            self.reloads += 1
+            logger.info("device registry reloaded: %s devices", count)
+            return
+        batch = decode_batch(entries, from_fields, Counts(), "device registry")
+        for delivered in batch.events:
+            self.registry.apply(delivered.event)
+        self.position = batch.last_ids.get(DEVICE_EVENTS_STREAM, self.position)
+
+    def _read(self) -> tuple[dict[str, list[Entry]], str | None]:
+        """New entries, then how far the stream was trimmed: read after the entries, a trim
+        before the read is seen (one after it may reload for nothing, and misses nothing)."""
+        entries = read_streams(self.client, {DEVICE_EVENTS_STREAM: self.position}, 500, 500)
+        return entries, trimmed_before(self.client, DEVICE_EVENTS_STREAM)
+
+    def _reload(self, trimmed: str | None) -> tuple[str, int]:
+        """As at start: the stream's last id, then the devices table (which has every change
+        up to that id: the outbox commits with the change); the new position, and how many.
+
+        Never behind the trim, so that a stream left empty does not reload again and again.
+        """
+        position = max(last_device_event_id(self.client), trimmed or "0-0", key=split_id)
+        devices = self.table.fetch_all()
+        self.registry.load(devices)
+        return position, len(devices)

@@ -261,7 +261,9 @@ def _follow_registry(
     follower_client = redis_for(
         settings.redis_url, settings.redis_cluster, socket_connect_timeout=5
     )
-    RegistryFollower(registry, follower_client, position, stop).start()
+    # A connection of the follower's own for its reloads (opened only if one is needed).
+    table = DatabaseDevices(settings.database_url)
+    RegistryFollower(registry, follower_client, position, stop, table).start()
     return registry
 
 

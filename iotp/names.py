@@ -47,7 +47,10 @@ RELAY_STATS_KEY = "iotp:relay:stats"  # outbox backlog, for the read side's pipe
 # What ingest trimmed from each stream is kept beside it, in "{<stream>}:trims" (one hash
 # slot with the stream: iotp.event_shards.trims_key): entries of a telemetry shard cut at its
 # cap before a consumer group read them (in all, and per group as "cuts:<group>"), dead
-# letters dropped at the dead-letter stream's cap, and the caps themselves.
+# letters dropped at the dead-letter stream's cap, and the caps themselves. The outbox relay
+# keeps the same record for each stream it fills (iotp.stream_trim): what it trimmed once
+# every group had consumed it, what the cap cut from a stream no group reads, and the id
+# every trimmed entry was older than ("trimmed_before").
 # Gaps the aggregators found in what they read, and their heals from the write store.
 READ_MODEL_HEALS_KEY = "iotp:read_models:heals"
 CONSUMER_STATS_KEY_PREFIX = "iotp:consumers:"

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_poll_seconds: float = Field(default=1.0, gt=0)
     outbox_keep_hours: int = Field(default=168, ge=1)
+    # The relayed event streams (devices, alarms, alarm rules, webhooks, access) are trimmed
+    # by the relay's housekeeping to what every consumer group has consumed; a stream no
+    # group reads yet is kept whole up to this many entries, then its oldest are cut
+    # (iotp/stream_trim.py). It never cuts entries a group has not consumed.
+    event_stream_maxlen: int = Field(default=100_000, ge=1000)
 
     mqtt_protocol: Literal["5", "3.1.1"] = "5"
     mqtt_keepalive_seconds: int = Field(default=30, ge=5)

@@ -2,13 +2,15 @@
 
 A gap is an event the group never applied because it left Redis first: ingest cut it at a
 telemetry shard's cap (ingest counts each cut per group in the shard's trim record), it was
-deleted while pending (Redis hands such entries back without fields), or Redis lost the
-stream or the group (a restart without its data, a flush: the group had to be created again
-although the part had applied entries, or the part's recorded position is beyond what the
-group was ever delivered). The write store holds every stored reading, device and alarm, so
-a gap is healed by the part recomputing its state from it (its ``heal``). Heals are counted
-in the group's stats hash (and in ``heals_key`` when given), and a cut counts as healed only
-once a heal that started after it has finished, so a crash mid-heal heals again.
+deleted while pending (Redis hands such entries back without fields), the outbox relay
+trimmed a stream before the group was created on it (:mod:`iotp.stream_trim`), or Redis
+lost the stream or the group (a restart without its data, a flush: the group had to be
+created again although the part had applied entries, or the part's recorded position is
+beyond what the group was ever delivered). The write store holds every stored reading,
+device and alarm, so a gap is healed by the part recomputing its state from it (its
+``heal``). Heals are counted in the group's stats hash (and in ``heals_key`` when given),
+and a cut counts as healed only once a heal that started after it has finished, so a crash
+mid-heal heals again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from iotp.event_shards import stream_trims, telemetry_streams
 from iotp.names import READ_MODEL_HEALS_KEY, consumer_stats_key, stream_cuts_field
 from iotp.periodic import Every
 from iotp.redis_client import split_id, text
+from iotp.stream_trim import trimmed_before
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +104,18 @@ class GapWatch:
         )
 
     def group_created(self, stream: str, position: str | None) -> None:
-        """The group was missing on ``stream`` and was created again."""
+        """The group was missing on ``stream`` and was created (again)."""
         if position is not None and split_id(position) > (0, 0):
             self.found(
                 f"Redis lost group {self.group} of {stream}: it had to be created again after"
                 f" entries up to {position} were applied"
+            )
+        elif (trimmed := trimmed_before(self.client, stream)) is not None:
+            # A group starts at the stream's beginning; entries the relay trimmed before the
+            # group existed (all the other groups had consumed them) it never saw.
+            self.found(
+                f"{stream} was trimmed (entries before {trimmed}) before group {self.group}"
+                " was created on it"
             )
 
     def compare_positions(self, recorded: Mapping[str, str]) -> None:
