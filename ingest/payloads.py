@@ -2,14 +2,16 @@
 
 A payload is ``{"ts": <ISO-8601 with offset | epoch ms>, "metrics": {name: number}, "seq"?: int}``
 or a JSON array of such objects. Everything that cannot be stored becomes a :class:`Rejection`
-with a reason code; the good readings beside a bad one are kept.
+with a reason code; the good readings beside a bad one are kept. The checks every payload
+format shares (size, device, times, metric names and values) are public for the device
+profiles' formats (ingest.formats), so that each format refuses what this one refuses.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -40,6 +42,12 @@ INVALID_METRIC_NAME = "invalid_metric_name"
 INVALID_VALUE = "invalid_value"
 UNKNOWN_METRIC = "unknown_metric"
 TOO_MANY_READINGS = "too_many_readings"
+# Reasons of the device profiles' payload formats (ingest.formats).
+UNSUPPORTED_VALUE = "unsupported_value"  # a SenML string, boolean or data value
+BASE_NAME_MISMATCH = "base_name_mismatch"  # a SenML name outside the device's base name
+UNMAPPED_NAME = "unmapped_name"  # no mapping, and not a valid metric name either
+UNIT_MISMATCH = "unit_mismatch"  # a SenML unit other than the one the mapping expects
+DUPLICATE_RECORD = "duplicate_record"  # a metric twice at the same time in one message
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +101,7 @@ class ParsedMessage:
 
 
 DeviceLookup = Callable[[str], DeviceInfo | None]
+Problem = tuple[str, str]  # (reason code, detail)
 
 
 def device_id_of(topic: str) -> str | None:
@@ -113,46 +122,89 @@ def parse_message(
     """Validate one MQTT message into readings to store and rejections to dead-letter."""
     device_id = device_id_of(topic)
     if device_id is None:
-        return _rejected(None, INVALID_TOPIC, "topic is not devices/{device_id}/telemetry")
+        return rejected(None, INVALID_TOPIC, "topic is not devices/{device_id}/telemetry")
+    problem = size_problem(payload, limits)
+    if problem is not None:
+        return rejected(device_id, *problem)
+    device = lookup(device_id)
+    problem = device_problem(device_id, device)
+    if problem is not None:
+        return rejected(device_id, *problem)
+    assert device is not None
+    return parse_iotp_payload(device, payload, received_at, limits)
+
+
+def size_problem(payload: bytes, limits: Limits) -> Problem | None:
+    """The problem of a payload over the size limit, if it is."""
     if len(payload) > limits.max_payload_bytes:
-        return _rejected(
-            device_id,
+        return (
             PAYLOAD_TOO_LARGE,
             f"payload is {len(payload)} bytes, over the {limits.max_payload_bytes} limit",
         )
-    device = lookup(device_id)
+    return None
+
+
+def device_problem(device_id: str, device: DeviceInfo | None) -> Problem | None:
+    """Why a device's readings cannot be stored (unknown or not active), or None."""
     if device is None:
-        return _rejected(device_id, UNKNOWN_DEVICE, f"device {device_id!r} is not registered")
+        return UNKNOWN_DEVICE, f"device {device_id!r} is not registered"
     if device.status != ACTIVE:
-        return _rejected(
-            device_id, DEVICE_DECOMMISSIONED, f"device {device_id!r} is {device.status}"
-        )
+        return DEVICE_DECOMMISSIONED, f"device {device_id!r} is {device.status}"
+    return None
+
+
+class PayloadError(ValueError):
+    """A payload that cannot be read at all: its reason code and detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def decode_text(payload: bytes) -> str:
+    """The payload as UTF-8 text; raises PayloadError (not_utf8)."""
     try:
-        text = payload.decode("utf-8")
+        return payload.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return _rejected(
-            device_id, NOT_UTF8, f"payload is not UTF-8: {exc.reason} at byte {exc.start}"
-        )
+        raise PayloadError(
+            NOT_UTF8, f"payload is not UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
+
+
+def decode_json(payload: bytes) -> object:
+    """The payload's JSON document; raises PayloadError (not_utf8, invalid_json)."""
+    text = decode_text(payload)
     try:
-        document = orjson.loads(text)
+        return orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        return _rejected(device_id, INVALID_JSON, f"payload is not JSON: {exc}")
+        raise PayloadError(INVALID_JSON, f"payload is not JSON: {exc}") from None
+
+
+def parse_iotp_payload(
+    device: DeviceInfo, payload: bytes, received_at: datetime, limits: Limits
+) -> ParsedMessage:
+    """Readings of an active device's payload in iotp's own shape (the module docstring's)."""
+    device_id = device.device_id
+    try:
+        document = decode_json(payload)
+    except PayloadError as exc:
+        return rejected(device_id, exc.reason, exc.detail)
 
     if isinstance(document, dict):
         items: list[object] = [document]
         indexed = False
     elif isinstance(document, list):
         if not document:
-            return _rejected(device_id, INVALID_SHAPE, "payload is an empty array")
+            return rejected(device_id, INVALID_SHAPE, "payload is an empty array")
         if len(document) > limits.max_readings:
-            return _rejected(
+            return rejected(
                 device_id,
                 TOO_MANY_READINGS,
                 f"payload holds {len(document)} readings, over the {limits.max_readings} limit",
             )
         items, indexed = document, True
     else:
-        return _rejected(device_id, INVALID_SHAPE, "payload must be a JSON object or an array")
+        return rejected(device_id, INVALID_SHAPE, "payload must be a JSON object or an array")
 
     readings: list[Reading] = []
     rejections: list[Rejection] = []
@@ -165,11 +217,9 @@ def parse_message(
     return ParsedMessage(device_id, tuple(readings), tuple(rejections))
 
 
-def _rejected(device_id: str | None, reason: str, detail: str) -> ParsedMessage:
+def rejected(device_id: str | None, reason: str, detail: str) -> ParsedMessage:
+    """A message of which nothing is stored, for one reason."""
     return ParsedMessage(device_id, (), (Rejection(reason, detail),))
-
-
-Problem = tuple[str, str]
 
 
 def _parse_reading(
@@ -194,15 +244,29 @@ def _parse_reading(
         assert problem is not None
         return None, [problem]
 
+    kept, breaches, problems = check_metrics(metrics.items(), device)
+    if not kept:
+        return None, problems
+    return Reading(ts, kept, breaches), problems
+
+
+def check_metrics(
+    metrics: Iterable[tuple[str, object]], device: DeviceInfo
+) -> tuple[dict[str, float], tuple[str, ...], list[Problem]]:
+    """The storable metrics of one reading, those out of their declared range, and problems.
+
+    A name must be declared by the device (when it declares any) or match the metric-name
+    pattern; a value must be a finite number (JSON true is not 1).
+    """
     kept: dict[str, float] = {}
     breaches: list[str] = []
     problems: list[Problem] = []
     declared_metrics = device.metrics
-    for name, value in metrics.items():
+    for name, value in metrics:
         # Declared names were validated at registration; only others need the pattern.
         if name not in declared_metrics and not is_metric_name(name):
             problems.append(
-                (INVALID_METRIC_NAME, f"metric name {_clip(name)!r} is not 1-64 of [A-Za-z0-9_.-]")
+                (INVALID_METRIC_NAME, f"metric name {clip(name)!r} is not 1-64 of [A-Za-z0-9_.-]")
             )
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -220,9 +284,7 @@ def _parse_reading(
             if not declared.contains(number):
                 breaches.append(name)
         kept[name] = number
-    if not kept:
-        return None, problems
-    return Reading(ts, kept, tuple(breaches)), problems
+    return kept, tuple(breaches), problems
 
 
 def _timestamp(
@@ -243,23 +305,34 @@ def _timestamp(
         try:
             ts = datetime.fromisoformat(raw)
         except ValueError:
-            return None, (INVALID_TIMESTAMP, f'"ts" {_clip(raw)!r} is not ISO-8601')
+            return None, (INVALID_TIMESTAMP, f'"ts" {clip(raw)!r} is not ISO-8601')
         if ts.tzinfo is None:
-            return None, (INVALID_TIMESTAMP, f'"ts" {_clip(raw)!r} has no UTC offset')
+            return None, (INVALID_TIMESTAMP, f'"ts" {clip(raw)!r} has no UTC offset')
         ts = ts.astimezone(UTC)
     else:
         return None, (INVALID_TIMESTAMP, '"ts" must be ISO-8601 text or epoch milliseconds')
-    if ts > received_at + limits.max_future:
-        return None, (TS_IN_FUTURE, f'"ts" {ts.isoformat()} is more than {limits.max_future} ahead')
-    if ts < EARLIEST_TS:
-        return None, (
-            TS_TOO_OLD,
-            f'"ts" {ts.isoformat()} is before 2000 (epoch seconds sent as ms?)',
-        )
-    if limits.max_age is not None and ts < received_at - limits.max_age:
-        return None, (TS_TOO_OLD, f'"ts" {ts.isoformat()} is older than {limits.max_age.days} days')
+    problem = time_problem(ts, received_at, limits)
+    if problem is not None:
+        return None, problem
     return ts, None
 
 
-def _clip(text: str, length: int = 64) -> str:
+def time_problem(
+    ts: datetime, received_at: datetime, limits: Limits, label: str = '"ts"'
+) -> Problem | None:
+    """Why a reading's time (aware, UTC) cannot be stored: ahead, before 2000 or too old."""
+    if ts > received_at + limits.max_future:
+        return TS_IN_FUTURE, f"{label} {ts.isoformat()} is more than {limits.max_future} ahead"
+    if ts < EARLIEST_TS:
+        return (
+            TS_TOO_OLD,
+            f"{label} {ts.isoformat()} is before 2000 (epoch seconds sent as ms?)",
+        )
+    if limits.max_age is not None and ts < received_at - limits.max_age:
+        return TS_TOO_OLD, f"{label} {ts.isoformat()} is older than {limits.max_age.days} days"
+    return None
+
+
+def clip(text: str, length: int = 64) -> str:
+    """Text cut to ``length`` characters for a detail, marked when it was cut."""
     return text if len(text) <= length else text[:length] + "..."
