@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -85,6 +86,49 @@ def _apply(conn: psycopg.Connection[Any], events: list[TelemetryRecorded]) -> No
         with conn.transaction():
             store.lock_for_batch(conn)
             store.apply_deltas(conn, fold(events))
+
+
+def _aggregating(
+    settings: Settings, devices: list[str], days: int, now: datetime, meanwhile: Any
+) -> dict[str, float]:
+    """How long an aggregator's batches take while ``meanwhile`` runs: batches of current
+    readings, and of late ones for the hours being packed or expired (the rows the job
+    locks), back to back; their p50, p99 and max in ms."""
+    stop = threading.Event()
+    durations: list[float] = []
+
+    def aggregate() -> None:
+        rng = random.Random(99)
+        with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+            while not stop.is_set():
+                events = []
+                for _ in range(50):
+                    device = rng.choice(devices)
+                    age = timedelta(seconds=rng.randrange(days * 86400))
+                    ts = now - (age if rng.random() < 0.5 else timedelta(seconds=rng.random()))
+                    metrics = {m: rng.random() * 40 for m in METRICS}
+                    reading = RecordedReading(ts=ts, metrics=metrics)
+                    events.append(
+                        TelemetryRecorded(device_id=device, readings=(reading,), ingested_at=now)
+                    )
+                started = time.perf_counter()
+                _apply(conn, events)
+                durations.append((time.perf_counter() - started) * 1000)
+
+    worker = threading.Thread(target=aggregate, name="bench-aggregator")
+    worker.start()
+    try:
+        meanwhile()
+    finally:
+        stop.set()
+        worker.join()
+    durations.sort()
+    return {
+        "batches": len(durations),
+        "p50": round(durations[len(durations) // 2], 1),
+        "p99": round(durations[int(0.99 * (len(durations) - 1))], 1),
+        "max": round(durations[-1], 1),
+    }
 
 
 def _sizes(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -190,9 +234,16 @@ def run_growth_bench(
         readings = device_days * 1440
         before = _sizes(conn)
         row_bytes = _bytes_per_bucket(conn, before, "recent")
-        started = time.perf_counter()
-        report = run_retention(settings, now=now)
-        retention_seconds = time.perf_counter() - started
+        idle = _aggregating(settings, ids, days, now, lambda: time.sleep(3))
+        timed: dict[str, Any] = {}
+
+        def retention_now() -> None:
+            started = time.perf_counter()
+            timed["report"] = run_retention(settings, now=now)
+            timed["seconds"] = time.perf_counter() - started
+
+        during = _aggregating(settings, ids, days, now, retention_now)
+        report, retention_seconds = timed["report"], timed["seconds"]
         after = _sizes(conn)
     assert report is not None
     result: dict[str, Any] = {
@@ -207,6 +258,8 @@ def run_growth_bench(
             "seconds": round(retention_seconds, 1),
             "rows": report.rows,
             "longest_batch_ms": round(report.longest_batch_ms, 1),
+            "aggregator_batch_ms_idle": idle,
+            "aggregator_batch_ms_during_retention": during,
         },
         "bytes_per_device_day_before": _per_device_day(before, device_days),
         "bytes_per_device_day_after": _per_device_day(after, device_days),

@@ -107,9 +107,13 @@ def migrate(settings: Settings, read_store: MigrationSet | None = None) -> Migra
                     )
                 )
             _ensure_ledger(read, read_store.ledger)
+            # The read store may be a server of its own: its mode is its own.
+            read_timescale, _ = _choose_mode(read, settings.timescaledb)
             report.read_store_applied = _apply_pending(
-                read, read_store.package, read_store.ledger, report, timescaledb=False
+                read, read_store.package, read_store.ledger, report, timescaledb=read_timescale
             )
+            if read_timescale:
+                report.policies += apply_rollup_policies(read, settings)
     return report
 
 
@@ -273,6 +277,63 @@ def apply_timescale_policies(conn: psycopg.Connection[Any], settings: Settings) 
     return done
 
 
+# The packed rollup tiers on TimescaleDB (read_models 0060): compressed once their periods
+# are full (a period, plus the tier's grace, plus a day), the minute and hour tiers dropped
+# by whole chunks past their retention.
+ROLLUP_COMPRESS_AFTER_DAYS = {"minute": 2, "hour": 9, "day": 35}
+
+
+def apply_rollup_policies(conn: psycopg.Connection[Any], settings: Settings) -> list[str]:
+    """Compression and retention of the packed rollup tiers, in line with the settings."""
+    if not _is_hypertable(conn, "read_models", "rollup_minute_packed"):
+        return []  # the read store's TimescaleDB migration is not applied (an older schema)
+    retention = {
+        "minute": settings.rollup_minute_retention_days,
+        "hour": settings.rollup_hour_retention_days,
+        "day": 0,  # kept for ever
+    }
+    done: list[str] = []
+    with conn.transaction():
+        for tier, compress_after in ROLLUP_COMPRESS_AFTER_DAYS.items():
+            table = f"read_models.rollup_{tier}_packed"
+            name = f"rollup_{tier}_packed"
+            done.append(
+                _ensure_policy(
+                    conn,
+                    "policy_compression",
+                    "compress_after",
+                    compress_after,
+                    f"SELECT add_compression_policy('{table}', %s * INTERVAL '1 day')",
+                    f"SELECT remove_compression_policy('{table}', if_exists => true)",
+                    f"{name} compression",
+                    hypertable=name,
+                )
+            )
+            done.append(
+                _ensure_policy(
+                    conn,
+                    "policy_retention",
+                    "drop_after",
+                    retention[tier],
+                    f"SELECT add_retention_policy('{table}', %s * INTERVAL '1 day')",
+                    f"SELECT remove_retention_policy('{table}', if_exists => true)",
+                    f"{name} retention",
+                    hypertable=name,
+                )
+            )
+    return done
+
+
+def _is_hypertable(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM timescaledb_information.hypertables"
+        " WHERE hypertable_schema = %s AND hypertable_name = %s)",
+        (schema, table),
+    ).fetchone()
+    conn.commit()
+    return bool(row and row[0])
+
+
 def _ensure_policy(
     conn: psycopg.Connection[Any],
     proc: str,
@@ -281,14 +342,15 @@ def _ensure_policy(
     add: str,
     remove: str,
     label: str,
+    hypertable: str = "telemetry",
 ) -> str:
     row = conn.execute(
         f"""
         SELECT (config ->> '{key}')::interval = %s * INTERVAL '1 day'
         FROM timescaledb_information.jobs
-        WHERE proc_name = %s AND hypertable_name = 'telemetry'
+        WHERE proc_name = %s AND hypertable_name = %s
         """,  # noqa: S608 - key is one of two literals above
-        (days, proc),
+        (days, proc, hypertable),
     ).fetchone()
     if days == 0:
         if row is not None:

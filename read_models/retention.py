@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,13 +45,19 @@ logger = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[Any]
 RETENTION_LOCK_KEY = 0x10770005
-BATCH_ROWS = 2_000
+BATCH_ROWS = 5_000  # the most rows a round may touch
+ROUND_MS = 40.0  # what a round aims to take
+MIN_ROUND_ROWS = 20
+EPOCH_START = datetime(1, 1, 1, tzinfo=UTC)  # before any bucket
 
 _PACK = """
-WITH moved AS (
-    DELETE FROM {recent} r WHERE r.ctid = ANY(ARRAY(
-        SELECT ctid FROM {recent} WHERE bucket < %(before)s
-        ORDER BY bucket LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+WITH picked AS (
+    SELECT device_id, metric, bucket FROM {recent}
+    WHERE bucket >= %(after)s AND bucket < %(before)s
+    ORDER BY bucket LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), moved AS (
+    DELETE FROM {recent} r USING picked k
+    WHERE r.device_id = k.device_id AND r.metric = k.metric AND r.bucket = k.bucket
     RETURNING r.device_id, r.metric, r.bucket, r.count, r.sum, r.min, r.max
 ), placed AS (
     SELECT m.*, date_bin(INTERVAL '{period} seconds', m.bucket, TIMESTAMPTZ 'epoch') AS period
@@ -70,20 +76,47 @@ SELECT device_id, metric, period,
        read_models.rollup_spread(slots, mins, {slots}),
        read_models.rollup_spread(slots, maxs, {slots})
 FROM grouped ORDER BY device_id, metric, period
-ON CONFLICT (device_id, metric, period) DO UPDATE SET
-    counts = read_models.rollup_add(t.counts, excluded.counts),
-    sums = read_models.rollup_add(t.sums, excluded.sums),
-    mins = read_models.rollup_least(t.mins, excluded.mins),
-    maxs = read_models.rollup_greatest(t.maxs, excluded.maxs)
+-- Merged bucket by bucket, in one pass over both rows' arrays: the aggregators' own merge,
+-- so packing in any order, in any number of steps, gives one result.
+ON CONFLICT (device_id, metric, period) DO UPDATE SET (counts, sums, mins, maxs) = (
+    SELECT array_agg(COALESCE(c1 + c2, c1, c2) ORDER BY i),
+           array_agg(COALESCE(s1 + s2, s1, s2) ORDER BY i),
+           array_agg(LEAST(lo1, lo2) ORDER BY i),
+           array_agg(GREATEST(hi1, hi2) ORDER BY i)
+    FROM unnest(t.counts, t.sums, t.mins, t.maxs,
+                excluded.counts, excluded.sums, excluded.mins, excluded.maxs)
+         WITH ORDINALITY AS u(c1, s1, lo1, hi1, c2, s2, lo2, hi2, i))
 RETURNING 1
 )
-SELECT count(*) FROM moved
+SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM picked),
+       (SELECT max(bucket) FROM picked)
 """
 
+# Rows picked by their key ({key}: columns, or ctid where nothing else writes old rows),
+# locked as they are picked: deleted as seen, never a version an aggregator replaced since.
+# Each round starts where the last one ended (%(after)s): from the oldest again, an index scan
+# would step over every entry the earlier rounds deleted (still in the index until vacuum),
+# and the rounds would slow down as they go.
 _EXPIRE = """
-DELETE FROM {table} WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM {table} WHERE {column} < %(before)s LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+WITH picked AS (
+    SELECT {key}, {column} AS at FROM {table}
+    WHERE {column} >= %(after)s AND {column} < %(before)s
+    ORDER BY {column} LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM {table} t USING picked k WHERE ({qualified}) = ({picked}) RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM picked), (SELECT max(at) FROM picked)
 """
+
+
+def _expire_sql(table: str, column: str, key: tuple[str, ...]) -> str:
+    return _EXPIRE.format(
+        table=table,
+        column=column,
+        key=", ".join(key),
+        qualified=", ".join(f"t.{c}" for c in key),
+        picked=", ".join(f"k.{c}" for c in key),
+    )
 
 
 @dataclass
@@ -161,14 +194,16 @@ def _read_side(
         (HOUR, settings.rollup_hour_retention_days),
     ):
         before = expire_before(tier, now, days)
-        for table, column, what in (
-            (tier.recent, "bucket", f"{tier.name} buckets (late, unpacked)"),
-            (tier.packed, "period", f"{tier.name} periods"),
-        ):
-            sql = _EXPIRE.format(table=table, column=column)
-            removed = _batches(read, sql, {"before": before, "limit": batch}, report)
-            report.add(f"expired {what}", removed)
-    sql = _EXPIRE.format(table="read_models.fleet_minute", column="bucket")
+        sql = _expire_sql(tier.recent, "bucket", ("device_id", "metric", "bucket"))
+        removed = _batches(read, sql, {"before": before, "limit": batch}, report)
+        report.add(f"expired {tier.name} buckets (late, unpacked)", removed)
+        if _is_hypertable(read, tier.packed):
+            report.add(f"expired {tier.name} chunks", _drop_chunks(read, tier.packed, before))
+            continue
+        sql = _expire_sql(tier.packed, "period", ("device_id", "metric", "period"))
+        removed = _batches(read, sql, {"before": before, "limit": batch}, report)
+        report.add(f"expired {tier.name} periods", removed)
+    sql = _expire_sql("read_models.fleet_minute", "bucket", ("bucket",))
     before = now - timedelta(days=settings.rollup_minute_retention_days)
     report.add(
         "expired fleet minutes", _batches(read, sql, {"before": before, "limit": batch}, report)
@@ -176,43 +211,59 @@ def _read_side(
 
 
 def _batches(conn: Conn, sql: str, params: dict[str, Any], report: RetentionReport) -> int:
-    """Run ``sql`` in short transactions until it touches nothing; rows touched in all (its
-    row count, or the count it selects)."""
+    """Run ``sql`` (with ``%(limit)s``) in short transactions until it has caught up; rows
+    touched in all (its row count, or the count it selects)."""
 
-    def step() -> int:
-        cur = conn.execute(sql.encode(), params)
-        if cur.description is None:
-            return cur.rowcount
-        row = cur.fetchone()
-        return int(row[0]) if row else 0
+    after = EPOCH_START
 
-    total = 0
-    for count, elapsed_ms in _timed_rounds(conn, step):
-        total += count
-        report.longest_batch_ms = max(report.longest_batch_ms, elapsed_ms)
-    return total
+    def step(limit: int) -> tuple[int, int]:
+        nonlocal after
+        row = conn.execute(sql.encode(), {**params, "limit": limit, "after": after}).fetchone()
+        if not row:
+            return 0, 0
+        if row[2] is not None:
+            after = row[2]
+        return int(row[0]), int(row[1])
+
+    return _rounds(conn, step, int(params["limit"]), report)
 
 
 def _forget_audit(conn: Conn, settings: Settings, batch: int, report: RetentionReport) -> int:
-    total = 0
-    rounds = _timed_rounds(
-        conn, lambda: audit_store.forget_older_than(conn, settings.audit_retention_days, batch)
-    )
-    for count, elapsed_ms in rounds:
-        total += count
-        report.longest_batch_ms = max(report.longest_batch_ms, elapsed_ms)
-    return total
+    days = settings.audit_retention_days
+
+    def step(limit: int) -> tuple[int, int]:
+        gone = audit_store.forget_older_than(conn, days, limit)
+        return gone, gone
+
+    return _rounds(conn, step, batch, report)
 
 
-def _timed_rounds(conn: Conn, step: Callable[[], int]) -> Iterator[tuple[int, float]]:
+def _rounds(
+    conn: Conn, step: Callable[[int], tuple[int, int]], most: int, report: RetentionReport
+) -> int:
+    """``step(limit)`` (rows touched, rows picked) in one short transaction at a time, until
+    a round picks fewer rows than it may (caught up: late rows arriving meanwhile wait for
+    the next run).
+
+    The limit adapts so that a round takes about :data:`ROUND_MS`: a round's row locks are
+    what an aggregator may wait on, and a round merging into packed periods costs far more
+    a row than one deleting.
+    """
+    total, limit = 0, min(most, 500)
     while True:
         started = time.perf_counter()
         with conn.transaction():
             store.lock_for_batch(conn)
-            count = step()
-        yield count, (time.perf_counter() - started) * 1000
-        if count <= 0:
-            return
+            touched, picked = step(limit)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        report.longest_batch_ms = max(report.longest_batch_ms, elapsed_ms)
+        total += touched
+        if picked < limit:
+            return total
+        if elapsed_ms > ROUND_MS:
+            limit = max(MIN_ROUND_ROWS, limit // 2)
+        elif elapsed_ms < ROUND_MS / 4:
+            limit = min(most, limit * 2)
 
 
 def _raw_telemetry(settings: Settings, now: datetime, batch: int, report: RetentionReport) -> None:
@@ -220,17 +271,20 @@ def _raw_telemetry(settings: Settings, now: datetime, batch: int, report: Retent
         return
     write = connect(settings.database_url)
     try:
-        if _is_hypertable(write, "telemetry"):
-            report.add("raw telemetry (TimescaleDB retention policy)", 0)
-            return
         before = now - timedelta(days=settings.telemetry_retention_days)
-        sql = _EXPIRE.format(table="telemetry", column="ts")
-        total = 0
+        if _is_hypertable(write, "telemetry"):
+            report.add("expired raw telemetry chunks", _drop_chunks(write, "telemetry", before))
+            return
+        sql = _expire_sql("telemetry", "ts", ("ctid",))
+        total, after = 0, EPOCH_START
         while True:
+            params = {"before": before, "limit": batch, "after": after}
             with write.transaction():
-                count = write.execute(sql.encode(), {"before": before, "limit": batch}).rowcount
-            total += count
-            if count <= 0:
+                row = write.execute(sql.encode(), params).fetchone()
+            gone, picked, last = row if row else (0, 0, None)
+            total += gone
+            after = last or after
+            if picked < batch:
                 break
         report.add("expired raw telemetry rows", total)
     finally:
@@ -238,19 +292,31 @@ def _raw_telemetry(settings: Settings, now: datetime, batch: int, report: Retent
 
 
 def _is_hypertable(conn: Conn, table: str) -> bool:
+    """Whether ``table`` ([schema.]name) is a TimescaleDB hypertable."""
+    schema, _, name = table.rpartition(".")
     row = conn.execute(
         "SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL"
     ).fetchone()
-    if not row or not row[0]:
-        conn.rollback()
-        return False
-    found = conn.execute(
-        "SELECT EXISTS (SELECT FROM timescaledb_information.hypertables"
-        " WHERE hypertable_name = %s)",
-        (table,),
-    ).fetchone()
-    conn.rollback()
-    return bool(found and found[0])
+    found = False
+    if row and row[0]:
+        hit = conn.execute(
+            "SELECT EXISTS (SELECT FROM timescaledb_information.hypertables"
+            " WHERE hypertable_schema = %s AND hypertable_name = %s)",
+            (schema or "public", name),
+        ).fetchone()
+        found = bool(hit and hit[0])
+    conn.commit()
+    return found
+
+
+def _drop_chunks(conn: Conn, table: str, before: datetime) -> int:
+    """TimescaleDB drops whole chunks (what its retention policy does, run now): no rows
+    deleted one by one, and only the dropped chunks locked."""
+    with conn.transaction():
+        dropped = conn.execute(
+            "SELECT count(*) FROM drop_chunks(%s::regclass, older_than => %s)", (table, before)
+        ).fetchone()
+    return int(dropped[0]) if dropped else 0
 
 
 def run_periodically(settings: Settings, stop: threading.Event) -> None:

@@ -63,22 +63,6 @@ RETURNS anyarray LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     LEFT JOIN unnest(slots, vals) AS u(s, v) ON u.s = g
 $$;
 
--- Merging two packed arrays of one period, bucket by bucket: the same merge the aggregators
--- apply to rows, so packing in any order, in any number of steps, gives one result.
-CREATE FUNCTION read_models.rollup_add(a anyarray, b anyarray)
-RETURNS anyarray LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT array_agg(COALESCE(x + y, x, y) ORDER BY i)
-    FROM unnest(a, b) WITH ORDINALITY AS u(x, y, i)
-$$;
-CREATE FUNCTION read_models.rollup_least(a float8[], b float8[])
-RETURNS float8[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT array_agg(LEAST(x, y) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY AS u(x, y, i)
-$$;
-CREATE FUNCTION read_models.rollup_greatest(a float8[], b float8[])
-RETURNS float8[] LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT array_agg(GREATEST(x, y) ORDER BY i) FROM unnest(a, b) WITH ORDINALITY AS u(x, y, i)
-$$;
-
 -- One row per bucket, recent and packed merged: the tables' former shape.
 CREATE VIEW read_models.rollup_minute AS
 SELECT device_id, metric, bucket, sum(count)::bigint AS count, sum(sum) AS sum,
