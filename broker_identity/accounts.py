@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
+from iotp.device_profiles import AclGrants
 from iotp.events import (
     AnyEvent,
     DeviceCredentialsRotated,
@@ -22,6 +23,7 @@ from iotp.names import telemetry_topic
 
 POSITION_PREFIX = "# iotp-position "
 SERVICE_PREFIX = "# iotp-service "
+GATEWAY_PREFIX = "# iotp-gateway "
 # What Mosquitto accepts as a user name in its files: the device-id alphabet, and nothing
 # that would end a field (':' in the password file, whitespace in the ACL file).
 SAFE_USERNAME = re.compile(r"^[A-Za-z0-9_.\-@]{1,128}$")
@@ -37,6 +39,7 @@ class Account:
     write: tuple[str, ...] = ()
     read: tuple[str, ...] = ()
     service: bool = False  # a service account: from the settings, never from an event
+    gateway: bool = False  # a gateway's (issue 25): speaks for the devices it lists
 
 
 def device_account(device_id: str, password_hash: str) -> Account:
@@ -51,11 +54,31 @@ class BrokerState:
     devices: dict[str, Account] = field(default_factory=dict)
     services: dict[str, Account] = field(default_factory=dict)
     position: str = "0-0"
+    # Issue 25: the topics of each device whose profile is not the built-in one (its tree,
+    # device_acl), and the gateways' accounts (gateway_acl); both from the write store.
+    grants: dict[str, AclGrants] = field(default_factory=dict)
+    gateways: dict[str, Account] = field(default_factory=dict)
 
     def accounts(self) -> list[Account]:
-        """Service accounts first; a device can never take a service account's name."""
-        devices = [a for name, a in sorted(self.devices.items()) if name not in self.services]
-        return [*(self.services[name] for name in sorted(self.services)), *devices]
+        """Service accounts first; a device can never take a service account's name, nor a
+        gateway a device's."""
+        devices = [
+            _granted(a, self.grants.get(name))
+            for name, a in sorted(self.devices.items())
+            if name not in self.services
+        ]
+        gateways = [
+            a
+            for name, a in sorted(self.gateways.items())
+            if name not in self.services and name not in self.devices
+        ]
+        return [*(self.services[name] for name in sorted(self.services)), *devices, *gateways]
+
+
+def _granted(account: Account, grants: AclGrants | None) -> Account:
+    if grants is None:
+        return account
+    return replace(account, write=grants.write, read=grants.read)
 
 
 class MissingHash(LookupError):
@@ -94,6 +117,8 @@ def render_password_file(state: BrokerState) -> str:
     for account in state.accounts():
         if account.service:
             lines.append(f"{SERVICE_PREFIX}{account.username}")
+        if account.gateway:
+            lines.append(f"{GATEWAY_PREFIX}{account.username}")
         lines.append(f"{account.username}:{account.password_hash}")
     return "\n".join(lines) + "\n"
 
@@ -115,19 +140,51 @@ def parse_password_file(text: str) -> BrokerState:
     Service accounts come back with their hash only (their rights come from the settings).
     """
     state = BrokerState()
-    service_next = False
+    service_next = gateway_next = False
     for line in text.splitlines():
         if line.startswith(POSITION_PREFIX):
             state.position = line.removeprefix(POSITION_PREFIX).strip()
         elif line.startswith(SERVICE_PREFIX):
             service_next = True
+        elif line.startswith(GATEWAY_PREFIX):
+            gateway_next = True
         elif line and not line.startswith("#"):
             username, _, password_hash = line.partition(":")
             if service_next:
                 state.services[username] = Account(username, password_hash, service=True)
+            elif gateway_next:
+                # Its topics come from the write store (broker_identity.recovery) at start.
+                state.gateways[username] = Account(username, password_hash, gateway=True)
             else:
                 state.devices[username] = device_account(username, password_hash)
-            service_next = False
+            service_next = gateway_next = False
+    return state
+
+
+def parse_acl_file(text: str) -> dict[str, AclGrants]:
+    """The topics each user's block of an ACL file this module wrote grants, by user."""
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    current: tuple[list[str], list[str]] | None = None
+    for line in text.splitlines():
+        if line.startswith("user "):
+            current = found.setdefault(line.removeprefix("user "), ([], []))
+        elif line.startswith("topic ") and current is not None:
+            # The topic is the rest of the line: friendly names may hold spaces.
+            _, access, topic = line.split(" ", 2)
+            current[0 if access == "write" else 1].append(topic)
+    return {user: AclGrants(tuple(w), tuple(r)) for user, (w, r) in found.items()}
+
+
+def with_topics(state: BrokerState, granted: dict[str, AclGrants]) -> BrokerState:
+    """The state with the topics an ACL file granted its devices of stored profiles and its
+    gateways (the password file does not say them), so that a restart needs no write store."""
+    for name, account in state.devices.items():
+        grants = granted.get(name)
+        if grants is not None and (grants.write, grants.read) != (account.write, account.read):
+            state.grants[name] = grants
+    for name, account in list(state.gateways.items()):
+        grants = granted.get(name, AclGrants((), ()))
+        state.gateways[name] = replace(account, write=grants.write, read=grants.read)
     return state
 
 

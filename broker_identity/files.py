@@ -17,9 +17,11 @@ from pathlib import Path
 
 from broker_identity.accounts import (
     BrokerState,
+    parse_acl_file,
     parse_password_file,
     render_acl_file,
     render_password_file,
+    with_topics,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,9 +40,14 @@ class BrokerFiles:
     def load(self) -> BrokerState:
         """The state recorded in the password file (empty when there is none yet)."""
         try:
-            return parse_password_file(self.password_file.read_text(encoding="utf-8"))
+            state = parse_password_file(self.password_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return BrokerState()
+        try:
+            granted = parse_acl_file(self.acl_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            granted = {}
+        return with_topics(state, granted)
 
     def write(self, state: BrokerState) -> None:
         """Replace both files with the state, each by one rename."""

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import tuple_row
 
 from broker_identity.accounts import Account, device_account
+from iotp.device_profiles import AclGrants, DeviceProfile, device_acl, gateway_acl
 
 
 def device_accounts_from_write_store(conn: psycopg.Connection[Any]) -> dict[str, Account]:
@@ -27,3 +28,37 @@ def device_accounts_from_write_store(conn: psycopg.Connection[Any]) -> dict[str,
     return {
         device_id: device_account(device_id, password_hash) for device_id, password_hash in rows
     }
+
+
+def profile_accounts_from_write_store(
+    conn: psycopg.Connection[Any],
+) -> tuple[dict[str, AclGrants], dict[str, Account]]:
+    """The topics of every active device of a stored profile (its tree), and every gateway's
+    account (its tree, for its friendly names only), by name (issue 25).
+
+    Profiles and gateways are few and change seldom, and a profile's change touches every
+    device of it: they are read whole whenever one of their events arrives.
+    """
+    with conn.cursor(row_factory=tuple_row) as cur:
+        devices = cur.execute(
+            "SELECT d.device_id, p.profile FROM devices d"
+            " JOIN device_profiles p ON p.name = d.profile WHERE d.status = 'active'"
+        ).fetchall()
+        gateways = cur.execute(
+            "SELECT g.gateway_id, g.credential_hash, g.devices, p.profile FROM gateways g"
+            " JOIN device_profiles p ON p.name = g.profile"
+        ).fetchall()
+    grants = {}
+    for device_id, document in devices:
+        profile = DeviceProfile.model_validate(document)
+        if not profile.gateway:
+            grants[device_id] = device_acl(profile, device_id)
+    accounts = {}
+    for gateway_id, password_hash, names, document in gateways:
+        profile = DeviceProfile.model_validate(document)
+        if profile.gateway:
+            acl = gateway_acl(profile, gateway_id, names)
+            accounts[gateway_id] = Account(
+                gateway_id, password_hash, write=acl.write, read=acl.read, gateway=True
+            )
+    return grants, accounts

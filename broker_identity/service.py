@@ -15,7 +15,6 @@ from broker_identity.sync import SYNC_GROUP, BrokerAccounts, broker_sync
 from iotp.db import connect
 from iotp.errors import ConfigurationError
 from iotp.mqtt_url import parse_mqtt_url
-from iotp.names import TELEMETRY_TOPIC_FILTER
 from iotp.password_hash import hash_password, verify_password
 from iotp.preflight import require_redis
 from iotp.redis_client import redis_for
@@ -40,8 +39,8 @@ def broker_files(settings: Settings) -> BrokerFiles:
 
 
 def service_accounts(settings: Settings, recorded: BrokerState) -> list[Account]:
-    """Ingest's account: the user and password of IOTP_MQTT_URL, reading telemetry and the
-    broker's own counters ($SYS: drops and queued messages) only.
+    """Ingest's account: the user and password of IOTP_MQTT_URL, reading what devices publish
+    and the broker's own counters ($SYS: drops and queued messages) only.
 
     A hash already recorded for the same password is kept, so that a restart does not
     rewrite the files (and make the broker re-check every client) for nothing.
@@ -57,7 +56,9 @@ def service_accounts(settings: Settings, recorded: BrokerState) -> list[Account]
         password_hash = known.password_hash
     else:
         password_hash = hash_password(broker.password)
-    read = (TELEMETRY_TOPIC_FILTER, BROKER_COUNTERS_FILTER)
+    # Every topic, not only devices/+/telemetry: ingest subscribes to the trees of the device
+    # profiles in use (issue 25), which an operator may add at any time.
+    read = ("#", BROKER_COUNTERS_FILTER)
     return [Account(broker.username, password_hash, read=read, service=True)]
 
 

@@ -22,7 +22,7 @@ from iotp.command_line import (
     run_until_signalled,
     stop_on_signals,
 )
-from iotp.settings import token_problem
+from iotp.settings import Settings, token_problem
 
 commands = typer.Typer()
 
@@ -235,9 +235,27 @@ def simulate(
     api_url: Annotated[
         str | None, typer.Option(help="Command API (default http://IOTP_API_HOST:IOTP_API_PORT).")
     ] = None,
+    payload_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Payload format: iotp, senml+json, json-map (Tasmota-like) or plain"
+            " (ESPHome-like); the devices are registered with a matching profile.",
+        ),
+    ] = "iotp",
+    transport: Annotated[
+        str, typer.Option(help="mqtt, or http: POST to ingest's HTTP telemetry endpoint.")
+    ] = "mqtt",
+    http_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Ingest's HTTP endpoint (default http://IOTP_INGEST_HTTP_HOST:"
+            "IOTP_INGEST_HTTP_PORT)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Simulated devices: register through the API, then publish readings over MQTT."""
+    """Simulated devices: register through the API, then publish readings (MQTT or HTTP)."""
     from device_simulator.faults import FaultRates
     from device_simulator.progress import run_with_progress
     from device_simulator.runner import SimulationConfig
@@ -266,6 +284,9 @@ def simulate(
             faults=FaultRates.parse(faults),
             protocol=settings.mqtt_protocol,
             tls=tls_context(parse_mqtt_url(settings.mqtt_url), settings),
+            payload_format=payload_format,
+            transport=transport,
+            http_url=http_url or _ingest_http_url(settings),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -274,3 +295,13 @@ def simulate(
         print_report(summary.as_dict(), as_json=True)
     if summary.failures:
         raise typer.Exit(1)
+
+
+def _ingest_http_url(settings: Settings) -> str:
+    """Where this machine reaches ingest's HTTP telemetry ("" when it is off)."""
+    if not settings.ingest_http_port:
+        return ""
+    host = settings.ingest_http_host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - not a bind
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
+    return f"http://{host}:{settings.ingest_http_port}"

@@ -27,6 +27,17 @@ from command_api.domain import (
     IdempotencyKeyReused,
     InvalidField,
 )
+from command_api.gateway_routes import gateways
+from command_api.profile_routes import device_profiles
+from command_api.profiles import (
+    BuiltInProfile,
+    FriendlyNameTaken,
+    GatewayAlreadyExists,
+    GatewayNotFound,
+    ProfileAlreadyExists,
+    ProfileInUse,
+    ProfileNotFound,
+)
 from command_api.relay import run_relay
 from command_api.routes import devices, health
 from command_api.webhook_routes import webhooks
@@ -62,6 +73,13 @@ _STATUS_FOR: dict[type[Exception], int] = {
     ApiKeyNotFound: 404,
     DashboardAccountNotFound: 404,
     DashboardAccountExists: 409,
+    ProfileNotFound: 404,
+    ProfileAlreadyExists: 409,
+    ProfileInUse: 409,
+    BuiltInProfile: 409,
+    GatewayNotFound: 404,
+    GatewayAlreadyExists: 409,
+    FriendlyNameTaken: 409,
 }
 
 
@@ -116,6 +134,8 @@ def create_app(settings: Settings, *, run_relay_task: bool = True) -> FastAPI:
     app.include_router(alarms)
     app.include_router(api_key_router)
     app.include_router(dashboard_account_router)
+    app.include_router(device_profiles)
+    app.include_router(gateways)
     app.add_middleware(
         AccessMiddleware,
         authenticator=authenticator,

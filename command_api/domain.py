@@ -13,7 +13,7 @@ from iotp.events import (
     DeviceUpdated,
     Event,
 )
-from iotp.model import DeviceAttributes, Location, MetricSpec
+from iotp.model import DEFAULT_PROFILE, DeviceAttributes, Location, MetricSpec
 
 ACTIVE = "active"
 DECOMMISSIONED = "decommissioned"
@@ -61,6 +61,7 @@ class Device:
     location: Location | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     metrics: tuple[MetricSpec, ...] = ()
+    profile: str = DEFAULT_PROFILE
     status: str = ACTIVE
     events: list[Event] = field(default_factory=list, compare=False)
 
@@ -74,6 +75,7 @@ class Device:
             location=cmd.location,
             metadata=dict(cmd.metadata),
             metrics=cmd.metrics,
+            profile=cmd.profile,
         )
         device.events.append(
             DeviceRegistered(

@@ -15,6 +15,7 @@ from command_api.domain import (
     DeviceNotFound,
     IdempotencyKeyReused,
 )
+from command_api.profile_handlers import device_profile
 from command_api.unit_of_work import UnitOfWork
 from iotp.commands import (
     Command,
@@ -23,7 +24,7 @@ from iotp.commands import (
     RotateCredentials,
     UpdateDevice,
 )
-from iotp.names import telemetry_topic
+from iotp.device_profiles import BUILTIN_PROFILE, DeviceProfile, device_topic
 
 
 @dataclass(frozen=True)
@@ -66,18 +67,24 @@ async def register_device(
                 return _replay(
                     prior.fingerprint, fingerprint(cmd), prior.secret_seed, prior.response, pepper
                 )
-        if await uow.devices.get(device_id) is not None:
+        if await uow.devices.get(device_id) is not None or await uow.gateways.exists(device_id):
             raise DeviceAlreadyExists(device_id)
+        profile = await device_profile(uow, cmd.profile)
         password = credentials.password_from_seed(seed, pepper)
         device = Device.register(cmd, device_id, credentials.hash_password(password))
         await uow.devices.add(device)
         event_id = device.events[0].event_id
         if idempotency_key is not None:
             await uow.idempotency.complete(
-                idempotency_key, {"device_id": device_id, "event_id": str(event_id)}
+                idempotency_key,
+                {
+                    "device_id": device_id,
+                    "event_id": str(event_id),
+                    "topic": device_topic(profile, device_id),
+                },
             )
         await uow.commit()
-    return Registration(device_id, event_id, _credentials(device_id, password))
+    return Registration(device_id, event_id, _credentials(device_id, password, profile))
 
 
 def _replay(
@@ -87,14 +94,21 @@ def _replay(
         raise IdempotencyKeyReused()
     device_id = response["device_id"]
     password = credentials.password_from_seed(seed, pepper)
+    # The topic is said as the first answer said it: the profile the request named then.
+    topic = response.get("topic", device_topic(BUILTIN_PROFILE, device_id))
     return Registration(
-        device_id, UUID(response["event_id"]), _credentials(device_id, password), replayed=True
+        device_id,
+        UUID(response["event_id"]),
+        DeviceCredentials(username=device_id, password=password, topic=topic),
+        replayed=True,
     )
 
 
 async def update_device(cmd: UpdateDevice, uow: UnitOfWork) -> CommandResult:
     async with uow:
         device = await _existing(uow, cmd.device_id)
+        if cmd.profile is not None and cmd.profile != device.profile:
+            await device_profile(uow, cmd.profile)
         event = device.update(cmd)
         if event is not None:
             await uow.devices.save(device)
@@ -121,9 +135,13 @@ async def rotate_credentials(
         device = await _existing(uow, cmd.device_id)
         event = device.rotate_credentials(credentials.hash_password(password))
         await uow.devices.save(device)
+        profile = await uow.profiles.get(device.profile)
         await uow.commit()
     return CommandResult(
-        cmd.device_id, event.event_id, ("credentials",), _credentials(cmd.device_id, password)
+        cmd.device_id,
+        event.event_id,
+        ("credentials",),
+        _credentials(cmd.device_id, password, profile),
     )
 
 
@@ -134,7 +152,7 @@ async def _existing(uow: UnitOfWork, device_id: str) -> Device:
     return device
 
 
-def _credentials(device_id: str, password: str) -> DeviceCredentials:
-    return DeviceCredentials(
-        username=device_id, password=password, topic=telemetry_topic(device_id)
-    )
+def _credentials(device_id: str, password: str, profile: DeviceProfile | None) -> DeviceCredentials:
+    """The answer's credentials, with the first telemetry topic of the device's profile."""
+    topic = device_topic(profile or BUILTIN_PROFILE, device_id)
+    return DeviceCredentials(username=device_id, password=password, topic=topic)

@@ -28,9 +28,14 @@ from iotp.events import (
     DashboardAccountCreated,
     DeviceCredentialsRotated,
     DeviceDecommissioned,
+    DeviceProfileDeleted,
+    DeviceProfileSaved,
     DeviceRegistered,
     DeviceUpdated,
     Envelope,
+    GatewayChanged,
+    GatewayDeleted,
+    GatewayRegistered,
     WebhookDeleted,
     WebhookRegistered,
     to_fields,
@@ -40,6 +45,7 @@ from iotp.names import (
     ALARM_EVENTS_STREAM,
     ALARM_RULE_EVENTS_STREAM,
     DEVICE_EVENTS_STREAM,
+    PROFILE_EVENTS_STREAM,
     WEBHOOK_EVENTS_STREAM,
 )
 
@@ -76,6 +82,11 @@ STREAM_OF: dict[type[Envelope], str] = {
     DashboardAccountCreated: ACCESS_EVENTS_STREAM,
     DashboardAccountChanged: ACCESS_EVENTS_STREAM,
     AccessDenied: ACCESS_EVENTS_STREAM,
+    DeviceProfileSaved: PROFILE_EVENTS_STREAM,
+    DeviceProfileDeleted: PROFILE_EVENTS_STREAM,
+    GatewayRegistered: PROFILE_EVENTS_STREAM,
+    GatewayChanged: PROFILE_EVENTS_STREAM,
+    GatewayDeleted: PROFILE_EVENTS_STREAM,
 }
 
 

@@ -10,7 +10,16 @@ from pydantic.json_schema import SkipJsonSchema
 
 from iotp.commands import ALARM_NOTE_MAX_LENGTH
 from iotp.events import AlarmCondition, Severity
-from iotp.model import DeclaredMetrics, FrozenModel, Kind, Location, Metadata, Name, SafeText
+from iotp.model import (
+    DeclaredMetrics,
+    FrozenModel,
+    Kind,
+    Location,
+    Metadata,
+    Name,
+    ProfileName,
+    SafeText,
+)
 
 
 class DevicePatch(FrozenModel):
@@ -25,6 +34,7 @@ class DevicePatch(FrozenModel):
     location: Location | None = None
     metadata: Metadata | SkipJsonSchema[None] = None
     metrics: DeclaredMetrics | SkipJsonSchema[None] = None
+    profile: ProfileName | SkipJsonSchema[None] = None
 
 
 class DecommissionBody(FrozenModel):

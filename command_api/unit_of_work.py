@@ -22,6 +22,12 @@ from command_api.alarm_repositories import (
 )
 from command_api.domain import Device, DeviceAlreadyExists
 from command_api.outbox import write_outbox
+from command_api.profile_repository import (
+    GatewayRepository,
+    PostgresGatewayRepository,
+    PostgresProfileRepository,
+    ProfileRepository,
+)
 from command_api.webhook_repository import PostgresWebhookRepository, WebhookRepository
 from iotp import api_keys, dashboard_accounts
 from iotp.api_keys import ApiKey, IssuedKey
@@ -127,6 +133,10 @@ class UnitOfWork(Protocol):
     def api_keys(self) -> ApiKeyRepository: ...
     @property
     def dashboard_accounts(self) -> DashboardAccountRepository: ...
+    @property
+    def profiles(self) -> ProfileRepository: ...
+    @property
+    def gateways(self) -> GatewayRepository: ...
 
     def emit(self, *events: Envelope) -> None:
         """Queue events of no aggregate; commit writes them to the outbox after the devices'."""
@@ -141,12 +151,14 @@ class UnitOfWork(Protocol):
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 
-_DEVICE_COLUMNS = "device_id, name, kind, lat, lon, metadata, metrics, status, credential_hash"
+_DEVICE_COLUMNS = (
+    "device_id, name, kind, lat, lon, metadata, metrics, status, credential_hash, profile"
+)
 _INSERT_DEVICE = (
     "INSERT INTO devices (device_id, name, kind, lat, lon, metadata, metrics, status,"
-    " credential_hash, created_at, updated_at) VALUES (%(device_id)s, %(name)s, %(kind)s,"
-    " %(lat)s, %(lon)s, %(metadata)s, %(metrics)s, %(status)s, %(credential_hash)s, %(at)s,"
-    " %(at)s)"
+    " credential_hash, profile, created_at, updated_at) VALUES (%(device_id)s, %(name)s,"
+    " %(kind)s, %(lat)s, %(lon)s, %(metadata)s, %(metrics)s, %(status)s, %(credential_hash)s,"
+    " %(profile)s, %(at)s, %(at)s)"
 )
 
 
@@ -160,6 +172,7 @@ def _device_from_row(row: dict[str, Any]) -> Device:
         location=location,
         metadata=row["metadata"],
         metrics=tuple(MetricSpec.model_validate(m) for m in row["metrics"]),
+        profile=row["profile"],
         status=row["status"],
     )
 
@@ -174,6 +187,7 @@ def _device_params(device: Device) -> dict[str, Any]:
         **device_columns(device),
         "status": device.status,
         "credential_hash": device.credential_hash,
+        "profile": device.profile,
     }
 
 
@@ -209,7 +223,7 @@ class PostgresDeviceRepository:
             """
             UPDATE devices SET name = %(name)s, kind = %(kind)s, lat = %(lat)s, lon = %(lon)s,
                 metadata = %(metadata)s, metrics = %(metrics)s, status = %(status)s,
-                credential_hash = %(credential_hash)s,
+                credential_hash = %(credential_hash)s, profile = %(profile)s,
                 updated_at = coalesce(%(at)s, now()),
                 decommissioned_at = CASE WHEN %(status)s = 'decommissioned'
                                          THEN coalesce(decommissioned_at, %(at)s, now()) END
@@ -284,6 +298,8 @@ class PostgresUnitOfWork:
         self.webhooks = PostgresWebhookRepository(self._conn)
         self.api_keys = PostgresApiKeyRepository(self._conn)
         self.dashboard_accounts = PostgresDashboardAccountRepository(self._conn)
+        self.profiles = PostgresProfileRepository(self._conn)
+        self.gateways = PostgresGatewayRepository(self._conn)
         return self
 
     def emit(self, *events: Envelope) -> None:

@@ -55,10 +55,11 @@ class FaultRates:
 
 @dataclass
 class Outgoing:
-    topic: str
+    topic: str  # an MQTT topic, or the path of the ingest HTTP endpoint
     payload: bytes
     readings: int
     fault: str | None = None
+    device_id: str = ""  # the device the topic names (an unknown device takes its place)
 
 
 class FaultInjector:
@@ -128,13 +129,19 @@ class FaultInjector:
                     message.payload[: len(message.payload) // 2] + b"}{",
                     0,
                     "malformed",
+                    message.device_id,
                 )
             ]
         if self.rates.unknown_device and self.rng.random() < self.rates.unknown_device:
             self.injected["unknown_device"] += 1
-            ghost = f"devices/ghost-{self.rng.randrange(10**6)}/telemetry"
-            return [Outgoing(ghost, message.payload, 0, "unknown_device")]
+            ghost = f"ghost-{self.rng.randrange(10**6)}"
+            if message.device_id:
+                topic = message.topic.replace(message.device_id, ghost)
+            else:
+                topic = f"devices/{ghost}/telemetry"
+            return [Outgoing(topic, message.payload, 0, "unknown_device", ghost)]
         if self.rates.duplicate and self.rng.random() < self.rates.duplicate:
             self.injected["duplicate"] += 1
-            return [message, Outgoing(message.topic, message.payload, 0, "duplicate")]
+            copy = Outgoing(message.topic, message.payload, 0, "duplicate", message.device_id)
+            return [message, copy]
         return [message]

@@ -24,21 +24,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import aiomqtt
-import orjson
+import httpx
 
 from device_simulator.faults import FaultInjector, Outgoing
 from device_simulator.profiles import Profile
 from device_simulator.registration import SimulatedDevice
+from device_simulator.wire_formats import Sample, Wire, encode
 from iotp.errors import first_line
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 0.5
 STOP_POLL_SECONDS = 0.1
+IOTP_OVER_MQTT = Wire()
 
 
 class Publisher(Protocol):
-    """A connection devices publish on (connections.Link)."""
+    """A connection devices publish on (connections.Link, http_links.HttpLink)."""
 
     @property
     def refused(self) -> int:
@@ -90,9 +92,10 @@ class Fleet:
         schedule: Schedule,
         injector: FaultInjector,
         rng: random.Random,
+        wire: Wire = IOTP_OVER_MQTT,
     ) -> None:
         self.devices, self.profiles, self.links = devices, profiles, links
-        self.schedule, self.injector = schedule, injector
+        self.schedule, self.injector, self.wire = schedule, injector, wire
         # Drawn up front, in device order, so that a seed gives the same phases every run.
         self.phases = [rng.uniform(0, schedule.period) for _ in devices]
         self.tally = Tally()
@@ -151,7 +154,7 @@ class Fleet:
             if schedule.count is not None and self.tally.readings >= schedule.count:
                 self.halt()
                 return
-            for message in messages(device, profile, schedule, self.injector):
+            for message in messages(device, profile, schedule, self.injector, self.wire):
                 await self._send(link, message)
 
     async def _sleep_until(self, due: float) -> None:
@@ -173,7 +176,7 @@ class Fleet:
         self.tally.readings += message.readings
         try:
             await link.publish(message.topic, message.payload, self.schedule.qos)
-        except aiomqtt.MqttError as exc:
+        except (aiomqtt.MqttError, httpx.HTTPError) as exc:
             self.tally.raised += 1
             if self._errors_logged < 3:  # counted in the summary; a few are enough to read
                 self._errors_logged += 1
@@ -183,12 +186,17 @@ class Fleet:
 
 
 def messages(
-    device: SimulatedDevice, profile: Profile, schedule: Schedule, injector: FaultInjector
+    device: SimulatedDevice,
+    profile: Profile,
+    schedule: Schedule,
+    injector: FaultInjector,
+    wire: Wire = IOTP_OVER_MQTT,
 ) -> list[Outgoing]:
-    """What ``device`` sends now: one message of ``batch`` readings, as faults shape it."""
+    """What ``device`` sends now: ``batch`` readings in the wire's format, as faults shape
+    them (one message, or one per reading or per metric where the format says so)."""
     now = datetime.now(UTC)
     step = timedelta(seconds=schedule.period / schedule.batch)
-    readings = []
+    samples: list[Sample] = []
     faults = []
     for k in range(schedule.batch):
         ts, fault = injector.shift_time(now - step * (schedule.batch - 1 - k))
@@ -200,8 +208,12 @@ def messages(
             )
             distorted = distorted or held
         faults += [f for f in (fault, distorted) if f]
-        readings.append({"ts": ts.isoformat(), "metrics": metrics})
-    payload = orjson.dumps(readings[0] if schedule.batch == 1 else readings)
-    return injector.mangle(
-        Outgoing(device.topic, payload, len(readings), faults[0] if faults else None)
-    )
+        samples.append((ts, metrics))
+    names = [str(m["name"]) for m in profile.metrics]
+    sent: list[Outgoing] = []
+    for n, encoded in enumerate(encode(wire.payload_format, device.device_id, samples, names)):
+        fault = faults[0] if faults and n == 0 else None
+        destination = wire.destination(device.device_id, encoded)
+        message = Outgoing(destination, encoded.payload, encoded.readings, fault, device.device_id)
+        sent += injector.mangle(message)
+    return sent

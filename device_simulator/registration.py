@@ -8,6 +8,8 @@ from typing import Any
 
 import httpx
 
+from iotp.device_profiles import BUILTIN_PROFILE, DeviceProfile, device_topic
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,25 +26,55 @@ class RegistrationFailed(Exception):
 
 
 def register(
-    client: httpx.Client, device_id: str, kind: str, metrics: list[dict[str, Any]]
+    client: httpx.Client,
+    device_id: str,
+    kind: str,
+    metrics: list[dict[str, Any]],
+    profile: DeviceProfile = BUILTIN_PROFILE,
 ) -> SimulatedDevice:
-    """Register the device, or, when it exists from an earlier run, rotate its password."""
-    body = {
+    """Register the device speaking ``profile``; when it exists from an earlier run, rotate
+    its password, and give it ``profile`` if it spoke another."""
+    body: dict[str, Any] = {
         "device_id": device_id,
         "name": f"Simulated {kind} {device_id}",
         "kind": kind,
         "metrics": metrics,
         "metadata": {"simulated": True},
     }
+    if profile.name != BUILTIN_PROFILE.name:
+        body["profile"] = profile.name
     answer = client.post("/devices", json=body)
     if answer.status_code == 409:
         answer = client.post(f"/devices/{device_id}/credentials")
+        # The answer's topic is its profile's: another one means an earlier run's format.
+        if answer.status_code == 200 and _topic(answer) != device_topic(profile, device_id):
+            changed = client.patch(f"/devices/{device_id}", json={"profile": profile.name})
+            if changed.status_code != 200:
+                raise RegistrationFailed(f"{device_id}: {changed.status_code} {changed.text[:200]}")
     if answer.status_code not in (200, 201):
         raise RegistrationFailed(f"{device_id}: {answer.status_code} {answer.text[:200]}")
     credentials = answer.json()["credentials"]
     return SimulatedDevice(
         device_id, credentials["username"], credentials["password"], credentials["topic"]
     )
+
+
+def _topic(answer: httpx.Response) -> str:
+    return str(answer.json()["credentials"]["topic"])
+
+
+def ensure_profile(client: httpx.Client, profile: DeviceProfile) -> str:
+    """Save ``profile`` on the command API (create it, or replace one of an earlier run);
+    its name."""
+    body = profile.model_dump(mode="json")
+    answer = client.post("/device-profiles", json=body)
+    if answer.status_code == 409:
+        answer = client.put(f"/device-profiles/{profile.name}", json=body)
+    if answer.status_code not in (200, 201):
+        raise RegistrationFailed(
+            f"profile {profile.name}: {answer.status_code} {answer.text[:200]}"
+        )
+    return profile.name
 
 
 def api_client(api_url: str, token: str) -> httpx.Client:

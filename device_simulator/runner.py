@@ -18,16 +18,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import httpx
+
 from device_simulator.connections import Link, close_links, ensure_open_files, open_links
 from device_simulator.faults import FaultInjector, FaultRates
 from device_simulator.fleet import STOP_POLL_SECONDS, Fleet, Publisher, Schedule
+from device_simulator.http_links import http_links
 from device_simulator.profiles import Profile, profile_for
 from device_simulator.registration import (
     SimulatedDevice,
     api_client,
     ensure_offline_rule,
+    ensure_profile,
     register,
 )
+from device_simulator.wire_formats import Wire, profile_for_format
+from iotp.device_profiles import BUILTIN_PROFILE, DeviceProfile
 from iotp.mqtt_url import parse_mqtt_url
 
 
@@ -51,14 +57,32 @@ class SimulationConfig:
     # mqtts:// URLs: the verified TLS context (iotp.mqtt_url.tls_context); None there means
     # the system's CAs.
     tls: ssl.SSLContext | None = None
+    payload_format: str = "iotp"  # iotp, senml+json, json-map or plain (wire_formats)
+    transport: str = "mqtt"  # or http: ingest's HTTP endpoint at http_url
+    http_url: str = ""
 
     def __post_init__(self) -> None:
         if self.profile not in ("thermostat", "tracker", "mixed"):
             raise ValueError("profile must be thermostat, tracker or mixed")
+        Wire(self.payload_format, self.transport)  # refuses an unknown format or transport
+        if self.payload_format == "plain" and self.batch > 1:
+            raise ValueError("plain values carry no time: --batch must be 1 with --format plain")
+        if self.payload_format == "json-map" and self.rate > 1:
+            # Two readings of a device in one second would share a time: one would be lost.
+            raise ValueError("Tasmota's Time has whole seconds: --rate must be at most 1")
+        if self.transport == "http" and not self.http_url:
+            raise ValueError(
+                "--transport http needs ingest's HTTP endpoint: --http-url, or"
+                " IOTP_INGEST_HTTP_PORT (0: off)"
+            )
         if self.qos not in (0, 1) or self.batch < 1 or self.devices < 1 or self.rate <= 0:
             raise ValueError("need qos 0 or 1, batch >= 1, devices >= 1, rate > 0")
         if self.connections is not None and self.connections < 1:
             raise ValueError("--connections must be at least 1")
+
+    @property
+    def wire(self) -> Wire:
+        return Wire(self.payload_format, self.transport)
 
 
 @dataclass
@@ -87,13 +111,17 @@ def run_simulation(
     profiles: list[Profile] = [
         profile_for(config.profile, n, config.seed) for n in range(config.devices)
     ]
-    ensure_open_files(config.connections or config.devices)
+    if config.transport == "mqtt":
+        ensure_open_files(config.connections or config.devices)
     devices: list[SimulatedDevice] = []
     with api_client(config.api_url, config.api_token) as api:
+        speaks = _device_profiles(api, config.payload_format, profiles)
         for n, profile in enumerate(profiles):
             if stop.is_set():  # a large fleet takes a while to register: stop means now
                 return Summary(devices=len(devices))
-            devices.append(register(api, f"{config.prefix}-{n:05d}", profile.kind, profile.metrics))
+            device_id = f"{config.prefix}-{n:05d}"
+            kind, metrics = profile.kind, profile.metrics
+            devices.append(register(api, device_id, kind, metrics, speaks[kind]))
         if config.faults.silence:
             for kind in sorted({profile.kind for profile in profiles}):
                 ensure_offline_rule(api, kind)
@@ -108,6 +136,9 @@ async def publish_fleet(
     on_progress: Callable[[Summary], None] | None = None,
 ) -> Summary:
     """Connect registered devices, publish their readings, disconnect; the run's summary."""
+    if config.transport == "http":
+        async with http_links(devices, config.http_url) as posting:
+            return await run_fleet(config, devices, profiles, posting, stop, on_progress)
     links = await _connected(config, devices, stop)
     try:
         return await run_fleet(config, devices, profiles, links, stop, on_progress)
@@ -128,7 +159,8 @@ async def run_fleet(
     schedule = Schedule(
         config.batch / config.rate, config.batch, config.qos, config.duration, config.count
     )
-    fleet = Fleet(devices, profiles, links, schedule, FaultInjector(config.faults, rng), rng)
+    injector = FaultInjector(config.faults, rng)
+    fleet = Fleet(devices, profiles, links, schedule, injector, rng, config.wire)
 
     def progress(running: Fleet) -> None:
         if on_progress is not None:
@@ -165,6 +197,20 @@ async def _connected(
         return opening.result()
     except asyncio.CancelledError:
         return []
+
+
+def _device_profiles(
+    api: httpx.Client, payload_format: str, profiles: Sequence[Profile]
+) -> dict[str, DeviceProfile]:
+    """The profile each kind of device speaks ``payload_format`` in, saved on the API."""
+    speaks = {}
+    for profile in profiles:
+        if profile.kind not in speaks:
+            wanted = profile_for_format(payload_format, profile.kind, profile.metrics)
+            if wanted is not None:
+                ensure_profile(api, wanted)
+            speaks[profile.kind] = wanted or BUILTIN_PROFILE
+    return speaks
 
 
 def _summary(fleet: Fleet) -> Summary:

@@ -131,6 +131,8 @@ class MqttSource(Received):
         self._unacked = 0  # QoS 1 messages this connection delivered and ingest has not acked
         self._delivered = 0  # messages delivered on any connection
         self._unsubscribed: set[int] = set()  # packet ids of UNSUBSCRIBEs the broker answered
+        self._extra_filters: list[str] = []  # add_subscription's, subscribed at each connect
+        self._granted: dict[int, bool] = {}  # packet ids of SUBSCRIBEs the broker answered
         self.session_present: bool | None = None  # at the first connection
         self._said_goodbye = False  # paho wrote our DISCONNECT
         self._client = self._make_client()
@@ -213,9 +215,36 @@ class MqttSource(Received):
         with self._cond:
             return self._delivered == delivered and self._epoch == epoch
 
+    def add_subscription(self, topic_filter: str, timeout: float) -> bool:
+        """Also take ``topic_filter`` (in the share group when shared), now and after every
+        reconnect. True once the broker granted it on the current connection."""
+        if self.options.shared and self._v5:
+            topic_filter = f"$share/{self.options.share_group}/{topic_filter}"
+        with self._cond:
+            if topic_filter not in self._extra_filters:
+                self._extra_filters.append(topic_filter)
+            if not self.connected.is_set() or not self._subscribing:
+                return False  # _on_connect subscribes to it
+            _, mid = self._subscribe([topic_filter])
+            if mid is None:
+                return False
+            deadline = time.monotonic() + timeout
+            while mid not in self._granted:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self._granted.pop(mid)
+
+    def _subscribe(self, filters: list[str]) -> tuple[int, int | None]:
+        if self._v5:
+            options = SubscribeOptions(qos=1)
+            return self._client.subscribe([(f, options) for f in filters])
+        return self._client.subscribe([(f, 1) for f in filters])
+
     def _unsubscribe(self, deadline: float) -> bool:
         """Send an UNSUBSCRIBE and wait for the broker's answer until ``deadline``."""
-        _, mid = self._client.unsubscribe(self.topic)
+        _, mid = self._client.unsubscribe([self.topic, *self._extra_filters])
         if mid is None:  # not connected: paho reconnects
             self.connected.wait(max(0.0, deadline - time.monotonic()))
             time.sleep(0.1)
@@ -244,10 +273,8 @@ class MqttSource(Received):
             self._epoch += 1
             self._unacked = 0  # the broker redelivers those on this connection
             subscribing = self._subscribing
-            if subscribing and self._v5:
-                client.subscribe(self.topic, options=SubscribeOptions(qos=1))
-            elif subscribing:
-                client.subscribe(self.topic, qos=1)
+            if subscribing:
+                self._subscribe([self.topic, *self._extra_filters])
         if not subscribing or flags.session_present:
             # A resumed session already holds its subscription and the broker is delivering
             # its backlog: the pipeline must start now, as the SUBACK comes after that
@@ -267,6 +294,9 @@ class MqttSource(Received):
         # Only now does the broker route messages to this session: publishers started after
         # this line (tests, benchmarks, `iotp up`) lose nothing.
         failed = [r for r in reasons if r.is_failure]
+        with self._cond:
+            self._granted[mid] = not failed
+            self._cond.notify_all()
         if failed:
             self.last_error = f"broker refused the subscription to {self.topic}: {failed[0]}"
             logger.error(

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from iotp.model import is_device_id, is_metric_name
+from iotp.model import DEFAULT_PROFILE, is_device_id, is_metric_name
 
 _TOPIC = re.compile(r"devices/([^/]+)/telemetry")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -66,6 +66,7 @@ class DeviceInfo:
     device_id: str
     status: str
     metrics: Mapping[str, MetricRange] = field(default_factory=dict)
+    profile: str = DEFAULT_PROFILE  # the device profile whose tree and format it speaks
 
 
 @dataclass(frozen=True, slots=True)

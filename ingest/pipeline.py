@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 HANDOFF_POLL_SECONDS = 0.2
+# One MQTT message (topic, payload, received at) to readings and rejections: the device
+# profiles' router (ingest/profiles_runtime.py), or today's one topic and format.
+MessageParser = Callable[[str, bytes, datetime, Limits], ParsedMessage]
 
 
 class MessageSource(Protocol):
@@ -80,10 +83,12 @@ class IngestPipeline:
         limits: Limits,
         policy: BatchPolicy,
         stats_key: str,
+        parse: MessageParser | None = None,
     ) -> None:
         self.source, self.store, self.publisher = source, store, publisher
         self.lookup, self.counters, self.limits, self.policy = lookup, counters, limits, policy
         self.stats_key = stats_key
+        self.parse = parse or functools.partial(_parse_iotp, lookup=lookup)
         self._published: list[uuid.UUID] = []
         self._stats = Every(1.0)
 
@@ -208,9 +213,7 @@ class IngestPipeline:
         self._report_stats(stop)
 
     def _parse(self, message: InboundMessage) -> ParsedMessage:
-        return parse_message(
-            message.topic, message.payload, message.received_at, self.lookup, self.limits
-        )
+        return self.parse(message.topic, message.payload, message.received_at, self.limits)
 
     def _idle(self, stop: threading.Event) -> None:
         if self._published:
@@ -238,6 +241,12 @@ class IngestPipeline:
 
     def _count_retry(self, error: BaseException) -> None:
         self.counters.retried(service_of(error))
+
+
+def _parse_iotp(
+    topic: str, payload: bytes, received_at: datetime, limits: Limits, lookup: DeviceLookup
+) -> ParsedMessage:
+    return parse_message(topic, payload, received_at, lookup, limits)
 
 
 def _hand_to(

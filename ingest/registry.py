@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Protocol
 
 import psycopg
@@ -26,8 +27,8 @@ from ingest.payloads import DeviceInfo, MetricRange
 from iotp.db import ReconnectingConnection
 from iotp.event_shards import Entry, read_streams
 from iotp.events import DeviceDecommissioned, DeviceRegistered, DeviceUpdated, from_fields
-from iotp.group_reader import Counts, decode_batch
-from iotp.model import MetricSpec
+from iotp.group_reader import Counts, Decode, decode_batch
+from iotp.model import DEFAULT_PROFILE, MetricSpec
 from iotp.names import DEVICE_EVENTS_STREAM
 from iotp.redis_client import split_id, text
 from iotp.retry import Stopped, retry_transient
@@ -35,16 +36,20 @@ from iotp.stream_trim import missed_after, trimmed_before
 
 logger = logging.getLogger(__name__)
 
-_SELECT_DEVICES = "SELECT device_id, status, metrics FROM devices"
+_SELECT_DEVICES = "SELECT device_id, status, metrics, profile FROM devices"
 
 
-def device_info(device_id: str, status: str, metrics: Iterable[MetricSpec]) -> DeviceInfo:
-    return DeviceInfo(device_id, status, {m.name: MetricRange(m.min, m.max) for m in metrics})
+def device_info(
+    device_id: str, status: str, metrics: Iterable[MetricSpec], profile: str = DEFAULT_PROFILE
+) -> DeviceInfo:
+    ranges = {m.name: MetricRange(m.min, m.max) for m in metrics}
+    return DeviceInfo(device_id, status, ranges, profile)
 
 
 def _from_row(row: tuple[Any, ...]) -> DeviceInfo:
-    device_id, status, metrics = row
-    return device_info(device_id, status, (MetricSpec.model_validate(m) for m in metrics))
+    device_id, status, metrics, profile = row
+    specs = (MetricSpec.model_validate(m) for m in metrics)
+    return device_info(device_id, status, specs, profile)
 
 
 class DeviceRegistry:
@@ -61,6 +66,9 @@ class DeviceRegistry:
         self._clock = clock
         self._devices: dict[str, DeviceInfo] = {}
         self._unknown_until: dict[str, float] = {}
+        # Every profile a device known here names (ingest subscribes to their trees); only
+        # ever grows, as a subscription is never taken back.
+        self.profiles_named: set[str] = {DEFAULT_PROFILE}
 
     def __len__(self) -> int:
         return len(self._devices)
@@ -69,6 +77,7 @@ class DeviceRegistry:
         for device in devices:
             self._devices[device.device_id] = device
             self._unknown_until.pop(device.device_id, None)
+            self.profiles_named.add(device.profile)
 
     def lookup(self, device_id: str) -> DeviceInfo | None:
         """The device, from memory, else from the database (misses cached for a moment)."""
@@ -85,6 +94,7 @@ class DeviceRegistry:
             self._unknown_until[device_id] = now + self._unknown_ttl
             return None
         self._devices[device_id] = device
+        self.profiles_named.add(device.profile)
         return device
 
     def apply(self, event: object) -> None:
@@ -92,20 +102,31 @@ class DeviceRegistry:
         if isinstance(event, DeviceRegistered | DeviceUpdated):
             current = self._devices.get(event.device_id)
             status = current.status if current is not None else "active"
-            self._devices[event.device_id] = device_info(event.device_id, status, event.metrics)
+            self._devices[event.device_id] = device_info(
+                event.device_id, status, event.metrics, event.profile
+            )
             self._unknown_until.pop(event.device_id, None)
+            self.profiles_named.add(event.profile)
         elif isinstance(event, DeviceDecommissioned):
             current = self._devices.get(event.device_id)
-            metrics = current.metrics if current is not None else {}
-            self._devices[event.device_id] = DeviceInfo(event.device_id, "decommissioned", metrics)
+            if current is None:
+                current = DeviceInfo(event.device_id, "active")
+            self._devices[event.device_id] = replace(current, status="decommissioned")
 
 
 class DeviceTable(Protocol):
-    """Every device as the devices table has it now."""
+    """Every device as the devices table has it now (or, for another view, its rows)."""
 
-    def fetch_all(self) -> list[DeviceInfo]: ...
+    def fetch_all(self) -> list[Any]: ...
 
     def close(self) -> None: ...
+
+
+class FollowedView(Protocol):
+    """What a follower keeps current: the device registry, or ingest's profile book."""
+
+    def apply(self, event: object) -> None: ...
+    def load(self, items: Iterable[Any]) -> None: ...
 
 
 class DatabaseDevices:
@@ -142,8 +163,9 @@ class DatabaseDevices:
         self._connection.close()
 
 
-def last_device_event_id(client: redis.Redis) -> str:
-    entries: Any = client.xrevrange(DEVICE_EVENTS_STREAM, count=1)
+def last_device_event_id(client: redis.Redis, stream: str = DEVICE_EVENTS_STREAM) -> str:
+    """The id of the newest entry of ``stream`` (the device events by default), or 0-0."""
+    entries: Any = client.xrevrange(stream, count=1)
     return text(entries[0][0]) if entries else "0-0"
 
 
@@ -153,20 +175,28 @@ class RegistryFollower(threading.Thread):
     Plain XREAD, not a consumer group: every ingest process needs every device event. It
     reads and decodes as the group reader does (:mod:`iotp.group_reader`). ``table`` is the
     follower's own (its thread's) way to the devices table, for when the stream was trimmed
-    past its position; closed when the follower stops.
+    past its position; closed when the follower stops. The same loop follows the profile
+    events into ingest's profile book (``stream``, ``decode``); ``on_change`` runs after
+    each read that applied something (ingest subscribes to new profiles' trees there).
     """
 
     def __init__(
         self,
-        registry: DeviceRegistry,
+        registry: FollowedView,
         client: redis.Redis,
         after: str,
         stop: threading.Event,
         table: DeviceTable,
+        *,
+        stream: str = DEVICE_EVENTS_STREAM,
+        decode: Decode[Any] = from_fields,
+        task: str = "device registry",
+        on_change: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(name="iotp-ingest-registry", daemon=True)
+        super().__init__(name=f"iotp-ingest-{task.replace(' ', '-')}", daemon=True)
         self.registry, self.client, self.position, self.stop = registry, client, after, stop
         self.table = table
+        self.stream, self.decode, self.task, self.on_change = stream, decode, task, on_change
         self.reloads = 0
 
     def run(self) -> None:
@@ -180,31 +210,39 @@ class RegistryFollower(threading.Thread):
 
     def step(self) -> None:
         """One read: apply what it brought, or reload if a trim took entries not yet read."""
-        entries, trimmed = retry_transient(self._read, self.stop, task="device registry")
+        entries, trimmed = retry_transient(self._read, self.stop, task=self.task)
         if missed_after(self.position, trimmed):
             logger.warning(
-                "device registry: %s was trimmed up to %s, past this process's position %s;"
-                " reloading the devices from the database",
-                DEVICE_EVENTS_STREAM,
+                "%s: %s was trimmed up to %s, past this process's position %s;"
+                " reloading from the database",
+                self.task,
+                self.stream,
                 trimmed,
                 self.position,
             )
             self.position, count = retry_transient(
-                lambda: self._reload(trimmed), self.stop, task="device registry"
+                lambda: self._reload(trimmed), self.stop, task=self.task
             )
             self.reloads += 1
-            logger.info("device registry reloaded: %s devices", count)
+            logger.info("%s reloaded: %s rows", self.task, count)
+            self._changed()
             return
-        batch = decode_batch(entries, from_fields, Counts(), "device registry")
+        batch = decode_batch(entries, self.decode, Counts(), self.task)
         for delivered in batch.events:
             self.registry.apply(delivered.event)
-        self.position = batch.last_ids.get(DEVICE_EVENTS_STREAM, self.position)
+        self.position = batch.last_ids.get(self.stream, self.position)
+        if batch.events:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _read(self) -> tuple[dict[str, list[Entry]], str | None]:
         """New entries, then how far the stream was trimmed: read after the entries, a trim
         before the read is seen (one after it may reload for nothing, and misses nothing)."""
-        entries = read_streams(self.client, {DEVICE_EVENTS_STREAM: self.position}, 500, 500)
-        return entries, trimmed_before(self.client, DEVICE_EVENTS_STREAM)
+        entries = read_streams(self.client, {self.stream: self.position}, 500, 500)
+        return entries, trimmed_before(self.client, self.stream)
 
     def _reload(self, trimmed: str | None) -> tuple[str, int]:
         """As at start: the stream's last id, then the devices table (which has every change
@@ -212,7 +250,9 @@ class RegistryFollower(threading.Thread):
 
         Never behind the trim, so that a stream left empty does not reload again and again.
         """
-        position = max(last_device_event_id(self.client), trimmed or "0-0", key=split_id)
+        position = max(
+            last_device_event_id(self.client, self.stream), trimmed or "0-0", key=split_id
+        )
         devices = self.table.fetch_all()
         self.registry.load(devices)
         return position, len(devices)

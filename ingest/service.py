@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -20,17 +22,26 @@ from prometheus_client import start_http_server
 from ingest.broker_stats import broker_stats_from
 from ingest.counters import IngestCounters
 from ingest.handover import Departure
+from ingest.http_inbox import HttpIngestPipeline
+from ingest.http_server import serving_http_telemetry
 from ingest.mqtt5_source import Mqtt5Source
 from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, MqttSource, SourceOptions
 from ingest.payloads import Limits
-from ingest.pipeline import BatchPolicy, IngestPipeline
+from ingest.pipeline import BatchPolicy, IngestPipeline, MessageSource
 from ingest.presence import Presence, SessionRecord, session_to_retire
+from ingest.profiles_runtime import (
+    DatabaseProfiles,
+    ProfileBook,
+    ProfileRouter,
+    SubscriptionKeeper,
+)
 from ingest.publisher import StreamPublisher
 from ingest.registry import DatabaseDevices, DeviceRegistry, RegistryFollower, last_device_event_id
 from ingest.store import TelemetryStore
 from iotp.errors import ConfigurationError, ServiceUnavailable
+from iotp.events import profile_event_from_fields
 from iotp.mqtt_url import BrokerAddress, parse_mqtt_url, tls_context
-from iotp.names import ingest_stats_key
+from iotp.names import PROFILE_EVENTS_STREAM, ingest_stats_key
 from iotp.preflight import require_migrated_database, require_redis
 from iotp.redis_client import redis_for
 from iotp.retry import Stopped
@@ -93,11 +104,29 @@ def run_ingest(settings: Settings, stop: threading.Event) -> None:
     options = source_options_from(settings)
     counters = IngestCounters()
     _serve_metrics(settings, counters)
-    with _backends(settings) as (client, registry):
+    with (
+        _backends(settings) as (client, registry, router),
+        serving_http_telemetry(
+            settings,
+            # The HTTP requests' own pipeline: same checks, events and counters, its own writer.
+            lambda inbox: _pipeline(
+                settings,
+                inbox,
+                client,
+                router,
+                counters,
+                options.client_id,
+                functools.partial(HttpIngestPipeline, parse_for_device=router.parse_for_device),
+                consumer=f"{options.client_id}:http",
+            ),
+            stop,
+        ),
+    ):
         source = mqtt_source(parse_mqtt_url(settings.mqtt_url), options)
+        _subscribe_to_profiles(router, registry, source)
         presence = Presence(client, session_record(settings, options), settings.ingest_live_seconds)
         departure = Departure(source, presence.leave, stop, settings.ingest_handover_seconds)
-        pipeline = _pipeline(settings, source, client, registry, counters, options.client_id)
+        pipeline = _pipeline(settings, source, client, router, counters, options.client_id)
         # The broker's own counters ($SYS: drops, stored messages) read beside the telemetry.
         broker_counters = broker_stats_from(settings, client, counters.registry)
         try:
@@ -158,7 +187,7 @@ def retire_ingest(settings: Settings, target: str, stop: threading.Event) -> Ret
             " (IOTP_MQTT_PROTOCOL is 3.1.1)"
         )
     counters = IngestCounters()
-    with _backends(settings) as (client, registry):
+    with _backends(settings) as (client, _, router):
         default = session_record(
             settings.model_copy(update={"ingest_instance": target}), source_options_from(settings)
         )
@@ -172,7 +201,7 @@ def retire_ingest(settings: Settings, target: str, stop: threading.Event) -> Ret
         )
         source = mqtt_source(parse_mqtt_url(settings.mqtt_url), options)
         emptying = Departure(source, lambda: True, _already(), abort=stop)
-        pipeline = _pipeline(settings, source, client, registry, counters, record.client_id)
+        pipeline = _pipeline(settings, source, client, router, counters, record.client_id)
         try:
             _connect_to_broker(source)
             logger.info(
@@ -205,15 +234,20 @@ def session_record(settings: Settings, options: SourceOptions) -> SessionRecord:
 
 
 @contextmanager
-def _backends(settings: Settings) -> Iterator[tuple[redis.Redis, DeviceRegistry]]:
-    """A Redis client and the device registry, kept current until the block ends."""
+def _backends(
+    settings: Settings,
+) -> Iterator[tuple[redis.Redis, DeviceRegistry, ProfileRouter]]:
+    """A Redis client, the device registry and the device profiles' router, kept current
+    until the block ends."""
     client = redis_for(
         settings.redis_url, settings.redis_cluster, socket_connect_timeout=5, socket_timeout=30
     )
     devices = DatabaseDevices(settings.database_url)
     done = threading.Event()
     try:
-        yield client, _follow_registry(settings, devices, last_device_event_id(client), done)
+        registry = _follow_registry(settings, devices, last_device_event_id(client), done)
+        book = _follow_profiles(settings, last_device_event_id(client, PROFILE_EVENTS_STREAM), done)
+        yield client, registry, ProfileRouter(book, registry.lookup)
     finally:
         done.set()
         devices.close()
@@ -222,26 +256,31 @@ def _backends(settings: Settings) -> Iterator[tuple[redis.Redis, DeviceRegistry]
 
 def _pipeline(
     settings: Settings,
-    source: BrokerSource,
+    source: MessageSource,
     client: redis.Redis,
-    registry: DeviceRegistry,
+    router: ProfileRouter,
     counters: IngestCounters,
     client_id: str,
+    kind: Callable[..., IngestPipeline] = IngestPipeline,
+    consumer: str | None = None,
 ) -> IngestPipeline:
-    return IngestPipeline(
+    # ``consumer`` names the ledger of the pipeline's unpublished events (the client id's
+    # by default); each pipeline of a process needs its own.
+    return kind(
         source=source,
-        store=TelemetryStore(settings.database_url, consumer=client_id),
+        store=TelemetryStore(settings.database_url, consumer=consumer or client_id),
         publisher=StreamPublisher(
             client,
             settings.telemetry_stream_maxlen,
             settings.deadletter_stream_maxlen,
             settings.event_shards,
         ),
-        lookup=registry.lookup,
+        lookup=router.lookup,
         counters=counters,
         limits=limits_from(settings),
         policy=batch_policy_from(settings),
         stats_key=ingest_stats_key(client_id),
+        parse=router.parse,
     )
 
 
@@ -265,6 +304,57 @@ def _follow_registry(
     table = DatabaseDevices(settings.database_url)
     RegistryFollower(registry, follower_client, position, stop, table).start()
     return registry
+
+
+def _follow_profiles(settings: Settings, position: str, stop: threading.Event) -> ProfileBook:
+    """The profile book, loaded from the database and kept current from the profile stream.
+
+    Loaded after the position is read: what changed in between is applied twice, harmlessly.
+    """
+    table = DatabaseProfiles(settings.database_url)
+    book = ProfileBook()
+    book.load(table.fetch_all())
+    logger.info("device profiles loaded: %s profiles", len(book.profiles()))
+    follower_client = redis_for(
+        settings.redis_url, settings.redis_cluster, socket_connect_timeout=5
+    )
+    follower = RegistryFollower(
+        book,
+        follower_client,
+        position,
+        stop,
+        table,
+        stream=PROFILE_EVENTS_STREAM,
+        decode=profile_event_from_fields,
+        task="profile book",
+    )
+    follower.start()
+    return book
+
+
+def _subscribe_to_profiles(
+    router: ProfileRouter, registry: DeviceRegistry, source: BrokerSource
+) -> None:
+    """Subscribe to the trees of the profiles in use now, and of each that comes into use
+    (checked each second: devices and profiles arrive on two streams, in either order)."""
+    keeper = SubscriptionKeeper(
+        router.book,
+        lambda: set(registry.profiles_named),
+        lambda topic_filter: source.add_subscription(topic_filter, BROKER_CONNECT_TIMEOUT),
+    )
+    keeper.refresh()  # before connecting: subscribed with the telemetry filter
+    threading.Thread(
+        target=_keep_subscribed, args=(keeper, source), name="iotp-ingest-profiles", daemon=True
+    ).start()
+
+
+def _keep_subscribed(keeper: SubscriptionKeeper, source: BrokerSource) -> None:
+    while True:
+        time.sleep(1.0)
+        try:
+            keeper.refresh()
+        except Exception:  # never end the thread: the next profile must still be subscribed
+            logger.exception("subscribing to the device profiles' topics failed")
 
 
 def _serve_metrics(settings: Settings, counters: IngestCounters) -> None:

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from pydantic import AfterValidator, AwareDatetime, Field, SecretStr, model_validator
 
+from iotp.device_profiles import MAX_GATEWAY_DEVICES, DeviceProfile, FriendlyName
 from iotp.events import SEVERITIES, AlarmCondition, Severity
 from iotp.model import (
     DeclaredMetrics,
@@ -21,6 +22,7 @@ from iotp.model import (
     Metadata,
     MetricName,
     Name,
+    ProfileName,
     Role,
     SafeText,
 )
@@ -43,12 +45,13 @@ class UpdateDevice(Command):
     location: Location | None = None
     metadata: Metadata | None = None
     metrics: DeclaredMetrics | None = None
+    profile: ProfileName | None = None
 
     @model_validator(mode="after")
     def _changes_something(self) -> UpdateDevice:
         if not self.changed_fields():
             raise ValueError("an update must name at least one of: " + ", ".join(UPDATABLE_FIELDS))
-        for field in ("name", "kind", "metadata", "metrics"):
+        for field in ("name", "kind", "metadata", "metrics", "profile"):
             if field in self.model_fields_set and getattr(self, field) is None:
                 raise ValueError(f"{field} cannot be null")
         return self
@@ -58,7 +61,7 @@ class UpdateDevice(Command):
         return tuple(f for f in UPDATABLE_FIELDS if f in self.model_fields_set)
 
 
-UPDATABLE_FIELDS = ("name", "kind", "location", "metadata", "metrics")
+UPDATABLE_FIELDS = ("name", "kind", "location", "metadata", "metrics", "profile")
 
 
 class DecommissionDevice(Command):
@@ -279,3 +282,48 @@ class ChangeDashboardAccount(Command):
         if self.role is None and self.disabled is None and self.password is None:
             raise ValueError("a change must name at least one of: role, disabled, password")
         return self
+
+
+# Device profiles and gateways (issue 25).
+class CreateDeviceProfile(Command):
+    profile: DeviceProfile
+
+
+class ReplaceDeviceProfile(Command):
+    """Replace every attribute of the profile of the same name."""
+
+    profile: DeviceProfile
+
+
+class DeleteDeviceProfile(Command):
+    name: ProfileName
+
+
+GatewayDeviceMap = Annotated[
+    dict[FriendlyName, DeviceId],
+    Field(
+        max_length=MAX_GATEWAY_DEVICES,
+        description="Friendly name (as the gateway publishes it) -> device id",
+        examples=[{"kitchen/floor light": "lamp-1"}],
+    ),
+]
+
+
+class RegisterGateway(Command):
+    """A broker account that speaks for the listed devices, in its (gateway) profile's format."""
+
+    gateway_id: DeviceId | None = None
+    name: Name
+    profile: ProfileName
+    devices: GatewayDeviceMap = Field(default_factory=dict)
+
+
+class SetGatewayDevices(Command):
+    """Replace the devices a gateway may speak for."""
+
+    gateway_id: DeviceId
+    devices: GatewayDeviceMap
+
+
+class DeleteGateway(Command):
+    gateway_id: DeviceId

@@ -25,11 +25,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, Field, model_validator
 
 from iotp.model import (
-    DEVICE_ID_PATTERN,
+    DEFAULT_PROFILE,
     MAX_DECLARED_METRICS,
     DeviceId,
     FrozenModel,
     MetricName,
+    ProfileName,
     SafeText,
     Unit,
 )
@@ -184,9 +185,6 @@ class MetricMapping(FrozenModel):
     source: Annotated[SafeText, Field(min_length=1, max_length=256)]
     metric: MetricName
     unit: Unit | None = None
-
-
-ProfileName = Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]
 
 
 class DeviceProfile(FrozenModel):
@@ -545,3 +543,16 @@ def friendly_name_conflicts(
                 conflicts.append(name)
                 break
     return tuple(conflicts)
+
+
+# Always there, never stored: today's payload on devices/{device}/telemetry, every device's
+# profile unless it names another.
+BUILTIN_PROFILE = DeviceProfile(name=DEFAULT_PROFILE)
+
+
+def device_topic(profile: DeviceProfile, device_name: str) -> str:
+    """The first telemetry topic of a device of ``profile`` (``{metric}`` left for the firmware)."""
+    return "/".join(
+        device_name if level == DEVICE else level
+        for level in profile.topics.telemetry[0].split("/")
+    )

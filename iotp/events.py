@@ -12,6 +12,7 @@ import msgspec
 import orjson
 from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
+from iotp.device_profiles import DeviceProfile, FriendlyName
 from iotp.model import (
     DeviceAttributes,
     DeviceId,
@@ -245,6 +246,45 @@ class AccessDenied(Envelope, Issued):
     reason: str = Field(max_length=500)
 
 
+# Device profiles and gateways (issue 25): how devices connect, on their own stream. Each
+# event carries the whole profile or gateway after the change, so applying it twice, or only
+# the last one, is harmless. A gateway's password hash travels as a device's does.
+class DeviceProfileSaved(Envelope, Issued):
+    type: Literal["DeviceProfileSaved"] = "DeviceProfileSaved"
+    profile: DeviceProfile
+    created: bool  # False: it replaced the profile of that name
+
+
+class DeviceProfileDeleted(Envelope, Issued):
+    type: Literal["DeviceProfileDeleted"] = "DeviceProfileDeleted"
+    name: str
+
+
+class GatewayAttributes(Envelope, Issued):
+    """A gateway as it stands after the change: its profile and the devices it speaks for."""
+
+    gateway_id: DeviceId
+    name: str
+    profile: str
+    devices: dict[FriendlyName, DeviceId]
+
+
+class GatewayRegistered(GatewayAttributes):
+    type: Literal["GatewayRegistered"] = "GatewayRegistered"
+    credential_hash: CredentialHash
+
+
+class GatewayChanged(GatewayAttributes):
+    type: Literal["GatewayChanged"] = "GatewayChanged"
+    changed: tuple[str, ...]  # of "profile", "devices", "credentials"
+    credential_hash: CredentialHash
+
+
+class GatewayDeleted(Envelope, Issued):
+    type: Literal["GatewayDeleted"] = "GatewayDeleted"
+    gateway_id: DeviceId
+
+
 AnyEvent = Annotated[
     DeviceRegistered
     | DeviceUpdated
@@ -272,6 +312,11 @@ AnyAccessEvent = Annotated[
     Field(discriminator="type"),
 ]
 _ACCESS_ADAPTER: TypeAdapter[AnyAccessEvent] = TypeAdapter(AnyAccessEvent)
+AnyProfileEvent = Annotated[
+    DeviceProfileSaved | DeviceProfileDeleted | GatewayRegistered | GatewayChanged | GatewayDeleted,
+    Field(discriminator="type"),
+]
+_PROFILE_ADAPTER: TypeAdapter[AnyProfileEvent] = TypeAdapter(AnyProfileEvent)
 
 
 class UndecodableEvent(ValueError):
@@ -357,6 +402,11 @@ def configuration_event_from_fields(
 def access_event_from_fields(fields: dict[str, str] | dict[bytes, bytes]) -> AnyAccessEvent:
     """Decode an access event's stream entry written by :func:`to_fields`."""
     return _decode(fields, _ACCESS_ADAPTER)
+
+
+def profile_event_from_fields(fields: dict[str, str] | dict[bytes, bytes]) -> AnyProfileEvent:
+    """Decode a profile or gateway event's stream entry written by :func:`to_fields`."""
+    return _decode(fields, _PROFILE_ADAPTER)
 
 
 def _decode(fields: dict[str, str] | dict[bytes, bytes], adapter: TypeAdapter[T]) -> T:

@@ -180,6 +180,11 @@ DeclaredMetrics = Annotated[
 ]
 
 
+# The built-in device profile (iotp.device_profiles): today's payload on devices/{id}/telemetry.
+DEFAULT_PROFILE = "iotp"
+ProfileName = Annotated[str, Field(pattern=DEVICE_ID_PATTERN, examples=[DEFAULT_PROFILE])]
+
+
 class DeviceAttributes(FrozenModel):
     """What describes a device; shared by the command that registers it and its events."""
 
@@ -188,3 +193,5 @@ class DeviceAttributes(FrozenModel):
     location: Location | None = None
     metadata: Metadata = Field(default_factory=dict)
     metrics: DeclaredMetrics = ()
+    # How the device speaks MQTT; events from before profiles existed are the built-in one's.
+    profile: ProfileName = DEFAULT_PROFILE

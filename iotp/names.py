@@ -13,6 +13,10 @@ ALARM_RULE_EVENTS_STREAM = "iotp:events:alarm-rules"
 WEBHOOK_EVENTS_STREAM = "iotp:events:webhooks"
 # ApiKeyCreated/Revoked, DashboardAccountCreated/Changed and AccessDenied (issue 22).
 ACCESS_EVENTS_STREAM = "iotp:events:access"
+# DeviceProfileSaved/Deleted and GatewayRegistered/Changed/Deleted (issue 25): how devices
+# connect. Apart from the device stream, whose every consumer relies on a device_id; read by
+# ingest and broker-sync, which must know every profile and gateway.
+PROFILE_EVENTS_STREAM = "iotp:events:profiles"
 
 TELEMETRY_TOPIC_FILTER = "devices/+/telemetry"
 

@@ -41,6 +41,10 @@ class Permission(StrEnum):
     # dashboard holds. The command then runs with that person's role, never more.
     DASHBOARD_USERS_ACT = "dashboard-users:act"
     AUDIT_READ = "audit:read"
+    # Device profiles and gateways (issue 25): they decide what broker accounts may publish.
+    PROFILES_READ = "profiles:read"
+    PROFILES_MANAGE = "profiles:manage"
+    GATEWAYS_MANAGE = "gateways:manage"
 
 
 _ALL = frozenset(Role)
@@ -60,6 +64,11 @@ ROLES_OF: dict[Permission, frozenset[Role]] = {
     Permission.DASHBOARD_ACCOUNTS_MANAGE: frozenset({Role.ADMIN}),
     Permission.DASHBOARD_USERS_ACT: frozenset({Role.ADMIN}),
     Permission.AUDIT_READ: _OPERATING,
+    # Provisioners read profiles to register devices with one.
+    Permission.PROFILES_READ: _ALL,
+    Permission.PROFILES_MANAGE: frozenset({Role.ADMIN}),
+    # A gateway's account may publish for every device it lists: as much as managing them.
+    Permission.GATEWAYS_MANAGE: _OPERATING,
 }
 
 # The only paths answered without a key: health and the OpenAPI documents.

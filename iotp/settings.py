@@ -92,6 +92,15 @@ class Settings(BaseSettings):
     ingest_max_age_days: int = Field(default=0, ge=0)
     ingest_metrics_port: int = Field(default=9108, ge=0, le=65535)
     ingest_unknown_device_cache_seconds: float = Field(default=1.0, ge=0)
+    # HTTP telemetry (POST /telemetry/{device_id}) for devices without MQTT, served by each
+    # ingest process on its own port (0: off); ingest/http_telemetry.py. A request waits for
+    # its batch's commit, and is answered 429 while this many requests already wait (or
+    # IOTP_INGEST_MAX_BUFFERED_BYTES of their bodies). A device's verified password is
+    # remembered for the cache's seconds (so a rotated one works that much longer).
+    ingest_http_host: str = "127.0.0.1"
+    ingest_http_port: int = Field(default=8088, ge=0, le=65535)
+    ingest_http_max_pending: int = Field(default=1000, ge=1)
+    ingest_http_credentials_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
     # An ingest counts as live while its last heartbeat (five per period) is younger than
     # this; on SIGTERM it hands its share back only to live instances, within the handover
     # time (below a supervisor's grace before SIGKILL), else it keeps its session.

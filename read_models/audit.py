@@ -29,15 +29,21 @@ from iotp.events import (
     AnyAccessEvent,
     AnyConfigurationEvent,
     AnyEvent,
+    AnyProfileEvent,
     ApiKeyCreated,
     ApiKeyRevoked,
     DashboardAccountChanged,
     DashboardAccountCreated,
     DeviceCredentialsRotated,
     DeviceDecommissioned,
+    DeviceProfileDeleted,
+    DeviceProfileSaved,
     DeviceRegistered,
     DeviceUpdated,
     Envelope,
+    GatewayChanged,
+    GatewayDeleted,
+    GatewayRegistered,
     Issued,
     UndecodableEvent,
     WebhookDeleted,
@@ -45,6 +51,7 @@ from iotp.events import (
     access_event_from_fields,
     configuration_event_from_fields,
     from_fields,
+    profile_event_from_fields,
 )
 
 Outcome = Literal["succeeded", "denied"]
@@ -171,6 +178,40 @@ def _account_changed(e: DashboardAccountChanged) -> Described:
     )
 
 
+def _profile_saved(e: DeviceProfileSaved) -> Described:
+    return Described(
+        "device-profile.create" if e.created else "device-profile.update",
+        f"device-profile:{e.profile.name}",
+        {"payload_format": e.profile.payload_format, "gateway": e.profile.gateway},
+    )
+
+
+def _profile_deleted(e: DeviceProfileDeleted) -> Described:
+    return Described("device-profile.delete", f"device-profile:{e.name}", {})
+
+
+def _gateway_registered(e: GatewayRegistered) -> Described:
+    # The devices it may speak for, by id: who can publish for a device is what an audit of
+    # a gateway is read for. The credential hash stays out.
+    return Described(
+        "gateway.register",
+        f"gateway:{e.gateway_id}",
+        {"profile": e.profile, "devices": sorted(e.devices.values())},
+    )
+
+
+def _gateway_changed(e: GatewayChanged) -> Described:
+    return Described(
+        "gateway.change",
+        f"gateway:{e.gateway_id}",
+        {"profile": e.profile, "devices": sorted(e.devices.values()), "changed": list(e.changed)},
+    )
+
+
+def _gateway_deleted(e: GatewayDeleted) -> Described:
+    return Described("gateway.delete", f"gateway:{e.gateway_id}", {})
+
+
 def _access_denied(e: AccessDenied) -> Described:
     action, target = denied_action(e.method, e.path)
     return Described(
@@ -198,6 +239,11 @@ DESCRIPTIONS: dict[type[Issued], Callable[[Any], Described]] = {
     ApiKeyRevoked: _key_revoked,
     DashboardAccountCreated: _account_created,
     DashboardAccountChanged: _account_changed,
+    DeviceProfileSaved: _profile_saved,
+    DeviceProfileDeleted: _profile_deleted,
+    GatewayRegistered: _gateway_registered,
+    GatewayChanged: _gateway_changed,
+    GatewayDeleted: _gateway_deleted,
     AccessDenied: _access_denied,
 }
 
@@ -209,6 +255,8 @@ _RESOURCES = {
     "webhooks": "webhook",
     "api-keys": "api-key",
     "dashboard-accounts": "dashboard-account",
+    "device-profiles": "device-profile",
+    "gateways": "gateway",
 }
 
 
@@ -268,6 +316,7 @@ def _decoders() -> tuple[dict[str, Decoder], frozenset[str]]:
         (AnyEvent, from_fields),
         (AnyConfigurationEvent, configuration_event_from_fields),
         (AnyAccessEvent, access_event_from_fields),
+        (AnyProfileEvent, profile_event_from_fields),
     )
     for union, decoder in unions:
         for event_type in get_args(get_args(union)[0]):

@@ -27,6 +27,7 @@ from iotp.names import (
     ALARM_EVENTS_STREAM,
     ALARM_RULE_EVENTS_STREAM,
     DEVICE_EVENTS_STREAM,
+    PROFILE_EVENTS_STREAM,
     WEBHOOK_EVENTS_STREAM,
 )
 from iotp.periodic import Every
@@ -43,6 +44,7 @@ AUDITED_STREAMS = (
     ALARM_RULE_EVENTS_STREAM,
     WEBHOOK_EVENTS_STREAM,
     ACCESS_EVENTS_STREAM,
+    PROFILE_EVENTS_STREAM,
 )
 FORGET_SECONDS = 300.0  # how often retention looks for old rows (then deletes until none)
 

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from broker_identity.accounts import BrokerState, parse_password_file
 from broker_identity.files import BrokerFiles
-from broker_identity.sync import SYNC_CONSUMER, SYNC_GROUP, BrokerAccounts, broker_sync
+from broker_identity.sync import READER, SYNC_CONSUMER, SYNC_GROUP, BrokerAccounts, broker_sync
 from iotp.event_shards import ensure_groups, read_group
 from iotp.events import (
     DeviceCredentialsRotated,
@@ -256,7 +256,7 @@ def test_entries_read_and_written_but_not_acknowledged_are_not_applied_twice(
     files = BrokerFiles(tmp_path / "passwd", tmp_path / "acl")
     crashing = BrokerAccounts(files, BrokerState(), lambda _: None, _no_write_store)
     crashing.start()
-    ensure_groups(redis_client, SYNC_GROUP, (DEVICE_EVENTS_STREAM,))
+    ensure_groups(redis_client, SYNC_GROUP, READER.streams)  # as the reader does at start
     # It reads the entries and writes the files, then dies before acknowledging them.
     taken = read_group(redis_client, SYNC_GROUP, SYNC_CONSUMER, {DEVICE_EVENTS_STREAM: ">"}, 100)
     assert crashing.apply(decode_batch(taken, from_fields, Counts(), "test")) == 4

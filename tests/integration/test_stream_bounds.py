@@ -35,6 +35,7 @@ from iotp.names import (
     ALARM_EVENTS_STREAM,
     ALARM_RULE_EVENTS_STREAM,
     DEVICE_EVENTS_STREAM,
+    PROFILE_EVENTS_STREAM,
     WEBHOOK_EVENTS_STREAM,
 )
 from iotp.redis_client import open_redis, redis_for, split_id
@@ -137,6 +138,7 @@ def test_entries_every_group_consumed_are_trimmed_the_newest_kept(client: redis.
             ALARM_RULE_EVENTS_STREAM,
             WEBHOOK_EVENTS_STREAM,
             ACCESS_EVENTS_STREAM,
+            PROFILE_EVENTS_STREAM,
         }
     )
 

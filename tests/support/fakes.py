@@ -15,6 +15,7 @@ from command_api.domain import ACTIVE, Device, DeviceAlreadyExists
 from command_api.unit_of_work import IdempotencyRecord
 from command_api.webhooks import Webhook
 from iotp.commands import AlarmRuleSpec
+from iotp.device_profiles import BUILTIN_PROFILE, DeviceProfile
 from iotp.events import (
     AlarmAcknowledged,
     AlarmRuleAttributes,
@@ -47,6 +48,26 @@ class FakeDevices:
 
     async def save(self, device: Device) -> None:
         self.seen[device.device_id] = device
+
+
+class FakeProfiles:
+    """The built-in profile and those a test puts in ``store``; nothing uses any."""
+
+    def __init__(self, store: dict[str, DeviceProfile]) -> None:
+        self.store = store
+
+    async def get(self, name: str, lock: str = "share") -> DeviceProfile | None:
+        return BUILTIN_PROFILE if name == BUILTIN_PROFILE.name else self.store.get(name)
+
+    async def users(self, name: str) -> tuple[int, int]:
+        return 0, 0
+
+
+class FakeGateways:
+    """No gateway: a device id is never a gateway's."""
+
+    async def exists(self, gateway_id: str) -> bool:
+        return False
 
 
 class FakeIdempotency:
@@ -222,6 +243,7 @@ class FakeUnitOfWork:
         self.rules_store: dict[UUID, AlarmRule] = {}
         self.alarms_store: dict[UUID, AlarmRow] = {}
         self.webhooks_store: dict[UUID, WebhookRow] = {}
+        self.profiles_store: dict[str, DeviceProfile] = {}
         self.published: list[Envelope] = []
         self.commits = 0
 
@@ -232,6 +254,8 @@ class FakeUnitOfWork:
         self.alarm_rules = FakeAlarmRules(copy.deepcopy(self.rules_store), self.devices_store)
         self.alarms = FakeAlarms(copy.deepcopy(self.alarms_store), self.devices_store)
         self.webhooks = FakeWebhooks(copy.deepcopy(self.webhooks_store))
+        self.profiles = FakeProfiles(self.profiles_store)
+        self.gateways = FakeGateways()
         self.emitted: list[Envelope] = []
         return self
 

@@ -11,15 +11,18 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from iotp.db import connect
 from iotp.migrate import migrate
 from iotp.settings import Settings
 from local_platform.broker import free_port
+from read_models import retention
 from read_models.schema import READ_STORE_MIGRATIONS
 
 HERE = Path(__file__).parent
@@ -79,9 +82,14 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
         "0050_consumer_recovery",
         "0060_api_keys",
         "0070_dashboard_accounts",
+        "0080_device_profiles",
     ]
     assert "compression after 7 d" in report.policies
     assert "retention after 30 d" in report.policies
+    assert "0060_rollup_tiers_hypertables" in report.read_store_applied
+    assert "rollup_minute_packed retention after 7 d" in report.policies
+    assert "rollup_hour_packed retention after 400 d" in report.policies
+    assert "rollup_day_packed retention off" in report.policies
 
     with psycopg.connect(timescale_url) as conn:
         hypertable = conn.execute(
@@ -113,6 +121,77 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
     jobs = _jobs(timescale_url)
     assert jobs["policy_compression"][1]["compress_after"] == "7 days"
     assert jobs["policy_retention"][1]["drop_after"] == "30 days"
+
+
+def test_packed_rollups_are_compressed_hypertables_dropped_by_chunk(timescale_url: str) -> None:
+    with psycopg.connect(timescale_url) as conn:
+        rows = conn.execute(
+            "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables"
+            " WHERE hypertable_schema = 'read_models' ORDER BY 1"
+        ).fetchall()
+        assert rows == [
+            ("rollup_day_packed", True),
+            ("rollup_hour_packed", True),
+            ("rollup_minute_packed", True),
+        ]
+        jobs = conn.execute(
+            "SELECT hypertable_name, proc_name, config FROM timescaledb_information.jobs"
+            " WHERE hypertable_schema = 'read_models' ORDER BY 1, 2"
+        ).fetchall()
+    policies = {(name, proc): config for name, proc, config in jobs}
+    assert policies[("rollup_minute_packed", "policy_retention")]["drop_after"] == "7 days"
+    assert policies[("rollup_hour_packed", "policy_retention")]["drop_after"] == "400 days"
+    assert ("rollup_day_packed", "policy_retention") not in policies
+    assert policies[("rollup_minute_packed", "policy_compression")]["compress_after"] == "2 days"
+
+
+def test_the_retention_job_packs_and_drops_chunks_on_timescaledb(
+    timescale_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same job on TimescaleDB: buckets packed into the hypertables, expired minutes
+    gone by whole chunks, and the views read the same buckets."""
+
+    def unprepared(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        # PGlite is one session behind every connection: server-side prepared statements
+        # of two connections collide by name.
+        conn = connect(url, **kwargs)
+        conn.prepare_threshold = None
+        return conn
+
+    monkeypatch.setattr(retention, "connect", unprepared)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    settings = _settings(timescale_url)
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        conn.execute(
+            "TRUNCATE read_models.rollup_minute_recent, read_models.rollup_minute_packed,"
+            " read_models.rollup_hour_recent, read_models.rollup_hour_packed"
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO read_models.rollup_minute_recent VALUES ('d', 'm', %s, 1, %s, %s, %s)",
+                [
+                    (now - timedelta(minutes=n), float(n), float(n), float(n))
+                    for n in range(0, 10 * 1440, 37)
+                ],
+            )
+        before = conn.execute(
+            "SELECT bucket, count, sum FROM read_models.rollup_minute"
+            " WHERE bucket >= %s ORDER BY bucket",
+            (now - timedelta(days=6),),
+        ).fetchall()
+    report = retention.run_retention(settings, now=now)
+    assert report is not None
+    assert report.rows["packed minute buckets"] > 0
+    assert report.rows["expired minute chunks"] >= 1
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        after = conn.execute(
+            "SELECT bucket, count, sum FROM read_models.rollup_minute"
+            " WHERE bucket >= %s ORDER BY bucket",
+            (now - timedelta(days=6),),
+        ).fetchall()
+        oldest = conn.execute("SELECT min(bucket) FROM read_models.rollup_minute").fetchone()
+    assert after == before
+    assert oldest is not None and oldest[0] >= now - timedelta(days=8)
 
 
 def test_second_run_changes_nothing(timescale_url: str) -> None:

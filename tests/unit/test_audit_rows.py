@@ -11,6 +11,7 @@ from uuid import UUID
 import pytest
 
 from iotp import events
+from iotp.device_profiles import DeviceProfile, TopicTree
 from iotp.events import (
     AccessDenied,
     Actor,
@@ -26,9 +27,14 @@ from iotp.events import (
     DashboardAccountCreated,
     DeviceCredentialsRotated,
     DeviceDecommissioned,
+    DeviceProfileDeleted,
+    DeviceProfileSaved,
     DeviceRegistered,
     DeviceUpdated,
     Envelope,
+    GatewayChanged,
+    GatewayDeleted,
+    GatewayRegistered,
     Issued,
     RecordedReading,
     TelemetryRecorded,
@@ -131,6 +137,46 @@ SAMPLES: dict[type[Issued], tuple[Envelope, tuple[str, str, str]]] = {
             username="ann", role="viewer", disabled=False, changed=("role", "password")
         ),
         ("dashboard-account.change", "dashboard-account:ann", "succeeded"),
+    ),
+    DeviceProfileSaved: (
+        DeviceProfileSaved(
+            profile=DeviceProfile(
+                name="esphome",
+                payload_format="plain",
+                topics=TopicTree(telemetry=("{device}/sensor/{metric}/state",)),
+            ),
+            created=True,
+        ),
+        ("device-profile.create", "device-profile:esphome", "succeeded"),
+    ),
+    DeviceProfileDeleted: (
+        DeviceProfileDeleted(name="esphome"),
+        ("device-profile.delete", "device-profile:esphome", "succeeded"),
+    ),
+    GatewayRegistered: (
+        GatewayRegistered(
+            gateway_id="z2m-1",
+            name="zigbee bridge",
+            profile="zigbee2mqtt",
+            devices={"kitchen sensor": "kitchen-1"},
+            credential_hash=HASH,
+        ),
+        ("gateway.register", "gateway:z2m-1", "succeeded"),
+    ),
+    GatewayChanged: (
+        GatewayChanged(
+            gateway_id="z2m-1",
+            name="zigbee bridge",
+            profile="zigbee2mqtt",
+            devices={"kitchen sensor": "kitchen-1", "hall": "hall-1"},
+            changed=("devices",),
+            credential_hash=HASH,
+        ),
+        ("gateway.change", "gateway:z2m-1", "succeeded"),
+    ),
+    GatewayDeleted: (
+        GatewayDeleted(gateway_id="z2m-1"),
+        ("gateway.delete", "gateway:z2m-1", "succeeded"),
     ),
     AccessDenied: (
         AccessDenied(

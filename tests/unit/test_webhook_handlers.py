@@ -20,6 +20,7 @@ from iotp.names import (
     ALARM_EVENTS_STREAM,
     ALARM_RULE_EVENTS_STREAM,
     DEVICE_EVENTS_STREAM,
+    PROFILE_EVENTS_STREAM,
     WEBHOOK_EVENTS_STREAM,
 )
 from iotp.webhook_secrets import SecretBox, is_encrypted
@@ -90,6 +91,11 @@ def test_every_outbox_event_has_one_stream_and_others_are_refused() -> None:
         "DashboardAccountCreated": ACCESS_EVENTS_STREAM,
         "DashboardAccountChanged": ACCESS_EVENTS_STREAM,
         "AccessDenied": ACCESS_EVENTS_STREAM,
+        "DeviceProfileSaved": PROFILE_EVENTS_STREAM,
+        "DeviceProfileDeleted": PROFILE_EVENTS_STREAM,
+        "GatewayRegistered": PROFILE_EVENTS_STREAM,
+        "GatewayChanged": PROFILE_EVENTS_STREAM,
+        "GatewayDeleted": PROFILE_EVENTS_STREAM,
     }
     now = datetime.now(UTC)
     telemetry = TelemetryRecorded(device_id="d1", readings=(), received_at=now, ingested_at=now)
