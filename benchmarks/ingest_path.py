@@ -18,8 +18,9 @@ import orjson
 
 from benchmarks.processes import machine
 from ingest.mqtt_source import InboundMessage
-from ingest.payloads import DeviceInfo, Limits, MetricRange, ParsedMessage, parse_message
+from ingest.payloads import DeviceInfo, Limits, MetricRange, ParsedMessage
 from ingest.pipeline import _events, _staged_rows
+from ingest.profiles_runtime import ProfileBook, ProfileRouter
 
 DEVICES = 100
 _RANGES = {
@@ -67,10 +68,11 @@ def run_ingest_path_bench(messages: int, rounds: int) -> dict[str, Any]:
     batch = _messages(messages)
     limits = Limits()
 
+    # As ingest parses: by the profile the topic belongs to (here the built-in one).
+    router = ProfileRouter(ProfileBook(), devices.get)
+
     def parse() -> list[ParsedMessage]:
-        return [
-            parse_message(m.topic, m.payload, m.received_at, devices.get, limits) for m in batch
-        ]
+        return [router.parse(m.topic, m.payload, m.received_at, limits) for m in batch]
 
     parsed = parse()
     rows = _staged_rows(batch, parsed)
