@@ -53,8 +53,9 @@ EPOCH_START = datetime(1, 1, 1, tzinfo=UTC)  # before any bucket
 _PACK = """
 WITH picked AS (
     SELECT device_id, metric, bucket FROM {recent}
-    WHERE bucket >= %(after)s AND bucket < %(before)s
-    ORDER BY bucket LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+    WHERE (device_id, metric, bucket) > (%(after_device)s, %(after_metric)s, %(after)s)
+      AND bucket < %(before)s
+    ORDER BY device_id, metric, bucket LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), moved AS (
     DELETE FROM {recent} r USING picked k
     WHERE r.device_id = k.device_id AND r.metric = k.metric AND r.bucket = k.bucket
@@ -88,8 +89,10 @@ ON CONFLICT (device_id, metric, period) DO UPDATE SET (counts, sums, mins, maxs)
          WITH ORDINALITY AS u(c1, s1, lo1, hi1, c2, s2, lo2, hi2, i))
 RETURNING 1
 )
-SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM picked),
-       (SELECT max(bucket) FROM picked)
+SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM picked), last.*
+FROM (SELECT device_id, metric, bucket FROM picked
+      ORDER BY device_id DESC, metric DESC, bucket DESC LIMIT 1) AS last
+RIGHT JOIN (SELECT 1) AS one ON true
 """
 
 # Rows picked by their key ({key}: columns, or ctid where nothing else writes old rows),
@@ -188,7 +191,10 @@ def _read_side(
             slots=tier.slots,
         )
         params = {"before": pack_before(tier, now), "limit": batch}
-        report.add(f"packed {tier.name} buckets", _batches(read, sql, params, report))
+        # By series: a round takes whole periods of a few series, packed in one go, rather
+        # than a few minutes of every series, merged into every period again and again.
+        cursor = {"after_device": "", "after_metric": "", "after": EPOCH_START}
+        report.add(f"packed {tier.name} buckets", _batches(read, sql, params, report, cursor))
     for tier, days in (
         (MINUTE, settings.rollup_minute_retention_days),
         (HOUR, settings.rollup_hour_retention_days),
@@ -210,19 +216,27 @@ def _read_side(
     )
 
 
-def _batches(conn: Conn, sql: str, params: dict[str, Any], report: RetentionReport) -> int:
-    """Run ``sql`` (with ``%(limit)s``) in short transactions until it has caught up; rows
-    touched in all (its row count, or the count it selects)."""
+def _batches(
+    conn: Conn,
+    sql: str,
+    params: dict[str, Any],
+    report: RetentionReport,
+    cursor: dict[str, Any] | None = None,
+) -> int:
+    """Run ``sql`` in short transactions until it has caught up; rows touched in all.
 
-    after = EPOCH_START
+    ``sql`` takes ``%(limit)s`` and the ``cursor``'s parameters (where the last round
+    ended: ``%(after)s`` by default), and selects the rows it touched, the rows it picked,
+    then the cursor's next values (NULL when it picked none).
+    """
+    position = dict(cursor or {"after": EPOCH_START})
 
     def step(limit: int) -> tuple[int, int]:
-        nonlocal after
-        row = conn.execute(sql.encode(), {**params, "limit": limit, "after": after}).fetchone()
+        row = conn.execute(sql.encode(), {**params, **position, "limit": limit}).fetchone()
         if not row:
             return 0, 0
         if row[2] is not None:
-            after = row[2]
+            position.update(zip(position, row[2:], strict=True))
         return int(row[0]), int(row[1])
 
     return _rounds(conn, step, int(params["limit"]), report)
