@@ -93,13 +93,17 @@ def _aggregating(
 ) -> dict[str, float]:
     """How long an aggregator's batches take while ``meanwhile`` runs: batches of current
     readings, and of late ones for the hours being packed or expired (the rows the job
-    locks), back to back; their p50, p99 and max in ms."""
+    locks), back to back; their p50, p99 and max in ms, and the longest time the
+    aggregator's session waited on a lock (sampled every 2 ms from pg_stat_activity), which
+    tells a wait on the job from a stall of the machine (a checkpoint's writes, say)."""
     stop = threading.Event()
     durations: list[float] = []
+    backend: list[int] = []
 
     def aggregate() -> None:
         rng = random.Random(99)
         with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+            backend.append(conn.info.backend_pid)
             while not stop.is_set():
                 events = []
                 for _ in range(50):
@@ -115,19 +119,44 @@ def _aggregating(
                 _apply(conn, events)
                 durations.append((time.perf_counter() - started) * 1000)
 
-    worker = threading.Thread(target=aggregate, name="bench-aggregator")
-    worker.start()
+    waits: list[float] = [0.0]
+
+    def sample() -> None:
+        waiting_since: float | None = None
+        with psycopg.connect(settings.read_url(), autocommit=True) as conn:
+            while not stop.is_set():
+                if backend:
+                    row = conn.execute(
+                        "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                        (backend[0],),
+                    ).fetchone()
+                    now_s = time.perf_counter()
+                    if row is not None and row[0] == "Lock":
+                        waiting_since = waiting_since or now_s
+                        waits[0] = max(waits[0], (now_s - waiting_since) * 1000)
+                    else:
+                        waiting_since = None
+                time.sleep(0.002)
+
+    threads = [
+        threading.Thread(target=aggregate, name="bench-aggregator"),
+        threading.Thread(target=sample, name="bench-lock-sampler"),
+    ]
+    for thread in threads:
+        thread.start()
     try:
         meanwhile()
     finally:
         stop.set()
-        worker.join()
+        for thread in threads:
+            thread.join()
     durations.sort()
     return {
         "batches": len(durations),
         "p50": round(durations[len(durations) // 2], 1),
         "p99": round(durations[int(0.99 * (len(durations) - 1))], 1),
         "max": round(durations[-1], 1),
+        "longest_lock_wait_ms": round(waits[0], 1),
     }
 
 
@@ -234,7 +263,7 @@ def run_growth_bench(
         readings = device_days * 1440
         before = _sizes(conn)
         row_bytes = _bytes_per_bucket(conn, before, "recent")
-        idle = _aggregating(settings, ids, days, now, lambda: time.sleep(3))
+        idle = _aggregating(settings, ids, days, now, lambda: time.sleep(10))
         timed: dict[str, Any] = {}
 
         def retention_now() -> None:
@@ -258,6 +287,7 @@ def run_growth_bench(
             "seconds": round(retention_seconds, 1),
             "rows": report.rows,
             "longest_batch_ms": round(report.longest_batch_ms, 1),
+            "longest_ms_by_step": {k: round(v, 1) for k, v in report.longest_ms.items()},
             "aggregator_batch_ms_idle": idle,
             "aggregator_batch_ms_during_retention": during,
         },
@@ -281,11 +311,61 @@ def run_growth_bench(
         )
         run_retention(keep_all, now=now + timedelta(days=70))  # everything packed
         packed = _bytes_per_bucket(conn, _sizes(conn), "packed")
+        if timescale_url is not None:
+            result["rollups_timescaledb"] = _timescale_rollups(conn, timescale_url)
     result["bytes_per_bucket"] = {"row": row_bytes, "packed": packed}
     result["steady_state"] = steady_state(row_bytes, packed, _per_tier(after), devices, settings)
+    if timescale_url is not None:
+        compressed = {
+            name: figures["bytes_per_bucket_compressed"]
+            for name, figures in result["rollups_timescaledb"].items()
+        }
+        result["steady_state_timescaledb"] = steady_state(
+            row_bytes, compressed, _per_tier(after), devices, settings
+        )
     result["queries"] = _queries(settings, query_devices, requests, now)
     result["redis"] = _redis_per_device(settings, [f"query-{n:05d}" for n in range(query_devices)])
     return result
+
+
+def _timescale_rollups(
+    conn: psycopg.Connection[Any], url: str, series: int = 30
+) -> dict[str, dict[str, float]]:
+    """Bytes per bucket of the packed tiers as TimescaleDB keeps them: the first ``series``
+    device-metric pairs' packed rows copied into a throw-away TimescaleDB's read store
+    (migrated, so its packed tables are the hypertables iotp makes), compressed there."""
+    from iotp.migrate import migrate
+    from read_models.schema import READ_STORE_MIGRATIONS
+
+    migrate(Settings(database_url=url, timescaledb="on"), READ_STORE_MIGRATIONS)
+    found: dict[str, dict[str, float]] = {}
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as target:
+        for tier in TIERS:
+            rows = conn.execute(
+                f"SELECT p.* FROM {tier.packed} p JOIN (SELECT DISTINCT device_id, metric"  # noqa: S608
+                f" FROM {tier.packed} ORDER BY 1, 2 LIMIT %s) s USING (device_id, metric)",
+                (series,),
+            ).fetchall()
+            target.execute(f"TRUNCATE {tier.packed}")
+            with target.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {tier.packed} VALUES (%s, %s, %s, %s, %s, %s, %s)",  # noqa: S608
+                    rows,
+                )
+            buckets = sum(sum(1 for c in row[3] if c is not None) for row in rows)
+            size = "SELECT total_bytes FROM hypertable_detailed_size(%s::regclass)"
+            before = _one(target, size, tier.packed)
+            target.execute(
+                "SELECT compress_chunk(c) FROM show_chunks(%s::regclass) c", (tier.packed,)
+            )
+            after = _one(target, size, tier.packed)
+            found[tier.name] = {
+                "rows": len(rows),
+                "buckets": buckets,
+                "bytes_per_bucket_uncompressed": round(before / max(buckets, 1), 1),
+                "bytes_per_bucket_compressed": round(after / max(buckets, 1), 1),
+            }
+    return found
 
 
 def _bytes_per_bucket(

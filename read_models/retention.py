@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 Conn = psycopg.Connection[Any]
 RETENTION_LOCK_KEY = 0x10770005
 BATCH_ROWS = 5_000  # the most rows a round may touch
-ROUND_MS = 40.0  # what a round aims to take
+ROUND_MS = 20.0  # what a round aims to take
 MIN_ROUND_ROWS = 20
 EPOCH_START = datetime(1, 1, 1, tzinfo=UTC)  # before any bucket
 
@@ -128,6 +128,11 @@ class RetentionReport:
 
     rows: dict[str, int] = field(default_factory=dict)
     longest_batch_ms: float = 0.0
+    longest_ms: dict[str, float] = field(default_factory=dict)  # by step
+
+    def timed(self, what: str, elapsed_ms: float) -> None:
+        self.longest_batch_ms = max(self.longest_batch_ms, elapsed_ms)
+        self.longest_ms[what] = max(self.longest_ms.get(what, 0.0), elapsed_ms)
 
     def add(self, what: str, count: int) -> None:
         self.rows[what] = self.rows.get(what, 0) + count
@@ -194,26 +199,26 @@ def _read_side(
         # By series: a round takes whole periods of a few series, packed in one go, rather
         # than a few minutes of every series, merged into every period again and again.
         cursor = {"after_device": "", "after_metric": "", "after": EPOCH_START}
-        report.add(f"packed {tier.name} buckets", _batches(read, sql, params, report, cursor))
+        what = f"packed {tier.name} buckets"
+        report.add(what, _batches(read, sql, params, report, what, cursor))
     for tier, days in (
         (MINUTE, settings.rollup_minute_retention_days),
         (HOUR, settings.rollup_hour_retention_days),
     ):
         before = expire_before(tier, now, days)
         sql = _expire_sql(tier.recent, "bucket", ("device_id", "metric", "bucket"))
-        removed = _batches(read, sql, {"before": before, "limit": batch}, report)
-        report.add(f"expired {tier.name} buckets (late, unpacked)", removed)
+        what = f"expired {tier.name} buckets (late, unpacked)"
+        report.add(what, _batches(read, sql, {"before": before, "limit": batch}, report, what))
         if _is_hypertable(read, tier.packed):
             report.add(f"expired {tier.name} chunks", _drop_chunks(read, tier.packed, before))
             continue
         sql = _expire_sql(tier.packed, "period", ("device_id", "metric", "period"))
-        removed = _batches(read, sql, {"before": before, "limit": batch}, report)
-        report.add(f"expired {tier.name} periods", removed)
+        what = f"expired {tier.name} periods"
+        report.add(what, _batches(read, sql, {"before": before, "limit": batch}, report, what))
     sql = _expire_sql("read_models.fleet_minute", "bucket", ("bucket",))
     before = now - timedelta(days=settings.rollup_minute_retention_days)
-    report.add(
-        "expired fleet minutes", _batches(read, sql, {"before": before, "limit": batch}, report)
-    )
+    what = "expired fleet minutes"
+    report.add(what, _batches(read, sql, {"before": before, "limit": batch}, report, what))
 
 
 def _batches(
@@ -221,6 +226,7 @@ def _batches(
     sql: str,
     params: dict[str, Any],
     report: RetentionReport,
+    what: str,
     cursor: dict[str, Any] | None = None,
 ) -> int:
     """Run ``sql`` in short transactions until it has caught up; rows touched in all.
@@ -239,7 +245,7 @@ def _batches(
             position.update(zip(position, row[2:], strict=True))
         return int(row[0]), int(row[1])
 
-    return _rounds(conn, step, int(params["limit"]), report)
+    return _rounds(conn, step, int(params["limit"]), report, what)
 
 
 def _forget_audit(conn: Conn, settings: Settings, batch: int, report: RetentionReport) -> int:
@@ -249,11 +255,15 @@ def _forget_audit(conn: Conn, settings: Settings, batch: int, report: RetentionR
         gone = audit_store.forget_older_than(conn, days, limit)
         return gone, gone
 
-    return _rounds(conn, step, batch, report)
+    return _rounds(conn, step, batch, report, "expired audit rows")
 
 
 def _rounds(
-    conn: Conn, step: Callable[[int], tuple[int, int]], most: int, report: RetentionReport
+    conn: Conn,
+    step: Callable[[int], tuple[int, int]],
+    most: int,
+    report: RetentionReport,
+    what: str,
 ) -> int:
     """``step(limit)`` (rows touched, rows picked) in one short transaction at a time, until
     a round picks fewer rows than it may (caught up: late rows arriving meanwhile wait for
@@ -263,14 +273,14 @@ def _rounds(
     what an aggregator may wait on, and a round merging into packed periods costs far more
     a row than one deleting.
     """
-    total, limit = 0, min(most, 500)
+    total, limit = 0, min(most, 200)
     while True:
         started = time.perf_counter()
         with conn.transaction():
             store.lock_for_batch(conn)
             touched, picked = step(limit)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        report.longest_batch_ms = max(report.longest_batch_ms, elapsed_ms)
+        report.timed(what, elapsed_ms)
         total += touched
         if picked < limit:
             return total
