@@ -90,9 +90,15 @@ def mosquitto_config(
             text,
             flags=re.M,
         )
+        text = re.sub(
+            r"^plugin_opt_acl_file .*$", f"plugin_opt_acl_file {data_dir}/acl", text, flags=re.M
+        )
     else:
         text = re.sub(
-            r"^(password_file|acl_file|plugin|plugin_opt_password_file) .*\n", "", text, flags=re.M
+            r"^(password_file|acl_file|plugin|plugin_opt_password_file|plugin_opt_acl_file) .*\n",
+            "",
+            text,
+            flags=re.M,
         )
         text = re.sub(r"^allow_anonymous .*$", "allow_anonymous true", text, flags=re.M)
     return text + "\n" + extra

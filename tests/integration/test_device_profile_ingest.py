@@ -250,6 +250,47 @@ def test_outside_its_tree_refused_while_its_status_is_accepted(fleet: Fleet) -> 
     assert fleet.stored("tasmota-2") == []
 
 
+def test_a_device_subscribes_within_its_tree_and_nowhere_else(fleet: Fleet) -> None:
+    """The SUBSCRIBE check reads the ACL file's read grants: a Tasmota device may subscribe
+    to its commands and its own topics (firmware does), never to another device's or to
+    ingest's shared subscription; a gateway to its devices' topics only."""
+    fleet.profile(TASMOTA)
+    device = fleet.device("tasmota-3", "tasmota")
+    fleet.device("tasmota-4", "tasmota").close()
+    for topic_filter in ("cmnd/tasmota-3/#", "cmnd/tasmota-3/POWER", "tele/tasmota-3/LWT"):
+        assert device.subscribe(topic_filter) == 1, topic_filter
+    for topic_filter in (
+        "cmnd/tasmota-4/#",
+        "cmnd/+/POWER",
+        "tele/#",
+        "#",
+        "$share/iotp-ingest/tele/+/SENSOR",
+    ):
+        assert device.subscribe(topic_filter) == NOT_AUTHORISED, topic_filter
+    device.close()
+    fleet.profile(ZIGBEE)
+    for device_id in ("z-kitchen", "z-hall"):
+        fleet.device(device_id, "iotp").close()
+    answer = fleet.api.post(
+        "/gateways",
+        json={
+            "gateway_id": "bridge-2",
+            "name": "bridge",
+            "profile": "z2m",
+            "devices": {"Kitchen": "z-kitchen"},
+        },
+        headers=AUTH,
+    )
+    assert answer.status_code == 201, answer.text
+    fleet.identity.passwords["bridge-2"] = answer.json()["credentials"]["password"]
+    fleet.wait_account("bridge-2", "zigbee2mqtt/Kitchen")
+    bridge = fleet.connect("bridge-2")
+    assert bridge.subscribe("zigbee2mqtt/Kitchen") == 1
+    assert bridge.subscribe("zigbee2mqtt/Hall") == NOT_AUTHORISED
+    assert bridge.subscribe("zigbee2mqtt/#") == NOT_AUTHORISED
+    bridge.close()
+
+
 def test_a_profile_made_while_ingest_runs_is_picked_up(fleet: Fleet) -> None:
     fleet.device("warm-up", "iotp").close()
     fleet.profile({**ESPHOME, "name": "late", "topics": {"telemetry": ["late/{device}/{metric}"]}})
