@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from benchmarks.ingest import bench_settings
-from benchmarks.read_models import _query_api, _time_endpoint
+from benchmarks.read_models import _query_api, _time_endpoint, _time_pages
 from benchmarks.stores import register, reset
 from ingest.store import StagedRow, TelemetryStore
 from iotp.events import RecordedReading, TelemetryRecorded
@@ -250,6 +250,7 @@ def run_growth_bench(
     query_devices: int,
     requests: int,
     timescale_url: str | None = None,
+    idle_seconds: float = 10.0,
 ) -> dict[str, Any]:
     """Bytes per device-day of every read model before and after retention; raw telemetry's;
     Redis's per device; and query p95s at ``query_devices`` devices."""
@@ -263,7 +264,7 @@ def run_growth_bench(
         readings = device_days * 1440
         before = _sizes(conn)
         row_bytes = _bytes_per_bucket(conn, before, "recent")
-        idle = _aggregating(settings, ids, days, now, lambda: time.sleep(10))
+        idle = _aggregating(settings, ids, days, now, lambda: time.sleep(idle_seconds))
         timed: dict[str, Any] = {}
 
         def retention_now() -> None:
@@ -459,13 +460,15 @@ def _queries(settings: Settings, devices: int, requests: int, now: datetime) -> 
         tempfile.TemporaryDirectory(prefix="iotp-bench-") as tmp,
         _query_api(settings, tmp) as http,
     ):
-        return {
-            "devices": devices,
-            "endpoints": {
-                name: _time_endpoint(http, path, params, requests)
-                for name, (path, params) in endpoints.items()
-            },
+        timed = {
+            name: _time_endpoint(http, path, params, requests)
+            for name, (path, params) in endpoints.items()
         }
+    return {
+        "devices": devices,
+        "endpoints": timed,
+        "dashboard_pages": _time_pages(settings, shown, requests),
+    }
 
 
 def _endpoints(shown: str, now: datetime) -> dict[str, tuple[str, dict[str, Any]]]:

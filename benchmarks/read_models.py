@@ -290,6 +290,7 @@ def _time_pages(settings: Settings, shown: str, requests: int) -> dict[str, Any]
         "Fleet": fleet,
         "Device (24 h, minute buckets)": lambda c: device(c, timedelta(days=1), "1m"),
         "Device (7 d, hour buckets)": lambda c: device(c, timedelta(days=7), "1h"),
+        "Device (90 d, day buckets)": lambda c: device(c, timedelta(days=90), "1d"),
         "Pipeline": lambda c: pipeline_health(c, client),
     }
     with psycopg.connect(settings.read_url(), autocommit=True) as conn:

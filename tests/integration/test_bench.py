@@ -114,3 +114,32 @@ def test_tiny_rebuild_bench_rebuilds_every_row(settings: Settings) -> None:
     report = run_rebuild_bench(settings, devices=3, rows_per_device=30)
     assert report["rows"] == 90
     assert report["metric_series"] == 9 and report["rows_per_s"] > 0
+
+
+def test_tiny_growth_bench_folds_packs_and_expires(settings: Settings) -> None:
+    from benchmarks.growth import run_growth_bench
+
+    report = run_growth_bench(
+        settings,
+        devices=2,
+        days=9,
+        raw_devices=1,
+        query_devices=20,
+        requests=3,
+        idle_seconds=0.5,
+    )
+    assert report["readings_folded"] == 2 * 9 * 1440
+    rows = report["retention"]["rows"]
+    # Everything past the minute tier's grace is packed; 2 of the 9 days are past its 7.
+    assert rows["packed minute buckets"] >= 2 * 3 * (9 * 1440 - 120)
+    assert rows["expired minute periods"] >= 2 * 3 * 24
+    before, after = report["read_store_bytes_before"], report["read_store_bytes_after"]
+    assert after < before
+    packed, row = report["bytes_per_bucket"]["packed"], report["bytes_per_bucket"]["row"]
+    assert packed["minute"] < row["minute"] / 3
+    assert report["steady_state"]["total_gb"] > 0
+    assert report["raw_telemetry_plain"]["rows"] == 9 * 1440 * 3
+    assert all(v["p95_ms"] >= v["p50_ms"] > 0 for v in report["queries"]["endpoints"].values())
+    assert "Device (90 d, day buckets)" in report["queries"]["dashboard_pages"]
+    waits = report["retention"]["aggregator_batch_ms_during_retention"]
+    assert waits["batches"] > 0 and waits["longest_lock_wait_ms"] >= 0

@@ -69,6 +69,7 @@ def _reference(events: list[TelemetryRecorded]) -> Models:
     stats: dict[Any, list[Any]] = {}
     minute: dict[Any, list[Any]] = {}
     hour: dict[Any, list[Any]] = {}
+    day: dict[Any, list[Any]] = {}
     fleet: dict[Any, list[Any]] = {}
     activity: dict[Any, list[Any]] = {}
     for event in events:
@@ -106,6 +107,7 @@ def _reference(events: list[TelemetryRecorded]) -> Models:
                 for buckets, start in (
                     (minute, ts.replace(second=0, microsecond=0)),
                     (hour, ts.replace(minute=0, second=0, microsecond=0)),
+                    (day, ts.replace(hour=0, minute=0, second=0, microsecond=0)),
                 ):
                     b = buckets.setdefault((device, metric, start), [0, 0.0, value, value])
                     b[0] += 1
@@ -122,6 +124,7 @@ def _reference(events: list[TelemetryRecorded]) -> Models:
             ("metric_stats", stats),
             ("rollup_minute", minute),
             ("rollup_hour", hour),
+            ("rollup_day", day),
             ("fleet_minute", fleet),
             ("device_activity", activity),
         )
@@ -192,6 +195,7 @@ def test_buckets_are_the_utc_minute_and_hour_an_instant_falls_in(
     for table, start in (
         ("rollup_minute", lambda ts: ts.replace(second=0, microsecond=0)),
         ("rollup_hour", lambda ts: ts.replace(minute=0, second=0, microsecond=0)),
+        ("rollup_day", lambda ts: ts.replace(hour=0, minute=0, second=0, microsecond=0)),
     ):
         expected = Counter(start(ts.astimezone(UTC)) for ts in instants)
         assert {key[2]: row[0] for key, row in models[table].items()} == expected
