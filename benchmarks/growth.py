@@ -289,6 +289,7 @@ def run_growth_bench(
             "rows": report.rows,
             "longest_batch_ms": round(report.longest_batch_ms, 1),
             "longest_ms_by_step": {k: round(v, 1) for k, v in report.longest_ms.items()},
+            "cancelled_rounds": report.cancelled_rounds,
             "aggregator_batch_ms_idle": idle,
             "aggregator_batch_ms_during_retention": during,
         },

@@ -47,6 +47,7 @@ Conn = psycopg.Connection[Any]
 RETENTION_LOCK_KEY = 0x10770005
 BATCH_ROWS = 5_000  # the most rows a round may touch
 ROUND_MS = 20.0  # what a round aims to take
+ROUND_TIMEOUT_MS = 80  # a round's statement is cancelled past this (its locks with it)
 MIN_ROUND_ROWS = 20
 EPOCH_START = datetime(1, 1, 1, tzinfo=UTC)  # before any bucket
 
@@ -129,6 +130,7 @@ class RetentionReport:
     rows: dict[str, int] = field(default_factory=dict)
     longest_batch_ms: float = 0.0
     longest_ms: dict[str, float] = field(default_factory=dict)  # by step
+    cancelled_rounds: int = 0  # rounds cancelled at ROUND_TIMEOUT_MS, and tried smaller
 
     def timed(self, what: str, elapsed_ms: float) -> None:
         self.longest_batch_ms = max(self.longest_batch_ms, elapsed_ms)
@@ -271,14 +273,26 @@ def _rounds(
 
     The limit adapts so that a round takes about :data:`ROUND_MS`: a round's row locks are
     what an aggregator may wait on, and a round merging into packed periods costs far more
-    a row than one deleting.
+    a row than one deleting. A round that runs past :data:`ROUND_TIMEOUT_MS` anyway (the
+    machine stalled, or it waited) is cancelled, its locks released, and tried smaller; a
+    step that keeps being cancelled at the smallest size waits for the next run.
     """
-    total, limit = 0, min(most, 200)
+    total, limit, cancelled = 0, min(most, 200), 0
     while True:
         started = time.perf_counter()
-        with conn.transaction():
-            store.lock_for_batch(conn)
-            touched, picked = step(limit)
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = {ROUND_TIMEOUT_MS}")
+                store.lock_for_batch(conn)
+                touched, picked = step(limit)
+        except psycopg.errors.QueryCanceled:
+            report.cancelled_rounds += 1
+            cancelled = cancelled + 1 if limit == MIN_ROUND_ROWS else 0
+            if cancelled >= 3:
+                logger.warning("retention: %s keeps timing out; trying again next run", what)
+                return total
+            limit = max(MIN_ROUND_ROWS, limit // 4)
+            continue
         elapsed_ms = (time.perf_counter() - started) * 1000
         report.timed(what, elapsed_ms)
         total += touched

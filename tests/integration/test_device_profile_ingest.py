@@ -21,6 +21,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from local_platform.broker import local_mosquitto
+from read_models import queries
 from tests.support.api_client import AUTH, running_api
 from tests.support.identity import INGEST_USER, Device, Identity
 from tests.support.ingest_harness import deadletters
@@ -182,6 +183,15 @@ def test_each_format_is_stored_once_with_its_times_and_values_and_folded(fleet: 
     wait_for(
         lambda: folded() == {"senml-1": 2, "tasmota-1": 2, "esphome-1": 1, "iotp-1": 1}, timeout=20
     )
+    # As the Fleet page lists them: online, with the last value each sent.
+    rule = queries.LivenessRule.from_settings(fleet.platform.settings)
+    listed = {d.device_id: d for d in queries.list_devices(db, rule, limit=100).items}
+    assert {k: (d.liveness, d.last_values) for k, d in listed.items()} == {
+        "senml-1": ("online", {"temp": 22.0}),
+        "tasmota-1": ("online", {"hum": 58.2, "temp": 24.6}),
+        "esphome-1": ("online", {"temp": 23.5}),
+        "iotp-1": ("online", {"temp": 19.0}),
+    }
 
 
 def test_a_gateway_speaks_for_its_two_devices_and_not_a_third(fleet: Fleet) -> None:
