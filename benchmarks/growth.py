@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 
 from benchmarks.ingest import bench_settings
-from benchmarks.read_models import _query_api, _time_endpoint, _time_pages
+from benchmarks.read_models import _endpoints as query_endpoints
+from benchmarks.read_models import _query_api, _time_endpoint, _time_pages, series_request
 from benchmarks.stores import register, reset
 from ingest.store import StagedRow, TelemetryStore
 from iotp.events import RecordedReading, TelemetryRecorded
@@ -473,24 +474,12 @@ def _queries(settings: Settings, devices: int, requests: int, now: datetime) -> 
 
 
 def _endpoints(shown: str, now: datetime) -> dict[str, tuple[str, dict[str, Any]]]:
-    def series(span: timedelta, bucket: str) -> tuple[str, dict[str, Any]]:
-        window = {"from": (now - span).isoformat(), "to": now.isoformat(), "bucket": bucket}
-        return f"/devices/{shown}/series", {"metric": "temperature", **window}
+    """`iotp bench query`'s requests, and those the tiers add: a week of minutes, a month of
+    days, and the alarms."""
 
-    filtered = {"status": "active", "kind": "thermostat", "sort": "last_seen", "order": "desc"}
     return {
-        "GET /devices": ("/devices", {}),
-        "GET /devices (filtered, sorted)": ("/devices", {**filtered, "limit": 100}),
-        "GET /devices (page 50)": ("/devices", {"offset": 2500, "limit": 50}),
-        "GET /devices/{id}": (f"/devices/{shown}", {}),
-        "GET /devices/{id}/stats": (f"/devices/{shown}/stats", {}),
-        "GET /devices/{id}/series 1h@1m": series(timedelta(hours=1), "1m"),
-        "GET /devices/{id}/series 24h@1m": series(timedelta(days=1), "1m"),
-        "GET /devices/{id}/series 7d@1m": series(timedelta(days=7), "1m"),
-        "GET /devices/{id}/series 7d@1h": series(timedelta(days=7), "1h"),
-        "GET /devices/{id}/series 30d@1h": series(timedelta(days=30), "1h"),
-        "GET /devices/{id}/series 30d@1d": series(timedelta(days=30), "1d"),
-        "GET /fleet": ("/fleet", {}),
-        "GET /pipeline": ("/pipeline", {}),
+        **query_endpoints(shown, "thermostat", now),
+        "GET /devices/{id}/series 7d@1m": series_request(shown, now, timedelta(days=7), "1m"),
+        "GET /devices/{id}/series 30d@1d": series_request(shown, now, timedelta(days=30), "1d"),
         "GET /alarms": ("/alarms", {}),
     }

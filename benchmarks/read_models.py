@@ -182,15 +182,24 @@ def run_query_bench(settings: Settings, devices: int, days: int, requests: int) 
     }
 
 
-def _endpoints(shown: str) -> dict[str, tuple[str, dict[str, Any]]]:
+def series_request(
+    shown: str, now: datetime, span: timedelta, bucket: str
+) -> tuple[str, dict[str, Any]]:
+    """The temperature series of ``shown`` over ``span`` up to ``now``, in ``bucket``s."""
+    window = {"from": (now - span).isoformat(), "to": now.isoformat(), "bucket": bucket}
+    return f"/devices/{shown}/series", {"metric": "temperature", **window}
+
+
+def _endpoints(
+    shown: str, kind: str = "tracker", now: datetime | None = None
+) -> dict[str, tuple[str, dict[str, Any]]]:
     """Each timed request: its name in the report, its path and its query parameters."""
-    now = datetime.now(UTC)
+    at = now or datetime.now(UTC)
 
     def series(span: timedelta, bucket: str) -> tuple[str, dict[str, Any]]:
-        window = {"from": (now - span).isoformat(), "to": now.isoformat(), "bucket": bucket}
-        return f"/devices/{shown}/series", {"metric": "temperature", **window}
+        return series_request(shown, at, span, bucket)
 
-    filtered = {"status": "active", "kind": "tracker", "sort": "last_seen", "order": "desc"}
+    filtered = {"status": "active", "kind": kind, "sort": "last_seen", "order": "desc"}
     return {
         "GET /devices": ("/devices", {}),
         "GET /devices (filtered, sorted)": ("/devices", {**filtered, "limit": 100}),

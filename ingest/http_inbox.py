@@ -23,15 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from ingest.mqtt_source import InboundMessage
-from ingest.payloads import (
-    DeviceLookup,
-    Limits,
-    ParsedMessage,
-    device_problem,
-    parse_iotp_payload,
-    rejected,
-    size_problem,
-)
+from ingest.payloads import DeviceLookup, Limits, ParsedMessage, parse_device_message
 from ingest.pipeline import IngestPipeline
 
 POLL_SECONDS = 0.2
@@ -200,15 +192,7 @@ def iotp_device_parser(lookup: DeviceLookup) -> DeviceParser:
     def parse(
         device_id: str, payload: bytes, received_at: datetime, limits: Limits, metric: str | None
     ) -> ParsedMessage:
-        problem = size_problem(payload, limits)
-        if problem is not None:
-            return rejected(device_id, *problem)
-        device = lookup(device_id)
-        problem = device_problem(device_id, device)
-        if problem is not None:
-            return rejected(device_id, *problem)
-        assert device is not None
-        return parse_iotp_payload(device, payload, received_at, limits)
+        return parse_device_message(device_id, payload, received_at, lookup, limits)
 
     return parse
 

@@ -124,6 +124,17 @@ def parse_message(
     device_id = device_id_of(topic)
     if device_id is None:
         return rejected(None, INVALID_TOPIC, "topic is not devices/{device_id}/telemetry")
+    return parse_device_message(device_id, payload, received_at, lookup, limits)
+
+
+def parse_device_message(
+    device_id: str,
+    payload: bytes,
+    received_at: datetime,
+    lookup: DeviceLookup,
+    limits: Limits,
+) -> ParsedMessage:
+    """:func:`parse_message` once the device is known by its id (a topic, an HTTP path)."""
     problem = size_problem(payload, limits)
     if problem is not None:
         return rejected(device_id, *problem)

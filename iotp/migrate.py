@@ -285,7 +285,7 @@ ROLLUP_COMPRESS_AFTER_DAYS = {"minute": 2, "hour": 9, "day": 35}
 
 def apply_rollup_policies(conn: psycopg.Connection[Any], settings: Settings) -> list[str]:
     """Compression and retention of the packed rollup tiers, in line with the settings."""
-    if not _is_hypertable(conn, "read_models", "rollup_minute_packed"):
+    if not is_hypertable(conn, "read_models.rollup_minute_packed"):
         return []  # the read store's TimescaleDB migration is not applied (an older schema)
     retention = {
         "minute": settings.rollup_minute_retention_days,
@@ -324,14 +324,23 @@ def apply_rollup_policies(conn: psycopg.Connection[Any], settings: Settings) -> 
     return done
 
 
-def _is_hypertable(conn: psycopg.Connection[Any], schema: str, table: str) -> bool:
+def is_hypertable(conn: psycopg.Connection[Any], table: str) -> bool:
+    """Whether ``table`` ([schema.]name) is a TimescaleDB hypertable (False without
+    TimescaleDB); ends the transaction it reads in."""
+    schema, _, name = table.rpartition(".")
     row = conn.execute(
-        "SELECT EXISTS (SELECT FROM timescaledb_information.hypertables"
-        " WHERE hypertable_schema = %s AND hypertable_name = %s)",
-        (schema, table),
+        "SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL"
     ).fetchone()
+    found = False
+    if row and row[0]:
+        hit = conn.execute(
+            "SELECT EXISTS (SELECT FROM timescaledb_information.hypertables"
+            " WHERE hypertable_schema = %s AND hypertable_name = %s)",
+            (schema or "public", name),
+        ).fetchone()
+        found = bool(hit and hit[0])
     conn.commit()
-    return bool(row and row[0])
+    return found
 
 
 def _ensure_policy(

@@ -36,6 +36,7 @@ from typing import Any
 import psycopg
 
 from iotp.db import connect
+from iotp.migrate import is_hypertable
 from iotp.preflight import READ_DATABASE_SETTING
 from iotp.settings import Settings
 from read_models import audit_store, store
@@ -211,7 +212,7 @@ def _read_side(
         sql = _expire_sql(tier.recent, "bucket", ("device_id", "metric", "bucket"))
         what = f"expired {tier.name} buckets (late, unpacked)"
         report.add(what, _batches(read, sql, {"before": before, "limit": batch}, report, what))
-        if _is_hypertable(read, tier.packed):
+        if is_hypertable(read, tier.packed):
             report.add(f"expired {tier.name} chunks", _drop_chunks(read, tier.packed, before))
             continue
         sql = _expire_sql(tier.packed, "period", ("device_id", "metric", "period"))
@@ -310,7 +311,7 @@ def _raw_telemetry(settings: Settings, now: datetime, batch: int, report: Retent
     write = connect(settings.database_url)
     try:
         before = now - timedelta(days=settings.telemetry_retention_days)
-        if _is_hypertable(write, "telemetry"):
+        if is_hypertable(write, "telemetry"):
             report.add("expired raw telemetry chunks", _drop_chunks(write, "telemetry", before))
             return
         sql = _expire_sql("telemetry", "ts", ("ctid",))
@@ -327,24 +328,6 @@ def _raw_telemetry(settings: Settings, now: datetime, batch: int, report: Retent
         report.add("expired raw telemetry rows", total)
     finally:
         write.close()
-
-
-def _is_hypertable(conn: Conn, table: str) -> bool:
-    """Whether ``table`` ([schema.]name) is a TimescaleDB hypertable."""
-    schema, _, name = table.rpartition(".")
-    row = conn.execute(
-        "SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL"
-    ).fetchone()
-    found = False
-    if row and row[0]:
-        hit = conn.execute(
-            "SELECT EXISTS (SELECT FROM timescaledb_information.hypertables"
-            " WHERE hypertable_schema = %s AND hypertable_name = %s)",
-            (schema or "public", name),
-        ).fetchone()
-        found = bool(hit and hit[0])
-    conn.commit()
-    return found
 
 
 def _drop_chunks(conn: Conn, table: str, before: datetime) -> int:
