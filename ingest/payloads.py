@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import orjson
 
 from iotp.model import DEFAULT_PROFILE, is_device_id, is_metric_name
@@ -78,8 +79,10 @@ class Limits:
     max_age: timedelta | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+# The per-message results are msgspec Structs rather than frozen dataclasses: as immutable,
+# and built in a tenth of the time (a frozen dataclass sets each field through
+# object.__setattr__), which was a fifth of parsing a message.
+class Reading(msgspec.Struct, frozen=True, gc=False):
     """One timestamped reading of one message: its metrics and which ones broke their range."""
 
     ts: datetime
@@ -87,15 +90,13 @@ class Reading:
     out_of_range: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(msgspec.Struct, frozen=True, gc=False):
     reason: str
     detail: str
     index: int | None = None  # the reading's position in an array payload
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedMessage:
+class ParsedMessage(msgspec.Struct, frozen=True, gc=False):
     device_id: str | None
     readings: tuple[Reading, ...]
     rejections: tuple[Rejection, ...]
@@ -192,10 +193,64 @@ def decode_json(payload: bytes) -> object:
         raise PayloadError(INVALID_JSON, f"payload is not JSON: {exc}") from None
 
 
+class _WireReading(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A reading of iotp's shape as msgspec decodes it, shape checks included, in C."""
+
+    metrics: dict[str, float]
+    ts: int | float | str | None = None
+    seq: int | None = None
+
+
+_WIRE = msgspec.json.Decoder(_WireReading | list[_WireReading])
+# The integers orjson decodes as such; it reads a larger one as a float, which "seq" refuses.
+_SEQ_RANGE = range(-(2**63), 2**64)
+
+
+def _all_good(
+    device: DeviceInfo, payload: bytes, received_at: datetime, limits: Limits
+) -> ParsedMessage | None:
+    """The message when every reading of it is storable as sent, else None.
+
+    Nearly every message is such, and this reads it for a third of the full path's CPU
+    (`iotp bench ingest-path`). Anything else, it leaves to the full path, which words the
+    rejections: this path only ever accepts what that one accepts, with the same result.
+    """
+    try:
+        document = _WIRE.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    items = document if isinstance(document, list) else (document,)
+    if not items or len(items) > limits.max_readings:
+        return None
+    readings = []
+    for item in items:
+        metrics = item.metrics
+        if not metrics or len(metrics) > limits.max_metrics:
+            return None
+        if item.seq is not None and item.seq not in _SEQ_RANGE:
+            return None
+        ts, _ = _timestamp(item.ts, received_at, limits)
+        if ts is None:
+            return None
+        kept, breaches, problems = check_metrics(metrics.items(), device)
+        if problems:
+            return None
+        readings.append(Reading(ts, kept, breaches))
+    return ParsedMessage(device.device_id, tuple(readings), ())
+
+
 def parse_iotp_payload(
     device: DeviceInfo, payload: bytes, received_at: datetime, limits: Limits
 ) -> ParsedMessage:
     """Readings of an active device's payload in iotp's own shape (the module docstring's)."""
+    good = _all_good(device, payload, received_at, limits)
+    return good if good is not None else _parse_in_full(device, payload, received_at, limits)
+
+
+def _parse_in_full(
+    device: DeviceInfo, payload: bytes, received_at: datetime, limits: Limits
+) -> ParsedMessage:
+    """Every reading and every rejection of a payload, whatever it holds."""
     device_id = device.device_id
     try:
         document = decode_json(payload)
@@ -275,26 +330,30 @@ def check_metrics(
     problems: list[Problem] = []
     declared_metrics = device.metrics
     for name, value in metrics:
+        declared = declared_metrics.get(name)
         # Declared names were validated at registration; only others need the pattern.
-        if name not in declared_metrics and not is_metric_name(name):
+        if declared is None and not is_metric_name(name):
             problems.append(
                 (INVALID_METRIC_NAME, f"metric name {clip(name)!r} is not 1-64 of [A-Za-z0-9_.-]")
             )
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if type(value) is float:  # nearly always: skips the checks below but for finiteness
+            number = value
+        elif isinstance(value, bool) or not isinstance(value, int | float):
             problems.append((INVALID_VALUE, f"metric {name!r} is not a number"))
             continue
-        number = float(value)
+        else:
+            number = float(value)
         if not math.isfinite(number):
             problems.append((INVALID_VALUE, f"metric {name!r} is not finite"))
             continue
-        if declared_metrics:
-            declared = declared_metrics.get(name)
-            if declared is None:
-                problems.append((UNKNOWN_METRIC, f"metric {name!r} is not declared by the device"))
-                continue
-            if not declared.contains(number):
+        if declared is not None:
+            low, high = declared.min, declared.max
+            if (low is not None and number < low) or (high is not None and number > high):
                 breaches.append(name)
+        elif declared_metrics:
+            problems.append((UNKNOWN_METRIC, f"metric {name!r} is not declared by the device"))
+            continue
         kept[name] = number
     return kept, tuple(breaches), problems
 

@@ -26,7 +26,7 @@ from ingest.mqtt_source import InboundMessage
 from ingest.payloads import DeviceLookup, Limits, ParsedMessage, parse_message
 from ingest.publisher import StreamPublisher
 from ingest.store import StagedRow, StreamEntry, TelemetryStore
-from iotp.events import new_event_ids, telemetry_recorded_fields
+from iotp.events import new_event_ids, telemetry_recorded_fields, utc_text
 from iotp.periodic import Every
 from iotp.retry import Stopped, retry_transient, service_of
 
@@ -304,28 +304,37 @@ def _events(
     Walks the data points in the order :func:`_staged_rows` numbered them; a reading held
     twice in a batch is reported by the message whose copy was stored (the first).
     """
-    ingested_at = datetime.now(UTC)
+    ingested_at = utc_text(datetime.now(UTC))
     entries: list[StreamEntry] = []
     event_ids = new_event_ids(len(batch))
+    # Usually every data point is new: then every reading is reported as parsed, and the
+    # per-point look-ups below are skipped.
+    everything = len(new) == sum(len(r.metrics) for p in parsed for r in p.readings)
+    received: tuple[datetime | None, str] = (None, "")  # messages of one read share it
     seq = 0
     for message, result in zip(batch, parsed, strict=True):
         device_id = result.device_id
         if device_id is None:
             continue
         readings: list[tuple[datetime, dict[str, float], tuple[str, ...]]] = []
-        for reading in result.readings:
-            metrics = {}
-            for metric, value in reading.metrics.items():
-                if seq in new:
-                    metrics[metric] = value
-                seq += 1
-            if metrics:
-                breaches = tuple(m for m in reading.out_of_range if m in metrics)
-                readings.append((reading.ts, metrics, breaches))
+        if everything:
+            readings = [(r.ts, r.metrics, r.out_of_range) for r in result.readings]
+        else:
+            for reading in result.readings:
+                metrics = {}
+                for metric, value in reading.metrics.items():
+                    if seq in new:
+                        metrics[metric] = value
+                    seq += 1
+                if metrics:
+                    breaches = tuple(m for m in reading.out_of_range if m in metrics)
+                    readings.append((reading.ts, metrics, breaches))
         if readings:
+            if received[0] is not message.received_at:
+                received = (message.received_at, utc_text(message.received_at))
             entries.append(
                 telemetry_recorded_fields(
-                    device_id, readings, message.received_at, ingested_at, next(event_ids)
+                    device_id, readings, received[1], ingested_at, next(event_ids)
                 )
             )
     return entries

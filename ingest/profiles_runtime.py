@@ -32,6 +32,7 @@ from ingest.payloads import (
     clip,
     device_id_of,
     device_problem,
+    parse_device_message,
     parse_message,
     rejected,
 )
@@ -129,7 +130,7 @@ class ProfileRouter:
         if device_id is not None:
             known = self.lookup(device_id)
             if known is not None and known.profile == BUILTIN_PROFILE.name:
-                return parse_message(topic, payload, received_at, self.lookup, limits)
+                return parse_device_message(device_id, payload, received_at, self.lookup, limits)
         first: tuple[DeviceProfile, TopicMatch, DeviceInfo | None] | None = None
         for profile in self.book.profiles():
             found = match_topic(profile, topic)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from ingest.mqtt_source import InboundMessage
 from ingest.payloads import ParsedMessage, Reading, Rejection
 from ingest.pipeline import _deadletters, _events, _staged_rows
-from iotp.events import TelemetryRecorded, from_fields, new_event_ids, to_fields
+from iotp.events import TelemetryRecorded, from_fields, new_event_ids, to_fields, utc_text
 
 T0 = datetime(2026, 11, 24, 10, tzinfo=UTC)
 T1 = datetime(2026, 11, 24, 10, 1, tzinfo=UTC)
@@ -90,6 +90,42 @@ def test_fast_serialisation_equals_the_models() -> None:
     )
     assert event == expected
     assert fields == to_fields(expected)
+    # with the times rendered once for a batch, the same fields
+    rendered = telemetry_recorded_fields(
+        "d",
+        [(T0, {"a": 1.5, "b": -2.0}, ("b",)), (T1, {"a": 3.0}, ())],
+        utc_text(T0),
+        utc_text(T1),
+        fields["event_id"],
+    )
+    assert rendered == fields
+
+
+def test_a_batch_of_all_new_readings_reports_each_message_as_parsed() -> None:
+    received = datetime(2026, 11, 24, 10, 0, 1, 123456, tzinfo=UTC)
+    later = datetime(2026, 11, 24, 10, 0, 2, tzinfo=UTC)
+    batch = [
+        InboundMessage("devices/d/telemetry", b"{}", 1, 1, 1, received),
+        InboundMessage("devices/e/telemetry", b"{}", 2, 1, 1, received),
+        InboundMessage("devices/d/telemetry", b"{}", 3, 1, 1, later),
+    ]
+    parsed = [
+        ParsedMessage("d", (Reading(T0, {"a": 1.0, "b": 2.0}, ("b",)),), ()),
+        ParsedMessage("e", (Reading(T0, {"a": 1.0}), Reading(T1, {"a": 2.0})), ()),
+        ParsedMessage("d", (Reading(T1, {"a": 5.0}),), ()),
+    ]
+    rows = _staged_rows(batch, parsed)
+    events = [from_fields(e) for e in _events(batch, parsed, {row[0] for row in rows})]
+    assert [
+        (e.device_id, e.received_at, [(r.ts, r.metrics, r.out_of_range) for r in e.readings])
+        for e in events
+        if isinstance(e, TelemetryRecorded)
+    ] == [
+        ("d", received, [(T0, {"a": 1.0, "b": 2.0}, ("b",))]),
+        ("e", received, [(T0, {"a": 1.0}, ()), (T1, {"a": 2.0}, ())]),
+        ("d", later, [(T1, {"a": 5.0}, ())]),
+    ]
+    assert len({e.ingested_at for e in events if isinstance(e, TelemetryRecorded)}) == 1
 
 
 def test_event_ids_are_distinct_version_4_uuids() -> None:
