@@ -8,10 +8,9 @@ be applied in any order by any number of aggregators and still converge.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from uuid import UUID
 
 from iotp.events import (
@@ -78,8 +77,8 @@ class Activity:
 
 SeriesKey = tuple[str, str]
 # Buckets are keyed by whole minutes since the Unix epoch, not by datetimes: building and
-# hashing a datetime per value was about an eighth of the fold. The store turns each distinct
-# bucket into its timestamp once (minute_start).
+# hashing a datetime per value was about an eighth of the fold. The store sends the minutes
+# as they are (iotp.pg_arrays.unix_minute_micros); PostgreSQL merges them into hours and days.
 Minute = int
 BucketKey = tuple[str, str, Minute]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,17 +92,6 @@ class Deltas:
     activity: dict[str, Activity] = field(default_factory=dict)
     device_events: list[DeviceEvent] = field(default_factory=list)
     alarms: dict[UUID, AlarmDelta] = field(default_factory=dict)
-
-    @property
-    def hour(self) -> dict[BucketKey, BucketDelta]:
-        """Hour buckets merged from the minute buckets: the same figures for a fraction of
-        the work of updating both per value."""
-        return _coarser(self.minute, hour_of)
-
-    @property
-    def day(self) -> dict[BucketKey, BucketDelta]:
-        """Day buckets (UTC), merged from the minute buckets like the hours."""
-        return _coarser(self.minute, day_of)
 
     def add(self, event: Event | TelemetryFacts) -> None:
         if isinstance(event, TelemetryRecorded | TelemetryFacts):
@@ -150,44 +138,11 @@ class Deltas:
             activity.readings += points
 
 
-def _coarser(
-    minutes: dict[BucketKey, BucketDelta], bucket_of: Callable[[Minute], Minute]
-) -> dict[BucketKey, BucketDelta]:
-    merged: dict[BucketKey, BucketDelta] = {}
-    for (device, metric, minute), part in minutes.items():
-        key = (device, metric, bucket_of(minute))
-        bucket = merged.get(key)
-        if bucket is None:
-            merged[key] = BucketDelta(part.count, part.sum, part.min, part.max)
-        else:
-            bucket.count += part.count
-            bucket.sum += part.sum
-            bucket.min = min(bucket.min, part.min)
-            bucket.max = max(bucket.max, part.max)
-    return merged
-
-
 def minute_of(ts: datetime) -> Minute:
     """The minute ``ts`` falls in, in whole minutes since the epoch: exact (no float), and
     the floor before 1970 too (a timedelta's seconds are never negative)."""
     since = ts - EPOCH
     return since.days * 1440 + since.seconds // 60
-
-
-def hour_of(minute: Minute) -> Minute:
-    """The first minute of the hour ``minute`` falls in."""
-    return minute - minute % 60
-
-
-def day_of(minute: Minute) -> Minute:
-    """The first minute of the UTC day ``minute`` falls in."""
-    return minute - minute % 1440
-
-
-@functools.lru_cache(maxsize=4096)
-def minute_start(minute: Minute) -> datetime:
-    """The bucket's timestamp, as the read models store it."""
-    return EPOCH + timedelta(minutes=minute)
 
 
 def fold(events: Iterable[Event | TelemetryFacts]) -> Deltas:
