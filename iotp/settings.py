@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     ingest_receive_maximum: int = Field(default=10000, ge=1, le=65535)
     ingest_max_buffered_bytes: int = Field(default=64 * 1024 * 1024, ge=1024 * 1024)
     ingest_batch_max_messages: int = Field(default=2000, ge=1)
-    ingest_batch_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # 512 KiB: the same batched drain rate as 1 MiB, and 21 MB less peak RSS (iotp bench ingest).
+    ingest_batch_max_bytes: int = Field(default=512 * 1024, ge=1024)
     # Batches gather for up to the delay only while ingest is busy: after a batch of at least
     # IOTP_INGEST_BATCH_BUSY_MESSAGES. Otherwise a batch is what has arrived, at once, so that
     # a moderate rate is stored without waiting (freshness) and a heavy one in big batches.
