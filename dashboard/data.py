@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -55,24 +56,40 @@ def _connection() -> Iterator[queries.Conn]:
         yield conn
 
 
+# A read store that just failed is not asked again for this long: a page makes several
+# reads, and each would otherwise wait out the pool's timeout (a page of 15 s, not 5).
+UNANSWERED_SECONDS = 5.0
+_unanswered: dict[str, tuple[float, str]] = {}  # reader URL: (until, why)
+
+
 def read(query: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     """Run a read-model query; on a dead backing service show one clear message, not a trace."""
+    url = settings().reader_url()
+    until, why = _unanswered.get(url, (0.0, ""))
+    if time.monotonic() < until:
+        _read_store_error(why)
+        return None
     try:
         with _connection() as conn:
             return query(conn, *args, **kwargs)
     except (psycopg.OperationalError, psycopg.errors.UndefinedTable, PoolTimeout) as exc:
-        config = settings()
-        setting = "IOTP_READ_REPLICA_URL" if config.read_replica_url else "IOTP_READ_DATABASE_URL"
-        st.error(
-            f"The read store does not answer at {redact_url(config.reader_url())}"
-            f" ({setting}): {str(exc).splitlines()[0] if str(exc) else exc}."
-            " Is PostgreSQL running and `iotp migrate` applied?"
-        )
+        why = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        _unanswered[url] = (time.monotonic() + UNANSWERED_SECONDS, why)
+        _read_store_error(why)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         st.error(
             f"Redis does not answer at {redact_url(settings().redis_url)} (IOTP_REDIS_URL): {exc}"
         )
     return None
+
+
+def _read_store_error(why: str) -> None:
+    config = settings()
+    setting = "IOTP_READ_REPLICA_URL" if config.read_replica_url else "IOTP_READ_DATABASE_URL"
+    st.error(
+        f"The read store does not answer at {redact_url(config.reader_url())}"
+        f" ({setting}): {why}. Is PostgreSQL running and `iotp migrate` applied?"
+    )
 
 
 def pipeline_report() -> PipelineHealth | None:
