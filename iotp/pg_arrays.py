@@ -74,8 +74,7 @@ def bools(values: Sequence[bool]) -> BoolArray:
 
 def texts(values: Sequence[str]) -> TextArray:
     encoded = [value.encode() for value in values]
-    parts = (part for data in encoded for part in (_LENGTH.pack(len(data)), data))
-    return TextArray(_packed(25, len(encoded), parts))
+    return TextArray(_packed(25, len(encoded), [_LENGTH.pack(len(b)) + b for b in encoded]))
 
 
 def timestamptzs(values: Sequence[datetime]) -> TimestamptzArray:
