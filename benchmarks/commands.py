@@ -173,6 +173,18 @@ def bench_ingest_path(
     show(run_ingest_path_bench(messages, rounds), as_json)
 
 
+@command(bench, "write-path")
+def bench_write_path(
+    messages: Annotated[int, typer.Option(help="One-reading messages in a batch.")] = 50,
+    rounds: Annotated[int, typer.Option(help="Batches timed; the mean is reported.")] = 400,
+    as_json: JsonOption = False,
+) -> None:
+    """Client CPU a batch's database work costs ingest and the aggregator, per batch."""
+    from benchmarks.write_path import run_write_path_bench
+
+    show(run_write_path_bench(load_settings(), messages, rounds), as_json)
+
+
 @command(bench, "rebuild")
 def bench_rebuild(
     devices: Annotated[int, typer.Option(help="Devices in the write store.")] = 200,

@@ -26,6 +26,8 @@ _FLOAT8 = struct.Struct(">id")
 _INT8 = struct.Struct(">iq")
 _BOOL = struct.Struct(">i?")
 _LENGTH = struct.Struct(">i")
+_TEXTS: dict[str, bytes] = {}  # a text's array element (length and UTF-8), by the text
+_TEXTS_KEPT = 50_000
 
 
 class PgArray(bytes):
@@ -73,12 +75,26 @@ def bools(values: Sequence[bool]) -> BoolArray:
 
 
 def texts(values: Sequence[str]) -> TextArray:
-    encoded = [value.encode() for value in values]
-    return TextArray(_packed(25, len(encoded), [_LENGTH.pack(len(b)) + b for b in encoded]))
+    # The same few names (device ids, metrics) come in every batch: each is encoded once.
+    if len(_TEXTS) > _TEXTS_KEPT:
+        _TEXTS.clear()
+    known = _TEXTS.get
+    return TextArray(_packed(25, len(values), [known(v) or _text(v) for v in values]))
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    element = _TEXTS[value] = _LENGTH.pack(len(data)) + data  # never empty: its length
+    return element
+
+
+def pg_micros(at: datetime) -> int:
+    """An aware datetime in microseconds since 2000-01-01 UTC (PostgreSQL's own clock)."""
+    return (at - _PG_EPOCH) // _MICROSECOND
 
 
 def timestamptzs(values: Sequence[datetime]) -> TimestamptzArray:
-    """Aware datetimes, as microseconds since 2000-01-01 UTC (PostgreSQL's own clock)."""
+    """Aware datetimes, sent as :func:`pg_micros` of each."""
     return timestamptz_micros([(value - _PG_EPOCH) // _MICROSECOND for value in values])
 
 
@@ -88,9 +104,12 @@ def timestamptz_micros(values: Sequence[int]) -> TimestamptzArray:
     return TimestamptzArray(_packed(1184, len(values), elements))
 
 
+UNIX_EPOCH_PG_MICROS = -946_684_800_000_000  # 1970-01-01 UTC by PostgreSQL's clock
+
+
 def unix_minute_micros(minute: int) -> int:
     """A minute since the Unix epoch in PostgreSQL's microseconds since 2000."""
-    return minute * 60_000_000 - 946_684_800_000_000
+    return minute * 60_000_000 + UNIX_EPOCH_PG_MICROS
 
 
 class _PgArrayDumper(adapt.Dumper):

@@ -22,9 +22,16 @@ from iotp.events import (
     TelemetryFacts,
     TelemetryRecorded,
 )
+from iotp.pg_arrays import UNIX_EPOCH_PG_MICROS, pg_micros
 from read_models.alarms import AlarmDelta, AlarmEvent, add_alarm_event
 
 DeviceEvent = DeviceRegistered | DeviceUpdated | DeviceDecommissioned | DeviceCredentialsRotated
+
+
+# Times in the statistics are microseconds since 2000-01-01 UTC, PostgreSQL's own clock: one
+# conversion a reading instead of four a series when the store sends them, and integers
+# compare faster than aware datetimes.
+Micros = int
 
 
 @dataclass(slots=True)
@@ -32,16 +39,16 @@ class StatDelta:
     count: int
     sum: float
     min: float
-    min_ts: datetime
+    min_ts: Micros
     max: float
-    max_ts: datetime
-    first_ts: datetime
-    last_ts: datetime
+    max_ts: Micros
+    first_ts: Micros
+    last_ts: Micros
     last_value: float
     last_out_of_range: bool
     breaches: int
 
-    def add(self, ts: datetime, value: float, out_of_range: bool) -> None:
+    def add(self, ts: Micros, value: float, out_of_range: bool) -> None:
         self.count += 1
         self.sum += value
         # Ties keep the earliest timestamp, so that the result does not depend on arrival order.
@@ -81,7 +88,6 @@ SeriesKey = tuple[str, str]
 # as they are (iotp.pg_arrays.unix_minute_micros); PostgreSQL merges them into hours and days.
 Minute = int
 BucketKey = tuple[str, str, Minute]
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -109,8 +115,8 @@ class Deltas:
             # Timestamps decoded by pydantic carry its own tzinfo objects; comparing or
             # hashing two of them calls back into Python. With the one stdlib UTC, the many key
             # look-ups below cost a sixth as much (the fold was most of an aggregator's time).
-            ts = reading.ts.astimezone(UTC)
-            minute = minute_of(ts)
+            ts = pg_micros(reading.ts.astimezone(UTC))
+            minute = (ts - UNIX_EPOCH_PG_MICROS) // 60_000_000
             breaching = reading.out_of_range
             for metric, value in reading.metrics.items():
                 points += 1
@@ -139,10 +145,9 @@ class Deltas:
 
 
 def minute_of(ts: datetime) -> Minute:
-    """The minute ``ts`` falls in, in whole minutes since the epoch: exact (no float), and
-    the floor before 1970 too (a timedelta's seconds are never negative)."""
-    since = ts - EPOCH
-    return since.days * 1440 + since.seconds // 60
+    """The minute ``ts`` falls in, in whole minutes since the Unix epoch, as the fold keys
+    it: exact (no float), and the floor before 1970 too."""
+    return (pg_micros(ts) - UNIX_EPOCH_PG_MICROS) // 60_000_000
 
 
 def fold(events: Iterable[Event | TelemetryFacts]) -> Deltas:

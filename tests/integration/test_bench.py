@@ -143,3 +143,24 @@ def test_tiny_growth_bench_folds_packs_and_expires(settings: Settings) -> None:
     assert "Device (90 d, day buckets)" in report["queries"]["dashboard_pages"]
     waits = report["retention"]["aggregator_batch_ms_during_retention"]
     assert waits["batches"] > 0 and waits["longest_lock_wait_ms"] >= 0
+
+
+def test_tiny_write_path_bench_times_both_sides_and_keeps_what_ingest_wrote(
+    settings: Settings,
+) -> None:
+    import psycopg
+
+    from benchmarks.ingest import bench_settings
+    from benchmarks.write_path import run_write_path_bench
+
+    report = run_write_path_bench(settings, messages=5, rounds=3)
+    for side in ("ingest_write", "aggregator"):
+        assert report[side]["cpu_us_per_batch"] > 0
+        assert report[side]["wall_ms_per_batch"] > 0
+    assert report["aggregator"]["fold_cpu_us_per_message"] >= 0
+    # every batch stored (the warm-up's included) and the ledger forgot all but the last
+    with psycopg.connect(bench_settings(settings).database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (4 * 5 * 3,)
+        assert conn.execute("SELECT count(*) FROM ingest_ledger").fetchone() == (1,)
+    with psycopg.connect(bench_settings(settings).read_url()) as conn:
+        assert conn.execute("SELECT count(*) FROM read_models.metric_stats").fetchone() == (0,)
