@@ -95,6 +95,14 @@ def retry_transient(
     Raises :class:`Stopped` when ``stop`` is set during a wait; ``on_retry`` is called with
     each transient error before the wait (to drop a broken connection, count the retry).
     """
+    # The first attempt outside tenacity: nearly every call succeeds at once, and a
+    # tenacity call leaves objects in reference cycles (its retry state) for the cyclic
+    # collector, whose pauses were the tail of ingest's latency (iotp bench freshness).
+    try:
+        return action()
+    except TRANSIENT_ERRORS as exc:
+        first_failure: list[BaseException] = [exc]
+
     attempts = _Attempts(task)
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -105,14 +113,6 @@ def retry_transient(
     def sleep(seconds: float) -> None:
         if stop.wait(seconds):
             raise Stopped(f"{task}: stopped while a service was unreachable")
-
-    # The first attempt outside tenacity: nearly every call succeeds at once, and a
-    # tenacity call leaves objects in reference cycles (its retry state) for the cyclic
-    # collector, whose pauses were the tail of ingest's latency (iotp bench freshness).
-    try:
-        return action()
-    except TRANSIENT_ERRORS as exc:
-        first_failure: list[BaseException] = [exc]
 
     def attempt() -> T:
         if first_failure:  # tenacity's attempt 1: the failure above, logged and waited for
@@ -132,6 +132,12 @@ async def retry_transient_async(
     on_retry: AsyncOnRetry | None = None,
 ) -> T:
     """The asyncio form of :func:`retry_transient`, stopped by an :class:`asyncio.Event`."""
+    # The first attempt outside tenacity, as in retry_transient (the relay's every round).
+    try:
+        return await action()
+    except TRANSIENT_ERRORS as exc:
+        first_failure: list[BaseException] = [exc]
+
     attempts = _Attempts(task)
 
     async def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -146,8 +152,13 @@ async def retry_transient_async(
             return
         raise Stopped(f"{task}: stopped while a service was unreachable")
 
+    async def attempt() -> T:
+        if first_failure:  # tenacity's attempt 1: the failure above, logged and waited for
+            raise first_failure.pop()
+        return await action()
+
     retrying = tenacity.AsyncRetrying(sleep=sleep, before_sleep=before_sleep, **_POLICY)
-    result: T = await retrying(action)
+    result: T = await retrying(attempt)
     attempts.succeeded()
     return result
 
