@@ -118,10 +118,6 @@ class TelemetryStore:
         except psycopg.OperationalError:
             self.close()
             raise
-        except BaseException:
-            if not conn.closed:
-                conn.rollback()
-            raise
         return committed
 
     def _write_all_new(
