@@ -95,7 +95,7 @@ def pg_micros(at: datetime) -> int:
 
 def timestamptzs(values: Sequence[datetime]) -> TimestamptzArray:
     """Aware datetimes, sent as :func:`pg_micros` of each."""
-    return timestamptz_micros([(value - _PG_EPOCH) // _MICROSECOND for value in values])
+    return timestamptz_micros([pg_micros(value) for value in values])
 
 
 def timestamptz_micros(values: Sequence[int]) -> TimestamptzArray:

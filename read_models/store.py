@@ -29,6 +29,7 @@ from iotp.pg_arrays import (
 from iotp.redis_client import split_id
 from read_models.alarms import apply_alarms
 from read_models.projection import Deltas, DeviceEvent
+from read_models.rollup_tiers import MINUTE, TIERS, Tier
 
 # The upserts take their arrays as binary parameters (%b), packed by iotp.pg_arrays: psycopg
 # dumps a list element by element in Python, and that dumping bounded the aggregator.
@@ -85,6 +86,23 @@ ON CONFLICT (device_id) DO UPDATE SET
     readings = t.readings + excluded.readings
 """
 
+
+def _merged_from_minutes(tier: Tier) -> str:
+    """An upsert of ``tier``'s buckets from the batch's minute buckets (the CTE ``m``)."""
+    if tier is MINUTE:
+        source = "SELECT * FROM m ORDER BY 1, 2, 3"
+    else:
+        stride = f"INTERVAL '{int(tier.bucket.total_seconds())} seconds'"
+        source = (
+            f"SELECT device_id, metric, date_bin({stride}, bucket, TIMESTAMPTZ 'epoch'),"  # noqa: S608 - a constant stride
+            " sum(count), sum(sum), min(min), max(max) FROM m GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        )
+    return (
+        f"INSERT INTO {tier.recent} AS t (device_id, metric, bucket, count, sum, min, max)"
+        f" {source} {_MERGE_BUCKET}"
+    )
+
+
 # A batch's telemetry, every read model of it, in one statement: each statement is a round
 # trip, and a round trip costs the aggregator about 40 µs of CPU here, more than the events
 # of a small batch. The hours and days are merged by PostgreSQL from the minute buckets (a
@@ -96,26 +114,8 @@ WITH stats AS ({_UPSERT_STATS}
 ), m AS (
     SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::int8[], %b::float8[],
         %b::float8[], %b::float8[]) AS m(device_id, metric, bucket, count, sum, min, max)
-), minutes AS (
-    INSERT INTO read_models.rollup_minute_recent AS t (device_id, metric, bucket, count, sum,
-        min, max)
-    SELECT * FROM m ORDER BY 1, 2, 3
-    {_MERGE_BUCKET}
-), hours AS (
-    INSERT INTO read_models.rollup_hour_recent AS t (device_id, metric, bucket, count, sum,
-        min, max)
-    SELECT device_id, metric, date_bin('1 hour', bucket, TIMESTAMPTZ 'epoch'), sum(count),
-        sum(sum), min(min), max(max)
-    FROM m GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    {_MERGE_BUCKET}
-), days AS (
-    INSERT INTO read_models.rollup_day_recent AS t (device_id, metric, bucket, count, sum,
-        min, max)
-    SELECT device_id, metric, date_bin('1 day', bucket, TIMESTAMPTZ 'epoch'), sum(count),
-        sum(sum), min(min), max(max)
-    FROM m GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    {_MERGE_BUCKET}
-), fleet AS ({_UPSERT_FLEET}
+), {", ".join(f"{tier.name}s AS ({_merged_from_minutes(tier)})" for tier in TIERS)},
+fleet AS ({_UPSERT_FLEET}
 )
 {_UPSERT_ACTIVITY}
 """  # noqa: S608 - it interpolates constant statements only
