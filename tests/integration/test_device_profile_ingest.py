@@ -86,6 +86,13 @@ class Fleet:
         self.wait_account(device_id)
         return self.connect(device_id)
 
+    def gateway(self, gateway_id: str, name: str, devices: dict[str, str]) -> None:
+        """A Zigbee2MQTT gateway speaking for ``devices`` (friendly name: device id)."""
+        body = {"gateway_id": gateway_id, "name": name, "profile": "z2m", "devices": devices}
+        answer = self.api.post("/gateways", json=body, headers=AUTH)
+        assert answer.status_code == 201, answer.text
+        self.identity.passwords[gateway_id] = answer.json()["credentials"]["password"]
+
     def connect(self, username: str) -> Device:
         device = Device(self.identity.broker.port, username, self.identity.passwords[username])
         assert device.accepted
@@ -198,30 +205,9 @@ def test_a_gateway_speaks_for_its_two_devices_and_not_a_third(fleet: Fleet) -> N
     fleet.profile(ZIGBEE)
     for device_id in ("lamp-1", "lamp-2", "lamp-3"):
         fleet.device(device_id, "iotp").close()
-    answer = fleet.api.post(
-        "/gateways",
-        json={
-            "gateway_id": "bridge-1",
-            "name": "bridge",
-            "profile": "z2m",
-            "devices": {"kitchen/floor light": "lamp-1", "hall": "lamp-2"},
-        },
-        headers=AUTH,
-    )
-    assert answer.status_code == 201, answer.text
-    fleet.identity.passwords["bridge-1"] = answer.json()["credentials"]["password"]
+    fleet.gateway("bridge-1", "bridge", {"kitchen/floor light": "lamp-1", "hall": "lamp-2"})
     # A second gateway holds lamp-3; the first may not publish for it.
-    other = fleet.api.post(
-        "/gateways",
-        json={
-            "gateway_id": "bridge-2",
-            "name": "other",
-            "profile": "z2m",
-            "devices": {"porch": "lamp-3"},
-        },
-        headers=AUTH,
-    )
-    assert other.status_code == 201, other.text
+    fleet.gateway("bridge-2", "other", {"porch": "lamp-3"})
     fleet.wait_account("bridge-1", "zigbee2mqtt/kitchen/floor light")
     fleet.wait_account("bridge-2", "zigbee2mqtt/porch")
     bridge = fleet.connect("bridge-1")
@@ -281,18 +267,7 @@ def test_a_device_subscribes_within_its_tree_and_nowhere_else(fleet: Fleet) -> N
     fleet.profile(ZIGBEE)
     for device_id in ("z-kitchen", "z-hall"):
         fleet.device(device_id, "iotp").close()
-    answer = fleet.api.post(
-        "/gateways",
-        json={
-            "gateway_id": "bridge-2",
-            "name": "bridge",
-            "profile": "z2m",
-            "devices": {"Kitchen": "z-kitchen"},
-        },
-        headers=AUTH,
-    )
-    assert answer.status_code == 201, answer.text
-    fleet.identity.passwords["bridge-2"] = answer.json()["credentials"]["password"]
+    fleet.gateway("bridge-2", "bridge", {"Kitchen": "z-kitchen"})
     fleet.wait_account("bridge-2", "zigbee2mqtt/Kitchen")
     bridge = fleet.connect("bridge-2")
     assert bridge.subscribe("zigbee2mqtt/Kitchen") == 1
