@@ -171,7 +171,7 @@ def stored_data_points(settings: Settings) -> int:
 def meter_for(children: dict[str, BenchProcess], broker_pid: int) -> CpuMeter:
     meter = CpuMeter()
     for name, child in children.items():
-        meter.add(name, [child.ps])
+        meter.add(name, child.family())
     meter.add("broker", [psutil.Process(broker_pid)])
     meter.add_named("postgresql", "postgres", "postgresql")
     meter.add_named("redis", "redis-server")

@@ -46,8 +46,17 @@ class BenchProcess(IotpProcess):
     def ps(self) -> psutil.Process:
         return psutil.Process(self.pid)
 
+    def family(self) -> list[psutil.Process]:
+        """The process and those it started (ingest's HTTP telemetry process), whose CPU is
+        the command's too."""
+        try:
+            return [self.ps, *self.ps.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return [self.ps]
+
     def peak_rss_mb(self) -> float:
-        return peak_rss_mb(self.ps)
+        """The largest peak RSS of the command's processes (the target is per process)."""
+        return max(peak_rss_mb(process) for process in self.family())
 
 
 def start_service(

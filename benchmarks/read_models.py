@@ -55,7 +55,7 @@ def run_aggregate_bench(
         child = start_service(settings, ["aggregate"], Path(tmp) / "aggregate.log")
         try:
             meter = CpuMeter()
-            meter.add("aggregator", [child.ps])
+            meter.add("aggregator", child.family())
             meter.add_named("postgresql", "postgres", "postgresql")
             meter.add_named("redis", "redis-server")
             meter.start()

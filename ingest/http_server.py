@@ -1,6 +1,6 @@
-"""Serving HTTP telemetry inside an ingest process, beside its MQTT pipeline.
+"""Serving HTTP telemetry, in the process `iotp ingest` starts for it (ingest/http_process.py).
 
-Two threads of its own: uvicorn on an event loop of its own (the requests, which only wait
+Two threads: uvicorn on an event loop of its own (the requests, which only wait
 on their completions), and an ingest pipeline over the HTTP inbox (its own writer, its own
 database session and ledger consumer ``<client id>:http``, so that MQTT batches never wait
 for HTTP ones). At the end, requests already accepted are stored and answered first (for up
@@ -31,28 +31,32 @@ DRAIN_SECONDS = 5.0
 SHUTDOWN_SECONDS = 5.0
 
 
+def http_listener(settings: Settings) -> socket.socket | None:
+    """The listening socket of IOTP_INGEST_HTTP_PORT; None when the port is 0, or taken (a
+    warning, as for the metrics port: several instances on one host)."""
+    port = settings.ingest_http_port
+    if not port:
+        return None
+    try:
+        return socket.create_server((settings.ingest_http_host, port))
+    except OSError as exc:
+        logger.warning("HTTP telemetry port %s unavailable, not serving it: %s", port, exc)
+        return None
+
+
 @contextmanager
 def serving_http_telemetry(
     settings: Settings,
     make_pipeline: Callable[[HttpInbox], IngestPipeline],
     stop: threading.Event,
+    listener: socket.socket,
 ) -> Iterator[None]:
-    """Serve ``POST /telemetry/{device_id}`` while the block runs (IOTP_INGEST_HTTP_PORT).
+    """Serve ``POST /telemetry/{device_id}`` on ``listener`` while the block runs.
 
-    Nothing when the port is 0; a warning when it is taken (as for the metrics port: several
-    instances on one host). If the HTTP pipeline fails, ``stop`` is set (the process ends)
-    and the failure is raised when the block ends.
+    If the HTTP pipeline fails, ``stop`` is set (the process ends) and the failure is raised
+    when the block ends. ``listener`` is closed at the end.
     """
-    port = settings.ingest_http_port
-    if not port:
-        yield
-        return
-    try:
-        listener = socket.create_server((settings.ingest_http_host, port))
-    except OSError as exc:
-        logger.warning("HTTP telemetry port %s unavailable, not serving it: %s", port, exc)
-        yield
-        return
+    port = listener.getsockname()[1]
     inbox = HttpInbox(settings.ingest_http_max_pending, settings.ingest_max_buffered_bytes)
     pipeline = make_pipeline(inbox)
     halt = threading.Event()

@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 
 CLOSE_SECONDS = 10.0
 MQTT_MAX_PACKET_BYTES = 268_435_460  # the largest a remaining length can announce, plus 5
+# The largest packet we take (announced at CONNECT; past it the broker drops a message for
+# us instead of sending it). A payload over IOTP_INGEST_MAX_PAYLOAD_BYTES but under this is
+# still read, to be dead-lettered with its reason. Independent of max_buffered_bytes, which
+# bounds how far ahead reading goes, not how large one message may be.
+MAX_PACKET_BYTES = 64 * 1024 * 1024
 
 
 class Mqtt5Source(Received):
@@ -266,7 +271,9 @@ class Mqtt5Source(Received):
             client_id=self.options.client_id,
             keepalive=self.options.keepalive,
             receive_maximum=self.options.receive_maximum,
-            max_packet_bytes=min(self.options.max_buffered_bytes, MQTT_MAX_PACKET_BYTES),
+            max_packet_bytes=min(
+                max(self.options.max_buffered_bytes, MAX_PACKET_BYTES), MQTT_MAX_PACKET_BYTES
+            ),
             session_expiry=SESSION_EXPIRY_SECONDS,
             clean_start=False,
             username=self.broker.username,

@@ -65,9 +65,12 @@ class BatchPolicy:
 
 @dataclass(frozen=True)
 class PreparedBatch:
+    """A validated batch, waiting for the writer. Its rows are laid out by the writer, as
+    it stores them: a data point's row weighs more than the reading it comes from, and
+    only one batch at a time needs them."""
+
     messages: list[InboundMessage]
     parsed: list[ParsedMessage]
-    rows: list[StagedRow]
     deadletters: list[StreamEntry]
     parse_seconds: float
 
@@ -82,7 +85,7 @@ class IngestPipeline:
         counters: IngestCounters,
         limits: Limits,
         policy: BatchPolicy,
-        stats_key: str,
+        stats_key: str | None,
         parse: MessageParser | None = None,
     ) -> None:
         self.source, self.store, self.publisher = source, store, publisher
@@ -103,13 +106,19 @@ class IngestPipeline:
         except Stopped:
             return
         handoff: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
+        # Batches taken and not yet written: one being written, one prepared beside it. A
+        # third, prepared while both wait, would not be stored any sooner, and a batched
+        # message's parsed readings, rows and events weigh about 20 times its payload.
+        in_flight = threading.BoundedSemaphore(2)
         failure: list[BaseException] = []
         writer = threading.Thread(
-            target=self._write_loop, args=(handoff, stop, failure), name="iotp-ingest-writer"
+            target=self._write_loop,
+            args=(handoff, stop, failure, in_flight),
+            name="iotp-ingest-writer",
         )
         writer.start()
         try:
-            while not stop.is_set() and writer.is_alive():
+            while not stop.is_set() and _acquired(in_flight, writer):
                 batch = self.source.take(
                     self.policy.max_messages,
                     self.policy.max_bytes,
@@ -119,6 +128,8 @@ class IngestPipeline:
                 )
                 if batch:
                     _hand_to(writer, handoff, self.prepare(batch, stop))
+                else:
+                    in_flight.release()
         except Stopped:
             logger.info("stopping with a batch unacknowledged; the broker will redeliver it")
         finally:
@@ -133,6 +144,7 @@ class IngestPipeline:
         handoff: queue.Queue[PreparedBatch | None],
         stop: threading.Event,
         failure: list[BaseException],
+        in_flight: threading.BoundedSemaphore,
     ) -> None:
         try:
             while True:
@@ -146,6 +158,8 @@ class IngestPipeline:
                 if prepared is None:
                     break
                 self.write(prepared, stop)
+                del prepared  # before the reader, woken next, prepares another
+                in_flight.release()
             self._report_stats(stop, force=True)  # however the loop noticed the stop
         except Stopped:
             logger.info("stopping with a batch unacknowledged; the broker will redeliver it")
@@ -166,26 +180,28 @@ class IngestPipeline:
             self._published.clear()
 
     def prepare(self, batch: list[InboundMessage], stop: threading.Event) -> PreparedBatch:
-        """Validate a batch and lay out its rows: pure work, but for device look-ups."""
+        """Validate a batch: pure work, but for device look-ups."""
         started = time.perf_counter()
         parsed = self._retry(lambda: [self._parse(m) for m in batch], stop)
         return PreparedBatch(
             messages=batch,
             parsed=parsed,
-            rows=_staged_rows(batch, parsed),
             deadletters=_deadletters(batch, parsed, self.policy.deadletter_payload_max_bytes),
             parse_seconds=time.perf_counter() - started,
         )
 
     def write(self, prepared: PreparedBatch, stop: threading.Event) -> None:
         """Commit, publish, acknowledge: in that order, each retried until it succeeds."""
-        batch, parsed, rows = prepared.messages, prepared.parsed, prepared.rows
+        batch, parsed = prepared.messages, prepared.parsed
         started = time.perf_counter()
+        rows = _staged_rows(batch, parsed)
         forget = list(self._published)
         committed = self._retry(
             lambda: self.store.write(rows, lambda new: _events(batch, parsed, new), forget), stop
         )
         committed_at = time.perf_counter()
+        row_count = len(rows)
+        rows.clear()  # not needed past the commit, while the events are published
         self._published = [p for p in self._published if p not in forget]
         self._retry(lambda: self.publisher.publish(committed.entries, prepared.deadletters), stop)
         self._published.append(committed.batch_id)
@@ -195,7 +211,7 @@ class IngestPipeline:
             "batch: %s messages, %s rows (%s new), parse %.1f ms, commit %.1f ms,"
             " publish %.1f ms, ack %.1f ms",
             len(batch),
-            len(rows),
+            row_count,
             len(committed.new_seqs),
             prepared.parse_seconds * 1000,
             (committed_at - started) * 1000,
@@ -205,7 +221,7 @@ class IngestPipeline:
         self.counters.received(len(batch))
         self.counters.batch(
             stored=len(committed.new_seqs),
-            duplicates=len(rows) - len(committed.new_seqs),
+            duplicates=row_count - len(committed.new_seqs),
             events=len(committed.entries),
             seconds=(datetime.now(UTC) - batch[0].received_at).total_seconds(),
         )
@@ -227,8 +243,8 @@ class IngestPipeline:
         One attempt, never retried: the writer must not wait on a report while Redis is
         away, when batches can still be stored (their events wait in the ledger).
         """
-        if not self._stats.take() and not force:
-            return
+        if self.stats_key is None or (not self._stats.take() and not force):
+            return  # (no key: the counters are reported by another process)
         stats = (self.stats_key, self.counters.snapshot())
         try:
             self.publisher.publish((), (), stats)
@@ -247,6 +263,14 @@ def _parse_iotp(
     topic: str, payload: bytes, received_at: datetime, limits: Limits, lookup: DeviceLookup
 ) -> ParsedMessage:
     return parse_message(topic, payload, received_at, lookup, limits)
+
+
+def _acquired(in_flight: threading.BoundedSemaphore, writer: threading.Thread) -> bool:
+    """Wait for a batch's place in flight; False if the writer ended (none will come)."""
+    while writer.is_alive():
+        if in_flight.acquire(timeout=HANDOFF_POLL_SECONDS):
+            return True
+    return False
 
 
 def _hand_to(

@@ -23,7 +23,7 @@ from ingest.broker_stats import broker_stats_from
 from ingest.counters import IngestCounters
 from ingest.handover import Departure
 from ingest.http_inbox import HttpIngestPipeline
-from ingest.http_server import serving_http_telemetry
+from ingest.http_process import serving_http_in_child
 from ingest.mqtt5_source import Mqtt5Source
 from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, MqttSource, SourceOptions
 from ingest.payloads import Limits
@@ -106,21 +106,7 @@ def run_ingest(settings: Settings, stop: threading.Event) -> None:
     _serve_metrics(settings, counters)
     with (
         _backends(settings) as (client, registry, router),
-        serving_http_telemetry(
-            settings,
-            # The HTTP requests' own pipeline: same checks, events and counters, its own writer.
-            lambda inbox: _pipeline(
-                settings,
-                inbox,
-                client,
-                router,
-                counters,
-                options.client_id,
-                functools.partial(HttpIngestPipeline, parse_for_device=router.parse_for_device),
-                consumer=f"{options.client_id}:http",
-            ),
-            stop,
-        ),
+        serving_http_in_child(settings, options.client_id, counters, stop),
     ):
         source = mqtt_source(parse_mqtt_url(settings.mqtt_url), options)
         _subscribe_to_profiles(router, registry, source)
@@ -150,6 +136,48 @@ def run_ingest(settings: Settings, stop: threading.Event) -> None:
                 options.share_group,
                 options.client_id,
             )
+
+
+def run_http_ingest(
+    settings: Settings,
+    client_id: str,
+    listen_fd: int,
+    counters: IngestCounters,
+    stop: threading.Event,
+    serving: Callable[[], None],
+) -> None:
+    """The HTTP telemetry process (ingest/http_process.py): serve on the socket its parent
+    bound (``listen_fd``), and run ``serving()`` while it does (it returns at ``stop``).
+
+    Its pipeline is ingest's, over the HTTP inbox: same checks and events, its own writer
+    and ledger consumer (``client_id``); ``counters`` report to the parent, not to Redis.
+    """
+    # Here, not at the top: the MQTT ingest process never loads the web stack.
+    from ingest.http_server import serving_http_telemetry
+
+    listener = socket.socket(fileno=listen_fd)
+    require_migrated_database(settings)
+    require_redis(settings)
+    with (
+        _backends(settings) as (client, _, router),
+        serving_http_telemetry(
+            settings,
+            lambda inbox: _pipeline(
+                settings,
+                inbox,
+                client,
+                router,
+                counters,
+                client_id,
+                functools.partial(HttpIngestPipeline, parse_for_device=router.parse_for_device),
+                report_stats=False,
+            ),
+            stop,
+            listener,
+        ),
+    ):
+        settle_gc()
+        serving()
 
 
 @dataclass(frozen=True)
@@ -263,9 +291,11 @@ def _pipeline(
     client_id: str,
     kind: Callable[..., IngestPipeline] = IngestPipeline,
     consumer: str | None = None,
+    report_stats: bool = True,
 ) -> IngestPipeline:
     # ``consumer`` names the ledger of the pipeline's unpublished events (the client id's
-    # by default); each pipeline of a process needs its own.
+    # by default); each pipeline of a process needs its own. Without ``report_stats`` the
+    # counters are not written to Redis: another process reports them.
     return kind(
         source=source,
         store=TelemetryStore(settings.database_url, consumer=consumer or client_id),
@@ -279,7 +309,7 @@ def _pipeline(
         counters=counters,
         limits=limits_from(settings),
         policy=batch_policy_from(settings),
-        stats_key=ingest_stats_key(client_id),
+        stats_key=ingest_stats_key(client_id) if report_stats else None,
         parse=router.parse,
     )
 

@@ -6,6 +6,10 @@ stored, de-duplicated, dead-lettered and folded into the read models is what MQT
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,16 +19,19 @@ from typing import Any
 
 import httpx
 import orjson
+import psutil
 import psycopg
 import pytest
 
 from device_simulator.profiles import profile_for
 from device_simulator.registration import ensure_profile
 from device_simulator.wire_formats import profile_for_format
+from ingest.http_process import STOP_SECONDS
 from local_platform.broker import free_port
 from tests.support.api_client import AUTH, running_api, wait_relayed
 from tests.support.ingest_harness import deadletters, telemetry_events
 from tests.support.platform import METRICS, Platform
+from tests.support.processes import ServiceProcess
 from tests.support.servers import TEST_TOKEN
 from tests.support.waiting import wait_for
 
@@ -288,3 +295,68 @@ def _simulate(platform: Platform, env: dict[str, str], *args: str) -> dict[str, 
 def _count(platform: Platform, query: str) -> int:
     row = platform.db.execute(query).fetchone()
     return int(row[0]) if row else 0
+
+
+# HTTP telemetry runs in a process of its own, which `iotp ingest` starts (ingest/http_process.py).
+
+
+def _http_child(ingest: ServiceProcess) -> psutil.Process:
+    (child,) = psutil.Process(ingest.pid).children()
+    assert "ingest.http_process" in " ".join(child.cmdline())
+    return child
+
+
+def test_http_messages_count_in_the_ingests_own_counters(platform: Platform) -> None:
+    metrics_port = free_port()
+    served = start(platform, ingest_metrics_port=str(metrics_port))
+    process = platform.children[-1]
+    assert served.post("http-a", [reading(0, 20.0), reading(1, 21.0)]).status_code == 202
+    assert served.post("http-a", {"metrics": {"temp": "warm"}}).status_code == 422
+    key = "iotp:ingest:stats:iotp-ingest-vm-0"
+
+    def reported() -> dict[str, str] | None:
+        stats: Any = platform.redis.hgetall(key)
+        return stats if stats.get("received") == "2" else None
+
+    stats = wait_for(reported, timeout=10)
+    assert (stats["stored"], stats["deadletters"]) == ("4", "1")
+    # one process as far as `iotp status` and Prometheus can tell
+    assert list(platform.redis.scan_iter("iotp:ingest:stats:*")) == [key]
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    assert "iotp_ingest_messages_received_total 2.0" in metrics
+    assert process.stop() == 0
+    assert not _http_child_alive(process)
+
+
+def _http_child_alive(ingest: ServiceProcess) -> bool:
+    return any("ingest.http_process" in " ".join(p.cmdline()) for p in psutil.process_iter())
+
+
+def test_the_mqtt_ingest_process_never_loads_the_web_stack() -> None:
+    code = (
+        "import sys, ingest.service;"
+        " print(sorted({'fastapi', 'uvicorn', 'starlette'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_ingest_stops_and_fails_when_its_http_process_dies(platform: Platform) -> None:
+    start(platform)
+    process = platform.children[-1]
+    _http_child(process).kill()
+    assert process.wait(timeout=30) != 0
+    assert "the HTTP telemetry process ended" in process.output()
+
+
+def test_the_http_process_stops_when_its_ingest_is_gone(platform: Platform) -> None:
+    served = start(platform)
+    process = platform.children[-1]
+    child = _http_child(process)
+    os.kill(process.pid, signal.SIGKILL)  # the ingest alone, not its process group
+    child.wait(timeout=STOP_SECONDS)
+    # the port is free again for the next ingest
+    platform.ingest(ingest_http_port=served.url.rsplit(":", 1)[1])
+    assert served.post("http-a", reading(0, 20.0)).status_code == 202

@@ -27,7 +27,7 @@ import pytest
 import trustme
 
 from ingest.handover import hand_back
-from ingest.mqtt5_source import Mqtt5Source
+from ingest.mqtt5_source import MAX_PACKET_BYTES, Mqtt5Source
 from ingest.mqtt_source import SESSION_EXPIRY_SECONDS, InboundMessage, MqttSource, SourceOptions
 from iotp.mqtt_url import BrokerAddress
 from local_platform.broker import BrokerTls, free_port, local_mosquitto
@@ -232,7 +232,8 @@ def test_a_refused_connect_is_reported_and_retried(code: int, error: str) -> Non
     assert connect.client_id == options.client_id and not connect.clean_start
     assert connect.session_expiry_interval == SESSION_EXPIRY_SECONDS
     assert (connect.receive_max, connect.keep_alive) == (77, 12)
-    assert connect.max_packet_size == options.max_buffered_bytes
+    # a message larger than the read-ahead is still taken (to be dead-lettered if too large)
+    assert connect.max_packet_size == MAX_PACKET_BYTES > options.max_buffered_bytes
 
 
 def test_a_silent_broker_is_taken_for_dead_after_its_own_keepalive() -> None:

@@ -40,6 +40,9 @@ class Platform:
                 "redis_url": self.settings.redis_url,
                 "mqtt_url": self.mqtt_url,
                 "ingest_metrics_port": "0",
+                # Served only by the tests of it, each on a port of its own: otherwise every
+                # ingest would start its HTTP telemetry process for nothing.
+                "ingest_http_port": "0",
                 "log_level": "INFO",
                 **settings,
             },

@@ -1,0 +1,301 @@
+"""HTTP telemetry in a process of its own, started and stopped by `iotp ingest`.
+
+The web stack (FastAPI, uvicorn, their pool and the HTTP pipeline) is 15 MB of an ingest's
+memory, and a second event loop contending for its interpreter lock; in a child process it
+costs the MQTT ingest neither (docs/benchmarks.md, issue 23). To the operator nothing
+changes: `iotp ingest` serves IOTP_INGEST_HTTP_PORT, logs to the same output, counts HTTP
+messages in its own counters (Prometheus and `iotp status`), and ends with it.
+
+- The parent binds the port (a taken port is a warning, as before; connections made while
+  the child starts wait in the backlog) and hands the socket over.
+- The child sends its counters' calls down a pipe as lines of JSON, which the parent
+  applies to its own, and ``["ready"]`` once it serves.
+- Told to stop (SIGTERM, to it or to the process group) it stores and answers what it
+  accepted, then ends; it stops by itself if its parent is gone.
+- If it ends on its own, the parent stops too, and fails if it failed, as when the HTTP
+  pipeline failed in-process.
+
+Its pipeline is the one the in-process server had: its own writer and ledger consumer
+``<client id>:http``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+
+from ingest.counters import IngestCounters
+from iotp.errors import ServiceUnavailable
+from iotp.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# The child's start (imports, service checks, the registry's load, uvicorn's 15 s at most).
+STARTUP_SECONDS = 45.0
+# Its stop: requests it accepted stored (5 s at most), then the server's (2 x 5 s).
+STOP_SECONDS = 20.0
+PARENT_POLL_SECONDS = 0.5
+# IngestCounters' methods the child may call on the parent's counters.
+FORWARDED = frozenset({"received", "batch", "deadlettered", "retried"})
+
+
+def http_client_id(client_id: str) -> str:
+    """The name of the HTTP process's ledger consumer."""
+    return f"{client_id}:http"
+
+
+def http_listener(settings: Settings) -> socket.socket | None:
+    """The listening socket of IOTP_INGEST_HTTP_PORT; None when the port is 0, or taken (a
+    warning, as for the metrics port: several instances on one host)."""
+    port = settings.ingest_http_port
+    if not port:
+        return None
+    try:
+        return socket.create_server((settings.ingest_http_host, port))
+    except OSError as exc:
+        logger.warning("HTTP telemetry port %s unavailable, not serving it: %s", port, exc)
+        return None
+
+
+class HttpChildFailed(RuntimeError):
+    pass
+
+
+class HttpChild:
+    """The child process, from its start to its end, seen from the parent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client_id: str,
+        listener: socket.socket,
+        counters: IngestCounters,
+    ) -> None:
+        self.settings, self.counters = settings, counters
+        self.stopping = threading.Event()  # its end was asked for
+        feed, feed_end = os.pipe()
+        try:
+            self.process = subprocess.Popen(  # noqa: S603 - our interpreter and module
+                [
+                    sys.executable,
+                    "-m",
+                    "ingest.http_process",
+                    "--client-id",
+                    client_id,
+                    "--listen-fd",
+                    str(listener.fileno()),
+                    "--feed-fd",
+                    str(feed_end),
+                    "--log-level",
+                    logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                ],
+                pass_fds=(listener.fileno(), feed_end),
+                # Its settings are this process's: the environment, and the instance name
+                # if `--instance` gave it.
+                env={**os.environ, "IOTP_INGEST_INSTANCE": settings.ingest_instance},
+            )
+        finally:
+            os.close(feed_end)
+        self._feed, self._pending, self._ready = feed, b"", False
+        try:
+            self._wait_ready()
+        except BaseException:
+            os.close(feed)
+            raise
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not self._ready:
+            readable, _, _ = select.select(
+                [self._feed], [], [], max(0.0, deadline - time.monotonic())
+            )
+            chunk = os.read(self._feed, 65536) if readable else b""
+            if not chunk:  # no answer in time, or the pipe closed: the child ended
+                self.stop()
+                raise ServiceUnavailable(
+                    "HTTP telemetry",
+                    "IOTP_INGEST_HTTP_PORT",
+                    f"{self.settings.ingest_http_host}:{self.settings.ingest_http_port}",
+                    "its process did not start serving (see the log above)",
+                )
+            self._received(chunk)
+
+    def _received(self, chunk: bytes) -> None:
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        for line in lines:
+            self._apply(line)
+
+    def watch(self, stop: threading.Event) -> None:
+        """Apply the child's counters until it ends; if it ends before it was asked to,
+        ``stop`` the ingest too.
+
+        Code 0 is a clean stop by a signal to it or to the whole process group (a terminal's
+        Ctrl-C, a supervisor's SIGTERM): this process is stopping as well.
+        """
+        with os.fdopen(self._feed, "rb") as feed:
+            while chunk := feed.read1(65536):
+                self._received(chunk)
+        code = self.process.wait()
+        if self.stopping.is_set():
+            return
+        if code == 0:
+            logger.info("the HTTP telemetry process stopped; stopping ingest")
+        else:
+            logger.error("the HTTP telemetry process ended (code %s); stopping ingest", code)
+        stop.set()
+
+    def _apply(self, line: bytes) -> None:
+        try:
+            name, *args = orjson.loads(line)
+        except (orjson.JSONDecodeError, ValueError):
+            logger.warning("unreadable counters from the HTTP telemetry process: %r", line[:200])
+            return
+        if name == "ready":
+            self._ready = True
+        elif name in FORWARDED:
+            getattr(self.counters, name)(*args)
+
+    @property
+    def failed(self) -> bool:
+        """It ended with an error before it was asked to stop."""
+        return not self.stopping.is_set() and self.process.poll() not in (None, 0)
+
+    def stop(self) -> None:
+        """SIGTERM (it stores what it accepted, then ends), then SIGKILL past STOP_SECONDS."""
+        self.stopping.set()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            logger.warning("the HTTP telemetry process did not stop in %.0f s", STOP_SECONDS)
+            self.process.kill()
+            self.process.wait()
+
+
+@contextmanager
+def serving_http_in_child(
+    settings: Settings, client_id: str, counters: IngestCounters, stop: threading.Event
+) -> Iterator[None]:
+    """Serve HTTP telemetry from a child process while the block runs (nothing when the port
+    is 0 or taken), its messages counted in ``counters``. Raises :class:`ServiceUnavailable`
+    if it does not start; if it fails on its own, ``stop`` is set and
+    :class:`HttpChildFailed` raised when the block ends."""
+    listener = http_listener(settings)
+    if listener is None:
+        yield
+        return
+    with listener:  # the child holds its own copy
+        child = HttpChild(settings, client_id, listener, counters)
+    watcher = threading.Thread(
+        target=child.watch, args=(stop,), name="iotp-ingest-http-child", daemon=True
+    )
+    watcher.start()
+    failed = False
+    try:
+        yield
+    finally:
+        failed = child.failed
+        child.stop()
+        watcher.join()
+    if failed:
+        raise HttpChildFailed(
+            f"the HTTP telemetry process ended with code {child.process.returncode}"
+        )
+
+
+class ForwardedCounters(IngestCounters):
+    """The child's counters: each call is also sent to the parent, which counts it as its
+    own (one line of JSON per call; a lock keeps the pipeline's threads' lines whole)."""
+
+    def __init__(self, feed: int) -> None:
+        super().__init__()
+        self._feed = feed
+        self._lock = threading.Lock()
+
+    def _send(self, *call: Any) -> None:
+        line = orjson.dumps(call) + b"\n"
+        with self._lock:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._feed, view) :]
+
+    def ready(self) -> None:
+        """Tell the parent that the server is serving."""
+        self._send("ready")
+
+    def received(self, messages: int) -> None:
+        super().received(messages)
+        self._send("received", messages)
+
+    def batch(self, stored: int, duplicates: int, events: int, seconds: float) -> None:
+        super().batch(stored, duplicates, events, seconds)
+        self._send("batch", stored, duplicates, events, seconds)
+
+    def deadlettered(self, reasons: list[str]) -> None:
+        super().deadlettered(reasons)
+        if reasons:
+            self._send("deadlettered", reasons)
+
+    def retried(self, service: str) -> None:
+        super().retried(service)
+        self._send("retried", service)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: serve on the inherited socket until SIGTERM, SIGINT or the parent's end."""
+    parser = argparse.ArgumentParser(prog="python -m ingest.http_process")
+    parser.add_argument("--client-id", required=True)
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--feed-fd", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+
+    from iotp.command_line import load_settings, stop_on_signals
+    from iotp.logs import configure_logging
+
+    configure_logging(args.log_level)
+    stop = stop_on_signals()
+    parent = os.getppid()
+    counters = ForwardedCounters(args.feed_fd)
+
+    def serving() -> None:
+        counters.ready()
+        while not stop.wait(PARENT_POLL_SECONDS):
+            if os.getppid() != parent:
+                logger.warning("the ingest process that started this one is gone; stopping")
+                stop.set()
+
+    from ingest.service import run_http_ingest
+
+    try:
+        run_http_ingest(
+            load_settings(),
+            http_client_id(args.client_id),
+            args.listen_fd,
+            counters,
+            stop,
+            serving,
+        )
+    except ServiceUnavailable as exc:
+        logger.error("%s", exc)
+        sys.exit(1)
+    finally:
+        os.close(args.feed_fd)
+
+
+if __name__ == "__main__":
+    main()
