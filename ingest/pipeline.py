@@ -106,7 +106,7 @@ class IngestPipeline:
         except Stopped:
             return
         handoff: queue.Queue[PreparedBatch | None] = queue.Queue(maxsize=1)
-        # Batches taken and not yet written: one being written, one prepared beside it. A
+        # Batches prepared and not yet written: one being written, one prepared beside it. A
         # third, prepared while both wait, would not be stored any sooner, and a batched
         # message's parsed readings, rows and events weigh about 20 times its payload.
         in_flight = threading.BoundedSemaphore(2)
@@ -118,7 +118,9 @@ class IngestPipeline:
         )
         writer.start()
         try:
-            while not stop.is_set() and _acquired(in_flight, writer):
+            while not stop.is_set() and writer.is_alive():
+                # Taken (and gathered) while the writer is busy, as before; prepared only
+                # once one of the two places is free.
                 batch = self.source.take(
                     self.policy.max_messages,
                     self.policy.max_bytes,
@@ -126,10 +128,8 @@ class IngestPipeline:
                     stop,
                     self.policy.busy_messages,
                 )
-                if batch:
+                if batch and _acquired(in_flight, writer):
                     _hand_to(writer, handoff, self.prepare(batch, stop))
-                else:
-                    in_flight.release()
         except Stopped:
             logger.info("stopping with a batch unacknowledged; the broker will redeliver it")
         finally:
