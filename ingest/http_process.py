@@ -43,10 +43,16 @@ from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# The child's start (imports, service checks, the registry's load, uvicorn's 15 s at most).
-STARTUP_SECONDS = 45.0
-# Its stop: requests it accepted stored (5 s at most), then the server's (2 x 5 s).
-STOP_SECONDS = 20.0
+# The server's own times (ingest/http_server.py): to start, to store what it accepted
+# before it stops, and for uvicorn's graceful shutdown.
+START_SECONDS = 15.0
+DRAIN_SECONDS = 5.0
+SHUTDOWN_SECONDS = 5.0
+# The child's start: its imports, service checks and the registry's load, then the server's.
+STARTUP_SECONDS = 30.0 + START_SECONDS
+# Its stop: what it accepted stored, the server stopped (joined for twice its shutdown),
+# and a margin for the process's exit.
+STOP_SECONDS = DRAIN_SECONDS + 2 * SHUTDOWN_SECONDS + 5.0
 PARENT_POLL_SECONDS = 0.5
 # IngestCounters' methods the child may call on the parent's counters.
 FORWARDED = frozenset({"received", "batch", "deadlettered", "retried"})

@@ -19,29 +19,13 @@ from contextlib import contextmanager
 import uvicorn
 
 from ingest.http_inbox import HttpInbox
+from ingest.http_process import DRAIN_SECONDS, SHUTDOWN_SECONDS, START_SECONDS
 from ingest.http_telemetry import create_http_telemetry_app
 from ingest.pipeline import IngestPipeline
 from iotp.errors import ServiceUnavailable
 from iotp.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-START_SECONDS = 15.0
-DRAIN_SECONDS = 5.0
-SHUTDOWN_SECONDS = 5.0
-
-
-def http_listener(settings: Settings) -> socket.socket | None:
-    """The listening socket of IOTP_INGEST_HTTP_PORT; None when the port is 0, or taken (a
-    warning, as for the metrics port: several instances on one host)."""
-    port = settings.ingest_http_port
-    if not port:
-        return None
-    try:
-        return socket.create_server((settings.ingest_http_host, port))
-    except OSError as exc:
-        logger.warning("HTTP telemetry port %s unavailable, not serving it: %s", port, exc)
-        return None
 
 
 @contextmanager

@@ -290,15 +290,14 @@ def _pipeline(
     counters: IngestCounters,
     client_id: str,
     kind: Callable[..., IngestPipeline] = IngestPipeline,
-    consumer: str | None = None,
     report_stats: bool = True,
 ) -> IngestPipeline:
-    # ``consumer`` names the ledger of the pipeline's unpublished events (the client id's
-    # by default); each pipeline of a process needs its own. Without ``report_stats`` the
-    # counters are not written to Redis: another process reports them.
+    # ``client_id`` also names the ledger of the pipeline's unpublished events: each
+    # pipeline needs its own. Without ``report_stats`` the counters are not written to
+    # Redis: another process reports them.
     return kind(
         source=source,
-        store=TelemetryStore(settings.database_url, consumer=consumer or client_id),
+        store=TelemetryStore(settings.database_url, consumer=client_id),
         publisher=StreamPublisher(
             client,
             settings.telemetry_stream_maxlen,
