@@ -31,12 +31,12 @@ from read_models import store
 from read_models.projection import fold
 from read_models.rebuild import rebuild
 from read_models.retention import run_retention
-from read_models.rollup_tiers import DAY, HOUR, MINUTE, TIERS
+from read_models.rollup_tiers import DAY, HOUR, MINUTE, PARTS, TIERS
 
 METRICS = ("temperature", "humidity", "battery")
 EVENTS_PER_BATCH = 100  # device-hours per aggregator batch: 6,000 readings
 READ_STORE_TABLES = (
-    *(f"rollup_{tier.name}_{half}" for tier in TIERS for half in ("recent", "packed")),
+    *(f"rollup_{tier.name}_{part}" for tier in TIERS for part in PARTS),
     "metric_stats",
     "device_activity",
     "fleet_minute",
@@ -315,7 +315,7 @@ def run_growth_bench(
         run_retention(keep_all, now=now + timedelta(days=70))  # everything packed
         packed = _bytes_per_bucket(conn, _sizes(conn), "packed")
         if timescale_url is not None:
-            result["rollups_timescaledb"] = _timescale_rollups(conn, timescale_url)
+            result["rollups_timescaledb"] = _timescale_rollups(conn, timescale_url, now)
     result["bytes_per_bucket"] = {"row": row_bytes, "packed": packed}
     result["steady_state"] = steady_state(row_bytes, packed, _per_tier(after), devices, settings)
     if timescale_url is not None:
@@ -323,8 +323,11 @@ def run_growth_bench(
             name: figures["bytes_per_bucket_compressed"]
             for name, figures in result["rollups_timescaledb"].items()
         }
+        chunks = {
+            name: figures["chunk_hours"] for name, figures in result["rollups_timescaledb"].items()
+        }
         result["steady_state_timescaledb"] = steady_state(
-            row_bytes, compressed, _per_tier(after), devices, settings
+            row_bytes, compressed, _per_tier(after), devices, settings, chunks
         )
     result["queries"] = _queries(settings, query_devices, requests, now)
     result["redis"] = _redis_per_device(settings, [f"query-{n:05d}" for n in range(query_devices)])
@@ -332,42 +335,94 @@ def run_growth_bench(
 
 
 def _timescale_rollups(
-    conn: psycopg.Connection[Any], url: str, series: int = 30
+    conn: psycopg.Connection[Any], url: str, now: datetime, series: int = 30
 ) -> dict[str, dict[str, float]]:
-    """Bytes per bucket of the packed tiers as TimescaleDB keeps them: the first ``series``
-    device-metric pairs' packed rows copied into a throw-away TimescaleDB's read store
-    (migrated, so its packed tables are the hypertables iotp makes), compressed there."""
+    """Bytes per bucket of the tiers as TimescaleDB keeps them: the first ``series``
+    device-metric pairs' buckets put in a throw-away TimescaleDB's ``_recent`` tables
+    (migrated, so its tables are the ones iotp makes), then packed into the columnar
+    hypertables and compressed there by the retention job itself.
+
+    A compressed chunk of a few series is mostly its fixed pages, which a fleet's chunk
+    spreads over thousands of series; so the figure is the compressed rows' own bytes
+    (each batch of a series' buckets, with its tuple header and line pointer) and their
+    index entries, per bucket. The whole hypertable's bytes are reported beside it.
+    """
     from iotp.migrate import migrate
+    from read_models import retention
     from read_models.schema import READ_STORE_MIGRATIONS
 
-    migrate(Settings(database_url=url, timescaledb="on"), READ_STORE_MIGRATIONS)
+    ts_settings = Settings(database_url=url, timescaledb="on")
+    migrate(ts_settings, READ_STORE_MIGRATIONS)
     found: dict[str, dict[str, float]] = {}
     with psycopg.connect(url, autocommit=True, prepare_threshold=None) as target:
         for tier in TIERS:
             rows = conn.execute(
-                f"SELECT p.* FROM {tier.packed} p JOIN (SELECT DISTINCT device_id, metric"  # noqa: S608
-                f" FROM {tier.packed} ORDER BY 1, 2 LIMIT %s) s USING (device_id, metric)",
+                f"SELECT v.* FROM {tier.view} v JOIN (SELECT DISTINCT device_id, metric"  # noqa: S608
+                f" FROM {tier.view} ORDER BY 1, 2 LIMIT %s) s USING (device_id, metric)",
                 (series,),
             ).fetchall()
-            target.execute(f"TRUNCATE {tier.packed}")
-            with target.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO {tier.packed} VALUES (%s, %s, %s, %s, %s, %s, %s)",  # noqa: S608
-                    rows,
+            target.execute(f"TRUNCATE {tier.recent}")
+            for start in range(0, len(rows), 20_000):  # PGlite has no COPY
+                part = list(zip(*rows[start : start + 20_000], strict=True))
+                target.execute(
+                    f"INSERT INTO {tier.recent} SELECT * FROM unnest(%s::text[], %s::text[],"  # noqa: S608
+                    " %s::timestamptz[], %s::int8[], %s::float8[], %s::float8[], %s::float8[])",
+                    part,
                 )
-            buckets = sum(sum(1 for c in row[3] if c is not None) for row in rows)
-            size = "SELECT total_bytes FROM hypertable_detailed_size(%s::regclass)"
-            before = _one(target, size, tier.packed)
-            target.execute(
-                "SELECT compress_chunk(c) FROM show_chunks(%s::regclass) c", (tier.packed,)
+            found[tier.name] = {"buckets": len(rows)}
+
+    keep_all = ts_settings.model_copy(
+        update={"rollup_minute_retention_days": 10**5, "rollup_hour_retention_days": 10**5}
+    )
+    # The job's own connection is the only one here that prepares statements (PGlite keeps
+    # one session behind all connections, where two connections' names would collide).
+    retention.run_retention(keep_all, now=now + timedelta(days=70))
+    with psycopg.connect(url, autocommit=True, prepare_threshold=None) as target:
+        for tier in TIERS:
+            figures = found[tier.name]
+            name = tier.columnar.removeprefix("read_models.")
+            chunks = target.execute(
+                "SELECT format('%I.%I', c2.schema_name, c2.table_name)"
+                " FROM _timescaledb_catalog.chunk c1"
+                " JOIN _timescaledb_catalog.chunk c2 ON c2.id = c1.compressed_chunk_id"
+                " JOIN _timescaledb_catalog.hypertable h ON h.id = c1.hypertable_id"
+                " WHERE h.table_name = %s",
+                (name,),
+            ).fetchall()
+            batches = row_bytes = index_bytes = 0
+            for (chunk,) in chunks:
+                sizes = target.execute(
+                    "SELECT count(*), coalesce(sum(pg_column_size(c.*) + 28), 0),"  # noqa: S608
+                    " coalesce(sum(pg_column_size(c.device_id) + pg_column_size(c.metric)"
+                    " + pg_column_size(c._ts_meta_min_1) + pg_column_size(c._ts_meta_max_1)"
+                    f" + 12), 0) FROM {chunk} c"
+                ).fetchone()
+                count, data, keys = sizes if sizes else (0, 0, 0)
+                batches += count
+                row_bytes += data
+                index_bytes += keys
+            scaled = _one(target, f"SELECT count(*) FROM {tier.columnar} WHERE scale IS NOT NULL")  # noqa: S608
+            total = _one(
+                target,
+                "SELECT total_bytes FROM hypertable_detailed_size(%s::regclass)",
+                tier.columnar,
             )
-            after = _one(target, size, tier.packed)
-            found[tier.name] = {
-                "rows": len(rows),
-                "buckets": buckets,
-                "bytes_per_bucket_uncompressed": round(before / max(buckets, 1), 1),
-                "bytes_per_bucket_compressed": round(after / max(buckets, 1), 1),
-            }
+            buckets = max(int(figures["buckets"]), 1)
+            interval = target.execute(
+                "SELECT time_interval FROM timescaledb_information.dimensions"
+                " WHERE hypertable_name = %s",
+                (name,),
+            ).fetchone()
+            figures.update(
+                {
+                    "chunk_hours": interval[0].total_seconds() / 3600 if interval else 0.0,
+                    "series": series,
+                    "batches": batches,
+                    "scaled_share": round(scaled / buckets, 3),
+                    "bytes_per_bucket_compressed": round((row_bytes + index_bytes) / buckets, 2),
+                    "hypertable_bytes_per_bucket_with_fixed_pages": round(total / buckets, 1),
+                }
+            )
     return found
 
 
@@ -396,11 +451,13 @@ def steady_state(
     after: dict[str, int],
     devices: int,
     settings: Settings,
+    uncompressed_hours: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """The read store of 10,000 devices x 3 metrics reporting every 10 s, a year on, with
     these tiers: buckets kept x measured bytes per bucket (a bucket costs the same whatever
     the readings in it, so minutely readings measure it), plus the recent halves (a tier's
-    grace of rows) and the per-series statistics."""
+    grace of rows), plus, with TimescaleDB, ``uncompressed_hours`` of rows by tier (a
+    chunk being filled, at its fullest, costed as rows), and the per-series statistics."""
     series = 10_000 * len(METRICS)
     kept = {
         MINUTE: settings.rollup_minute_retention_days * 1440,
@@ -410,6 +467,9 @@ def steady_state(
     gigabytes: dict[str, float] = {}
     for tier, buckets in kept.items():
         recent = tier.grace / tier.bucket
+        recent += (
+            (uncompressed_hours or {}).get(tier.name, 0.0) * 3600 / tier.bucket.total_seconds()
+        )
         per_series = buckets * packed_bytes.get(tier.name, 0.0) + recent * row_bytes.get(
             tier.name, 0.0
         )

@@ -277,26 +277,37 @@ def apply_timescale_policies(conn: psycopg.Connection[Any], settings: Settings) 
     return done
 
 
-# The packed rollup tiers on TimescaleDB (read_models 0060): compressed once their periods
-# are full (a period, plus the tier's grace, plus a day), the minute and hour tiers dropped
-# by whole chunks past their retention.
-ROLLUP_COMPRESS_AFTER_DAYS = {"minute": 2, "hour": 9, "day": 35}
+# The rollup tiers' hypertables on TimescaleDB (read_models 0060 and 0080), compressed:
+# the packed arrays once their periods are full (a period, plus the tier's grace, plus a
+# day); the columnar rows by the retention job as soon as a chunk is wholly past the grace,
+# and by the policy again when a late reading has reopened one. The minute and hour tiers
+# are dropped by whole chunks past their retention.
+ROLLUP_COMPRESS_AFTER_DAYS = {
+    "packed": {"minute": 2, "hour": 9, "day": 35},
+    "columnar": {"minute": 1, "hour": 3, "day": 35},
+}
 
 
 def apply_rollup_policies(conn: psycopg.Connection[Any], settings: Settings) -> list[str]:
-    """Compression and retention of the packed rollup tiers, in line with the settings."""
-    if not is_hypertable(conn, "read_models.rollup_minute_packed"):
-        return []  # the read store's TimescaleDB migration is not applied (an older schema)
+    """Compression and retention of the rollup tiers' hypertables, in line with the
+    settings."""
     retention = {
         "minute": settings.rollup_minute_retention_days,
         "hour": settings.rollup_hour_retention_days,
         "day": 0,  # kept for ever
     }
+    tables = [
+        (f"read_models.rollup_{tier}_{part}", compress_after, retention[tier])
+        for part, tiers in ROLLUP_COMPRESS_AFTER_DAYS.items()
+        for tier, compress_after in tiers.items()
+    ]
+    # Those the read store's TimescaleDB migrations made (an older schema has fewer).
+    made = _hypertables(conn, "read_models")
+    tables = [entry for entry in tables if entry[0] in made]
     done: list[str] = []
     with conn.transaction():
-        for tier, compress_after in ROLLUP_COMPRESS_AFTER_DAYS.items():
-            table = f"read_models.rollup_{tier}_packed"
-            name = f"rollup_{tier}_packed"
+        for table, compress_after, drop_after in tables:
+            name = table.removeprefix("read_models.")
             done.append(
                 _ensure_policy(
                     conn,
@@ -314,7 +325,7 @@ def apply_rollup_policies(conn: psycopg.Connection[Any], settings: Settings) -> 
                     conn,
                     "policy_retention",
                     "drop_after",
-                    retention[tier],
+                    drop_after,
                     f"SELECT add_retention_policy('{table}', %s * INTERVAL '1 day')",
                     f"SELECT remove_retention_policy('{table}', if_exists => true)",
                     f"{name} retention",
@@ -322,6 +333,22 @@ def apply_rollup_policies(conn: psycopg.Connection[Any], settings: Settings) -> 
                 )
             )
     return done
+
+
+def _hypertables(conn: psycopg.Connection[Any], schema: str) -> set[str]:
+    """The hypertables of ``schema`` (none without TimescaleDB), as schema.name."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL"
+        ).fetchone()
+        if not row or not row[0]:
+            return set()
+        rows = conn.execute(
+            "SELECT hypertable_name FROM timescaledb_information.hypertables"
+            " WHERE hypertable_schema = %s",
+            (schema,),
+        ).fetchall()
+    return {f"{schema}.{name}" for (name,) in rows}
 
 
 def is_hypertable(conn: psycopg.Connection[Any], table: str) -> bool:
@@ -360,6 +387,7 @@ def _ensure_policy(
         WHERE proc_name = %s AND hypertable_name = %s
         """,  # noqa: S608 - key is one of two literals above
         (days, proc, hypertable),
+        prepare=False,  # a few times a migration: not worth a server-side statement
     ).fetchone()
     if days == 0:
         if row is not None:

@@ -55,7 +55,7 @@ from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.kept import Before, coverage_start, joined_stats
 from read_models.projection import Deltas
 from read_models.retention import expire_before
-from read_models.rollup_tiers import DAY, HOUR, MINUTE, TIERS, Tier
+from read_models.rollup_tiers import DAY, HOUR, MINUTE, PARTS, TIERS, Tier
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ logger = logging.getLogger(__name__)
 WHOLE_TABLES = ("devices", "device_activity", "metric_stats", "alarms", "applied_events")
 MODEL_TABLES = (
     *WHOLE_TABLES,
-    *(f"rollup_{tier.name}_{half}" for tier in TIERS for half in ("recent", "packed")),
+    *(f"rollup_{tier.name}_{part}" for tier in TIERS for part in PARTS),
     "fleet_minute",
 )
 Progress = Callable[[int, int], None]
@@ -283,13 +283,14 @@ def _recompute(
 
 
 def _clear_rollups(read: psycopg.Connection[Any], tier: Tier, start: datetime | None) -> None:
-    """Delete ``tier``'s buckets from ``start`` on (all of them when None), in both halves:
-    a packed period that straddles ``start`` keeps the buckets before it."""
+    """Delete ``tier``'s buckets from ``start`` on (all of them when None), in its three
+    tables: a packed period that straddles ``start`` keeps the buckets before it."""
     if start is None:
-        read.execute(f"DELETE FROM {tier.recent}")  # noqa: S608 - constant names
-        read.execute(f"DELETE FROM {tier.packed}")  # noqa: S608
+        for table in (tier.recent, tier.packed, tier.columnar):
+            read.execute(f"DELETE FROM {table}")  # noqa: S608 - constant names
         return
-    read.execute(f"DELETE FROM {tier.recent} WHERE bucket >= %s", (start,))  # noqa: S608
+    for table in (tier.recent, tier.columnar):
+        read.execute(f"DELETE FROM {table} WHERE bucket >= %s", (start,))  # noqa: S608
     read.execute(f"DELETE FROM {tier.packed} WHERE period >= %s", (start,))  # noqa: S608
     straddling = tier.period_of(start)
     kept = int((start - straddling) / tier.bucket)

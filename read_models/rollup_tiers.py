@@ -1,10 +1,13 @@
 """The rollup tiers (minute, hour, day): their layout, and the SQL that reads them.
 
-Each tier is kept in two tables (read_models/migrations/0050_rollup_tiers.sql): ``_recent``,
-one row per bucket, which the aggregators upsert; and ``_packed``, one row per period
-holding that period's buckets as arrays, which the retention job fills from ``_recent`` once
-a period is over. Readers merge the two halves, since a late reading can put a bucket in both
-for a while.
+Each tier is kept in three tables: ``_recent``, one row per bucket, which the aggregators
+upsert; and the one the retention job moves buckets into once they are past the tier's grace.
+On plain PostgreSQL that is ``_packed``, one row per period holding that period's buckets as
+arrays (read_models/migrations/0050_rollup_tiers.sql); with TimescaleDB it is
+``_columnar``, one row per bucket with its values as scaled integers, in a hypertable
+compressed by series (0070 and 0080). The other one stays empty (or, on a read store that
+gained TimescaleDB's layout later, holds what was packed before, until it expires). Readers
+merge all three, since a late reading can put a bucket in two of them for a while.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 BucketName = Literal["1m", "1h", "1d"]
+PARTS = ("recent", "packed", "columnar")  # a tier's tables: read_models.rollup_<tier>_<part>
 TierName = Literal["minute", "hour", "day"]
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
 class Tier:
-    name: TierName  # the tables are read_models.rollup_<name>[_recent|_packed]
+    name: TierName  # its tables are read_models.rollup_<name>_<part>, for each of PARTS
     bucket: timedelta
     slots: int  # buckets per packed period
     # Buckets older than this are packed, into a period that may still be filling (a row
@@ -41,6 +45,10 @@ class Tier:
         return f"read_models.rollup_{self.name}_packed"
 
     @property
+    def columnar(self) -> str:
+        return f"read_models.rollup_{self.name}_columnar"
+
+    @property
     def view(self) -> str:
         return f"read_models.rollup_{self.name}"
 
@@ -52,8 +60,9 @@ class Tier:
         return EPOCH + (at - EPOCH) // self.period * self.period
 
     def buckets_sql(self, where_recent: str, where_packed: str, one_series: bool = False) -> str:
-        """One row per bucket (device_id, metric, bucket, count, sum, min, max) of both
-        halves, merged; ``where_*`` filter each half (on bucket, and on period).
+        """One row per bucket (device_id, metric, bucket, count, sum, min, max) of the three
+        tables, merged; ``where_recent`` filters the two of one row per bucket (on bucket),
+        ``where_packed`` the packed one (on period).
 
         ``one_series``: the filters select one device's one metric, so buckets are grouped
         by time alone (hashing the names too was a third of a week of minutes' time).
@@ -77,6 +86,12 @@ FROM (
     FROM {self.packed} p,
          unnest(p.counts, p.sums, p.mins, p.maxs) WITH ORDINALITY AS u(c, s, lo, hi, i)
     WHERE u.c IS NOT NULL AND {where_packed}
+    UNION ALL
+    SELECT device_id, metric, bucket, count, read_models.unscaled(sum_scaled, scale, sum),
+           read_models.unscaled(min_scaled, scale, min),
+           read_models.unscaled(max_scaled, scale, max)
+    FROM {self.columnar}
+    WHERE {where_recent}
 ) AS b
 GROUP BY {keys}"""  # noqa: S608 - constant names and integers only
 

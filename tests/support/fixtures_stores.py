@@ -60,6 +60,8 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
             " read_models.rollup_minute_recent, read_models.rollup_hour_recent,"
             " read_models.rollup_day_recent, read_models.rollup_minute_packed,"
             " read_models.rollup_hour_packed, read_models.rollup_day_packed,"
+            " read_models.rollup_minute_columnar, read_models.rollup_hour_columnar,"
+            " read_models.rollup_day_columnar,"
             " read_models.fleet_minute,"
             " read_models.tracking, read_models.applied_events, read_models.alarms,"
             " webhooks, webhook_deliveries, notifier_alarm_severities,"

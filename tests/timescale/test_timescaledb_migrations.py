@@ -63,6 +63,19 @@ def _jobs(url: str) -> dict[str, tuple[int, dict[str, Any]]]:
     return {name: (job_id, config) for name, job_id, config in rows}
 
 
+def _unprepared_retention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retention job's connections without server-side prepared statements: PGlite is
+    one session behind every connection, where two connections' statements collide by
+    name."""
+
+    def unprepared(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        conn = connect(url, **kwargs)
+        conn.prepare_threshold = None
+        return conn
+
+    monkeypatch.setattr(retention, "connect", unprepared)
+
+
 pytestmark = pytest.mark.timescaledb
 
 
@@ -87,6 +100,10 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
     assert "compression after 7 d" in report.policies
     assert "retention after 30 d" in report.policies
     assert "0060_rollup_tiers_hypertables" in report.read_store_applied
+    assert "0080_rollup_columnar_hypertables" in report.read_store_applied
+    assert "rollup_minute_columnar retention after 7 d" in report.policies
+    assert "rollup_hour_columnar retention after 400 d" in report.policies
+    assert "rollup_day_columnar retention off" in report.policies
     assert "rollup_minute_packed retention after 7 d" in report.policies
     assert "rollup_hour_packed retention after 400 d" in report.policies
     assert "rollup_day_packed retention off" in report.policies
@@ -123,17 +140,26 @@ def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -
     assert jobs["policy_retention"][1]["drop_after"] == "30 days"
 
 
-def test_packed_rollups_are_compressed_hypertables_dropped_by_chunk(timescale_url: str) -> None:
+def test_rollups_are_compressed_hypertables_dropped_by_chunk(timescale_url: str) -> None:
     with psycopg.connect(timescale_url) as conn:
         rows = conn.execute(
             "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables"
             " WHERE hypertable_schema = 'read_models' ORDER BY 1"
         ).fetchall()
         assert rows == [
+            ("rollup_day_columnar", True),
             ("rollup_day_packed", True),
+            ("rollup_hour_columnar", True),
             ("rollup_hour_packed", True),
+            ("rollup_minute_columnar", True),
             ("rollup_minute_packed", True),
         ]
+        segment_by = conn.execute(
+            "SELECT attname FROM timescaledb_information.compression_settings"
+            " WHERE hypertable_name = 'rollup_minute_columnar'"
+            " AND segmentby_column_index IS NOT NULL ORDER BY segmentby_column_index"
+        ).fetchall()
+        assert segment_by == [("device_id",), ("metric",)]
         jobs = conn.execute(
             "SELECT hypertable_name, proc_name, config FROM timescaledb_information.jobs"
             " WHERE hypertable_schema = 'read_models' ORDER BY 1, 2"
@@ -143,6 +169,9 @@ def test_packed_rollups_are_compressed_hypertables_dropped_by_chunk(timescale_ur
     assert policies[("rollup_hour_packed", "policy_retention")]["drop_after"] == "400 days"
     assert ("rollup_day_packed", "policy_retention") not in policies
     assert policies[("rollup_minute_packed", "policy_compression")]["compress_after"] == "2 days"
+    assert policies[("rollup_minute_columnar", "policy_retention")]["drop_after"] == "7 days"
+    assert ("rollup_day_columnar", "policy_retention") not in policies
+    assert policies[("rollup_minute_columnar", "policy_compression")]["compress_after"] == "1 day"
 
 
 def test_the_retention_job_packs_and_drops_chunks_on_timescaledb(
@@ -151,14 +180,7 @@ def test_the_retention_job_packs_and_drops_chunks_on_timescaledb(
     """The same job on TimescaleDB: buckets packed into the hypertables, expired minutes
     gone by whole chunks, and the views read the same buckets."""
 
-    def unprepared(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-        # PGlite is one session behind every connection: server-side prepared statements
-        # of two connections collide by name.
-        conn = connect(url, **kwargs)
-        conn.prepare_threshold = None
-        return conn
-
-    monkeypatch.setattr(retention, "connect", unprepared)
+    _unprepared_retention(monkeypatch)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     settings = _settings(timescale_url)
     with psycopg.connect(timescale_url, autocommit=True) as conn:
@@ -182,6 +204,7 @@ def test_the_retention_job_packs_and_drops_chunks_on_timescaledb(
     report = retention.run_retention(settings, now=now)
     assert report is not None
     assert report.rows["packed minute buckets"] > 0
+    assert report.rows["compressed minute chunks"] >= 1
     assert report.rows["expired minute chunks"] >= 1
     with psycopg.connect(timescale_url, autocommit=True) as conn:
         after = conn.execute(
@@ -190,8 +213,55 @@ def test_the_retention_job_packs_and_drops_chunks_on_timescaledb(
             (now - timedelta(days=6),),
         ).fetchall()
         oldest = conn.execute("SELECT min(bucket) FROM read_models.rollup_minute").fetchone()
+        # Packed by column, as scaled integers, into compressed chunks; no packed arrays.
+        layout = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE scale = 0),"
+            " (SELECT count(*) FROM read_models.rollup_minute_packed)"
+            " FROM read_models.rollup_minute_columnar"
+        ).fetchone()
+        compressed = conn.execute(
+            "SELECT count(*) FILTER (WHERE is_compressed), count(*)"
+            " FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'rollup_minute_columnar' AND range_end <= %s",
+            (now - timedelta(hours=1),),
+        ).fetchone()
     assert after == before
     assert oldest is not None and oldest[0] >= now - timedelta(days=8)
+    assert layout is not None and layout[0] > 0 and layout[0] == layout[1] and layout[2] == 0
+    assert compressed is not None and compressed[0] == compressed[1] > 0
+
+
+def test_late_readings_merge_into_compressed_buckets_on_timescaledb(
+    timescale_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A late reading for a bucket packed and compressed already adds to it exactly; a value
+    that is not a decimal keeps that bucket as float8, and the view reads both back."""
+
+    _unprepared_retention(monkeypatch)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    settings = _settings(timescale_url)
+    bucket = now - timedelta(hours=6)
+    insert = "INSERT INTO read_models.rollup_minute_recent VALUES ('late', %s, %s, %s, %s, %s, %s)"
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        conn.execute(insert, ("t", bucket, 2, 42.75, 21.37, 21.38))
+        conn.execute(insert, ("v", bucket, 1, 1 / 3, 1 / 3, 1 / 3))
+    assert retention.run_retention(settings, now=now) is not None
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        conn.execute(insert, ("t", bucket, 1, 21.305, 21.305, 21.305))  # a late reading
+        conn.execute(insert, ("v", bucket, 1, 0.5, 0.5, 0.5))
+    report = retention.run_retention(settings, now=now)
+    assert report is not None and report.rows["packed minute buckets"] == 2
+    with psycopg.connect(timescale_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT metric, count, sum, min, max FROM read_models.rollup_minute"
+            " WHERE device_id = 'late' ORDER BY metric"
+        ).fetchall()
+        stored = conn.execute(
+            "SELECT metric, scale FROM read_models.rollup_minute_columnar"
+            " WHERE device_id = 'late' ORDER BY metric"
+        ).fetchall()
+    assert rows == [("t", 3, 64.055, 21.305, 21.38), ("v", 2, 1 / 3 + 0.5, 1 / 3, 0.5)]
+    assert stored == [("t", 3), ("v", None)]
 
 
 def test_second_run_changes_nothing(timescale_url: str) -> None:
