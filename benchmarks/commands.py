@@ -212,14 +212,30 @@ def bench_growth(
         str | None,
         typer.Option(help="A throw-away TimescaleDB: also measure raw telemetry compressed."),
     ] = None,
+    signal: Annotated[
+        str,
+        typer.Option(
+            help="The readings' values: sensor (a daily swing, drift and a little noise) or"
+            " noise (independent draws every minute, the worst case for compression)."
+        ),
+    ] = "sensor",
     as_json: JsonOption = False,
 ) -> None:
     """Bytes per device-day of each read model before and after retention, raw telemetry's,
     Redis bytes per device, the steady-state read store of 10,000 devices, and query p95s."""
-    from benchmarks.growth import run_growth_bench
+    from benchmarks.growth import SIGNALS, run_growth_bench
 
+    if signal not in SIGNALS:
+        raise typer.BadParameter(f"--signal must be one of {', '.join(SIGNALS)}")
     report = run_growth_bench(
-        load_settings(), devices, days, raw_devices, query_devices, requests, timescale_url
+        load_settings(),
+        devices,
+        days,
+        raw_devices,
+        query_devices,
+        requests,
+        timescale_url,
+        signal=signal,
     )
     show(report, as_json)
 

@@ -9,13 +9,14 @@ written by ingest's own store. Nothing is inserted by hand.
 
 from __future__ import annotations
 
+import math
 import random
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -44,36 +45,58 @@ READ_STORE_TABLES = (
 )
 
 
+Signal = Literal["sensor", "noise"]
+SIGNALS: tuple[Signal, ...] = ("sensor", "noise")
+
+
 def _hours(
-    devices: list[str], start: datetime, hours: int, rng: random.Random
+    devices: list[str], start: datetime, hours: int, rng: random.Random, signal: Signal
 ) -> Iterator[TelemetryRecorded]:
-    """One event per device and hour holding that hour's 60 readings of every metric."""
+    """One event per device and hour holding that hour's 60 readings of every metric, at
+    each metric's resolution as a device sends it.
+
+    ``sensor``: what sensors measure, a daily swing, a slow drift and a little noise (a
+    temperature to 0.01, a humidity to 0.1). ``noise``: readings drawn independently around
+    a mean every minute (sigma 2 degrees, 5 %), the hardest to compress: the worst case.
+    The battery drains slowly in both.
+    """
+    drift = dict.fromkeys(devices, 0.0)
     for hour in range(hours):
         at = start + timedelta(hours=hour)
-        for device in devices:
-            readings = tuple(
-                RecordedReading(
-                    ts=at + timedelta(minutes=m, seconds=rng.randrange(60)),
-                    metrics={
-                        "temperature": round(20 + rng.gauss(0, 2), 2),
-                        "humidity": round(45 + rng.gauss(0, 5), 1),
-                        "battery": 100.0 - hour / 100,
-                    },
-                )
-                for m in range(60)
-            )
-            yield TelemetryRecorded(device_id=device, readings=readings, ingested_at=at)
+        for n, device in enumerate(devices):
+            readings = []
+            for m in range(60):
+                if signal == "noise":
+                    temperature = 20 + rng.gauss(0, 2)
+                    humidity = 45 + rng.gauss(0, 5)
+                else:
+                    drift[device] += rng.gauss(0, 0.02)
+                    day = math.sin(2 * math.pi * ((hour + m / 60) / 24 + n / 7))
+                    temperature = 20 + 3 * day + drift[device] + rng.gauss(0, 0.05)
+                    humidity = 45 - 8 * day + rng.gauss(0, 0.3)
+                metrics = {
+                    "temperature": round(temperature, 2),
+                    "humidity": round(humidity, 1),
+                    "battery": round(100.0 - hour / 100, 2),
+                }
+                ts = at + timedelta(minutes=m, seconds=rng.randrange(60))
+                readings.append(RecordedReading(ts=ts, metrics=metrics))
+            yield TelemetryRecorded(device_id=device, readings=tuple(readings), ingested_at=at)
 
 
 def fold_backdated(
-    conn: psycopg.Connection[Any], devices: list[str], days: int, now: datetime
+    conn: psycopg.Connection[Any],
+    devices: list[str],
+    days: int,
+    now: datetime,
+    signal: Signal = "sensor",
 ) -> float:
     """Fold ``days`` of minutely readings of ``devices`` into the read models; seconds taken."""
     rng = random.Random(24)
     start = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
     started = time.perf_counter()
     batch: list[TelemetryRecorded] = []
-    for event in _hours(devices, start, days * 24, rng):
+    for event in _hours(devices, start, days * 24, rng, signal):
         batch.append(event)
         if len(batch) == EVENTS_PER_BATCH:
             _apply(conn, batch)
@@ -111,7 +134,9 @@ def _aggregating(
                     device = rng.choice(devices)
                     age = timedelta(seconds=rng.randrange(days * 86400))
                     ts = now - (age if rng.random() < 0.5 else timedelta(seconds=rng.random()))
-                    metrics = {m: rng.random() * 40 for m in METRICS}
+                    metrics = {
+                        m: round(rng.random() * 40, 2) for m in METRICS
+                    }  # as devices send them
                     reading = RecordedReading(ts=ts, metrics=metrics)
                     events.append(
                         TelemetryRecorded(device_id=device, readings=(reading,), ingested_at=now)
@@ -190,7 +215,9 @@ def _per_device_day(sizes: dict[str, int], device_days: int) -> dict[str, float]
     return {name: round(size / device_days, 1) for name, size in _per_tier(sizes).items()}
 
 
-def _raw_bytes(settings: Settings, devices: list[str], days: int, now: datetime) -> dict[str, Any]:
+def _raw_bytes(
+    settings: Settings, devices: list[str], days: int, now: datetime, signal: Signal
+) -> dict[str, Any]:
     """Raw telemetry of ``devices`` over ``days`` (every minute, three metrics), written by
     ingest's store; bytes per device-day on this server."""
     writer = TelemetryStore(settings.database_url, "bench-growth")
@@ -199,7 +226,7 @@ def _raw_bytes(settings: Settings, devices: list[str], days: int, now: datetime)
     try:
         rows: list[StagedRow] = []
         seq = 0
-        for event in _hours(devices, start, days * 24, rng):
+        for event in _hours(devices, start, days * 24, rng, signal):
             for reading in event.readings:
                 for metric, value in reading.metrics.items():
                     rows.append((seq, event.device_id, reading.ts, metric, value, reading.ts))
@@ -252,6 +279,7 @@ def run_growth_bench(
     requests: int,
     timescale_url: str | None = None,
     idle_seconds: float = 10.0,
+    signal: Signal = "sensor",
 ) -> dict[str, Any]:
     """Bytes per device-day of every read model before and after retention; raw telemetry's;
     Redis's per device; and query p95s at ``query_devices`` devices."""
@@ -261,7 +289,10 @@ def run_growth_bench(
     ids = [f"growth-{n:05d}" for n in range(devices)]
     device_days = devices * days
     with psycopg.connect(settings.read_url(), autocommit=True) as conn:
-        fold_seconds = fold_backdated(conn, ids, days, now)
+        fold_seconds = fold_backdated(conn, ids, days, now, signal)
+        if timescale_url is not None:
+            # Sampled before the lock workload below adds its late readings to these series.
+            rollups_timescaledb = _timescale_rollups(conn, timescale_url, now, settings)
         readings = device_days * 1440
         before = _sizes(conn)
         row_bytes = _bytes_per_bucket(conn, before, "recent")
@@ -281,6 +312,7 @@ def run_growth_bench(
         "devices": devices,
         "days": days,
         "metrics": len(METRICS),
+        "signal": signal,
         "readings_folded": readings,
         "fold_readings_per_s": round(readings / fold_seconds),
         "retention": {
@@ -298,7 +330,7 @@ def run_growth_bench(
         "bytes_per_device_day_after": _per_device_day(after, device_days),
         "read_store_bytes_before": sum(before.values()),
         "read_store_bytes_after": sum(after.values()),
-        "raw_telemetry_plain": _raw_bytes(settings, ids[:raw_devices], days, now),
+        "raw_telemetry_plain": _raw_bytes(settings, ids[:raw_devices], days, now, signal),
     }
     if timescale_url is not None:
         from benchmarks.scale import timescale_compression
@@ -315,7 +347,7 @@ def run_growth_bench(
         run_retention(keep_all, now=now + timedelta(days=70))  # everything packed
         packed = _bytes_per_bucket(conn, _sizes(conn), "packed")
         if timescale_url is not None:
-            result["rollups_timescaledb"] = _timescale_rollups(conn, timescale_url, now)
+            result["rollups_timescaledb"] = rollups_timescaledb
     result["bytes_per_bucket"] = {"row": row_bytes, "packed": packed}
     result["steady_state"] = steady_state(row_bytes, packed, _per_tier(after), devices, settings)
     if timescale_url is not None:
@@ -335,12 +367,13 @@ def run_growth_bench(
 
 
 def _timescale_rollups(
-    conn: psycopg.Connection[Any], url: str, now: datetime, series: int = 30
+    conn: psycopg.Connection[Any], url: str, now: datetime, settings: Settings, series: int = 30
 ) -> dict[str, dict[str, float]]:
     """Bytes per bucket of the tiers as TimescaleDB keeps them: the first ``series``
-    device-metric pairs' buckets put in a throw-away TimescaleDB's ``_recent`` tables
-    (migrated, so its tables are the ones iotp makes), then packed into the columnar
-    hypertables and compressed there by the retention job itself.
+    device-metric pairs' buckets as folded (minutes only as far back as their retention)
+    put in a throw-away TimescaleDB's ``_recent`` tables (migrated, so its tables are the
+    ones iotp makes), then packed into the columnar hypertables and compressed there by the
+    retention job itself.
 
     A compressed chunk of a few series is mostly its fixed pages, which a fleet's chunk
     spreads over thousands of series; so the figure is the compressed rows' own bytes
@@ -356,14 +389,16 @@ def _timescale_rollups(
     found: dict[str, dict[str, float]] = {}
     with psycopg.connect(url, autocommit=True, prepare_threshold=None) as target:
         for tier in TIERS:
+            kept = settings.rollup_minute_retention_days if tier is MINUTE else 10**5
             rows = conn.execute(
                 f"SELECT v.* FROM {tier.view} v JOIN (SELECT DISTINCT device_id, metric"  # noqa: S608
-                f" FROM {tier.view} ORDER BY 1, 2 LIMIT %s) s USING (device_id, metric)",
-                (series,),
+                f" FROM {tier.view} ORDER BY 1, 2 LIMIT %s) s USING (device_id, metric)"
+                " WHERE v.bucket >= %s",
+                (series, now - timedelta(days=min(kept, 10**4))),
             ).fetchall()
             target.execute(f"TRUNCATE {tier.recent}")
             for start in range(0, len(rows), 20_000):  # PGlite has no COPY
-                part = list(zip(*rows[start : start + 20_000], strict=True))
+                part = [list(column) for column in zip(*rows[start : start + 20_000], strict=True)]
                 target.execute(
                     f"INSERT INTO {tier.recent} SELECT * FROM unnest(%s::text[], %s::text[],"  # noqa: S608
                     " %s::timestamptz[], %s::int8[], %s::float8[], %s::float8[], %s::float8[])",
@@ -382,7 +417,7 @@ def _timescale_rollups(
             figures = found[tier.name]
             name = tier.columnar.removeprefix("read_models.")
             chunks = target.execute(
-                "SELECT format('%I.%I', c2.schema_name, c2.table_name)"
+                "SELECT format('%%I.%%I', c2.schema_name, c2.table_name)"
                 " FROM _timescaledb_catalog.chunk c1"
                 " JOIN _timescaledb_catalog.chunk c2 ON c2.id = c1.compressed_chunk_id"
                 " JOIN _timescaledb_catalog.hypertable h ON h.id = c1.hypertable_id"
@@ -504,7 +539,7 @@ def _queries(settings: Settings, devices: int, requests: int, now: datetime) -> 
                 readings=(
                     RecordedReading(
                         ts=now - timedelta(minutes=rng.randrange(30)),
-                        metrics={m: rng.random() * 40 for m in METRICS},
+                        metrics={m: round(rng.random() * 40, 2) for m in METRICS},
                     ),
                 ),
                 ingested_at=now,

@@ -8,7 +8,9 @@
 -- and iotp migrate sets a compression policy that also recompresses chunks a late reading
 -- has reopened. With TimescaleDB's compression a series' buckets of one chunk go into one
 -- batch, so a chunk is also as long as a batch of a series should be: measured in
--- `iotp bench growth --timescale-url` (docs/benchmarks.md).
+-- `iotp bench growth --timescale-url` (docs/benchmarks.md). The scale is not a segment
+-- column: a series' decimal places can change from one round of the job to the next (a
+-- battery at 99.9, then 99.89), and each change would start a new batch.
 SELECT create_hypertable('read_models.rollup_minute_columnar',
                          by_range('bucket', INTERVAL '2 hours'),
                          if_not_exists => true, migrate_data => true,

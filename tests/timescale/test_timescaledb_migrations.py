@@ -7,12 +7,7 @@ and has no COPY, which the migrations do not need.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,33 +16,8 @@ import pytest
 from iotp.db import connect
 from iotp.migrate import migrate
 from iotp.settings import Settings
-from local_platform.broker import free_port
 from read_models import retention
 from read_models.schema import READ_STORE_MIGRATIONS
-
-HERE = Path(__file__).parent
-
-
-@pytest.fixture(scope="module")
-def timescale_url() -> Iterator[str]:
-    node = shutil.which("node")
-    if node is None or not (HERE / "node_modules").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the TimescaleDB tests: npm ci --prefix tests/timescale")
-        pytest.skip("run `npm ci --prefix tests/timescale` to test the TimescaleDB migrations")
-    port = free_port()
-    server = subprocess.Popen(
-        [node, str(HERE / "server.mjs"), str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert server.stdout is not None
-    line = server.stdout.readline()
-    assert line.startswith("READY"), line
-    yield f"postgresql://postgres:postgres@127.0.0.1:{port}/postgres?sslmode=disable"
-    server.terminate()
-    server.wait(timeout=20)
 
 
 def _settings(url: str, **changes: Any) -> Settings:
