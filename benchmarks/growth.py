@@ -396,7 +396,7 @@ def _timescale_rollups(
                 " WHERE v.bucket >= %s",
                 (series, now - timedelta(days=min(kept, 10**4))),
             ).fetchall()
-            target.execute(f"TRUNCATE {tier.recent}")
+            target.execute(f"TRUNCATE {tier.recent}, {tier.packed}, {tier.columnar}")
             for start in range(0, len(rows), 20_000):  # PGlite has no COPY
                 part = [list(column) for column in zip(*rows[start : start + 20_000], strict=True)]
                 target.execute(

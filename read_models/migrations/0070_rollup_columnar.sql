@@ -32,7 +32,7 @@ CREATE TABLE read_models.rollup_minute_columnar (
     max        double precision,
     PRIMARY KEY (device_id, metric, bucket)
 );
-CREATE INDEX rollup_minute_columnar_bucket ON read_models.rollup_minute_columnar (bucket);
+-- No index on bucket alone: with TimescaleDB chunks are found and dropped by their range.
 CREATE TABLE read_models.rollup_hour_columnar (LIKE read_models.rollup_minute_columnar
     INCLUDING ALL);
 CREATE TABLE read_models.rollup_day_columnar (LIKE read_models.rollup_minute_columnar

@@ -6,15 +6,18 @@ from __future__ import annotations
 import pytest
 
 from iotp.settings import Settings
+from tests.timescale.conftest import unprepared_retention
 
 pytestmark = pytest.mark.timescaledb
 
 
 @pytest.mark.parametrize("signal", ["sensor", "noise"])
 def test_tiny_growth_bench_measures_the_columnar_tiers(
-    settings: Settings, timescale_url: str, signal: str
+    settings: Settings, timescale_url: str, signal: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from benchmarks.growth import run_growth_bench
+
+    unprepared_retention(monkeypatch)  # the second run's job would meet the first's names
 
     report = run_growth_bench(
         settings,

@@ -13,11 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from iotp.db import connect
 from iotp.migrate import migrate
 from iotp.settings import Settings
 from read_models import retention
 from read_models.schema import READ_STORE_MIGRATIONS
+from tests.timescale.conftest import unprepared_retention
 
 
 def _settings(url: str, **changes: Any) -> Settings:
@@ -31,19 +31,6 @@ def _jobs(url: str) -> dict[str, tuple[int, dict[str, Any]]]:
             " WHERE hypertable_name = 'telemetry'"
         ).fetchall()
     return {name: (job_id, config) for name, job_id, config in rows}
-
-
-def _unprepared_retention(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The retention job's connections without server-side prepared statements: PGlite is
-    one session behind every connection, where two connections' statements collide by
-    name."""
-
-    def unprepared(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-        conn = connect(url, **kwargs)
-        conn.prepare_threshold = None
-        return conn
-
-    monkeypatch.setattr(retention, "connect", unprepared)
 
 
 pytestmark = pytest.mark.timescaledb
@@ -150,7 +137,7 @@ def test_the_retention_job_packs_and_drops_chunks_on_timescaledb(
     """The same job on TimescaleDB: buckets packed into the hypertables, expired minutes
     gone by whole chunks, and the views read the same buckets."""
 
-    _unprepared_retention(monkeypatch)
+    unprepared_retention(monkeypatch)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     settings = _settings(timescale_url)
     with psycopg.connect(timescale_url, autocommit=True) as conn:
@@ -207,7 +194,7 @@ def test_late_readings_merge_into_compressed_buckets_on_timescaledb(
     """A late reading for a bucket packed and compressed already adds to it exactly; a value
     that is not a decimal keeps that bucket as float8, and the view reads both back."""
 
-    _unprepared_retention(monkeypatch)
+    unprepared_retention(monkeypatch)
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     settings = _settings(timescale_url)
     bucket = now - timedelta(hours=6)
