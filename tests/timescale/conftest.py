@@ -12,14 +12,10 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
-from iotp.db import connect
 from local_platform.broker import free_port
-from read_models import retention
 
 HERE = Path(__file__).parent
 
@@ -44,16 +40,3 @@ def timescale_url() -> Iterator[str]:
     yield f"postgresql://postgres:postgres@127.0.0.1:{port}/postgres?sslmode=disable"
     server.terminate()
     server.wait(timeout=20)
-
-
-def unprepared_retention(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The retention job's connections without server-side prepared statements: PGlite is
-    one session behind every connection, where two connections' statements collide by
-    name."""
-
-    def unprepared(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
-        conn = connect(url, **kwargs)
-        conn.prepare_threshold = None
-        return conn
-
-    monkeypatch.setattr(retention, "connect", unprepared)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from iotp.settings import Settings
-from tests.timescale.conftest import unprepared_retention
+from tests.support.timescale import unprepared_retention
 
 pytestmark = pytest.mark.timescaledb
 

@@ -17,7 +17,7 @@ from iotp.migrate import migrate
 from iotp.settings import Settings
 from read_models import retention
 from read_models.schema import READ_STORE_MIGRATIONS
-from tests.timescale.conftest import unprepared_retention
+from tests.support.timescale import unprepared_retention
 
 
 def _settings(url: str, **changes: Any) -> Settings:
