@@ -32,7 +32,7 @@ from read_models import store
 from read_models.projection import fold
 from read_models.rebuild import rebuild
 from read_models.retention import run_retention
-from read_models.rollup_tiers import DAY, HOUR, MINUTE, PARTS, TIERS
+from read_models.rollup_tiers import DAY, EPOCH, HOUR, MINUTE, PARTS, TIERS
 
 METRICS = ("temperature", "humidity", "battery")
 EVENTS_PER_BATCH = 100  # device-hours per aggregator batch: 6,000 readings
@@ -389,12 +389,14 @@ def _timescale_rollups(
     found: dict[str, dict[str, float]] = {}
     with psycopg.connect(url, autocommit=True, prepare_threshold=None) as target:
         for tier in TIERS:
-            kept = settings.rollup_minute_retention_days if tier is MINUTE else 10**5
+            since = EPOCH  # all of it, but minutes only as far back as they are kept
+            if tier is MINUTE:
+                since = now - timedelta(days=settings.rollup_minute_retention_days)
             rows = conn.execute(
                 f"SELECT v.* FROM {tier.view} v JOIN (SELECT DISTINCT device_id, metric"  # noqa: S608
                 f" FROM {tier.view} ORDER BY 1, 2 LIMIT %s) s USING (device_id, metric)"
                 " WHERE v.bucket >= %s",
-                (series, now - timedelta(days=min(kept, 10**4))),
+                (series, since),
             ).fetchall()
             target.execute(f"TRUNCATE {tier.recent}, {tier.packed}, {tier.columnar}")
             for start in range(0, len(rows), 20_000):  # PGlite has no COPY

@@ -355,17 +355,8 @@ def is_hypertable(conn: psycopg.Connection[Any], table: str) -> bool:
     """Whether ``table`` ([schema.]name) is a TimescaleDB hypertable (False without
     TimescaleDB); ends the transaction it reads in."""
     schema, _, name = table.rpartition(".")
-    row = conn.execute(
-        "SELECT to_regclass('timescaledb_information.hypertables') IS NOT NULL"
-    ).fetchone()
-    found = False
-    if row and row[0]:
-        hit = conn.execute(
-            "SELECT EXISTS (SELECT FROM timescaledb_information.hypertables"
-            " WHERE hypertable_schema = %s AND hypertable_name = %s)",
-            (schema or "public", name),
-        ).fetchone()
-        found = bool(hit and hit[0])
+    schema = schema or "public"
+    found = f"{schema}.{name}" in _hypertables(conn, schema)
     conn.commit()
     return found
 
