@@ -428,11 +428,18 @@ def _timescale_rollups(
             ).fetchall()
             batches = row_bytes = index_bytes = 0
             for (chunk,) in chunks:
+                # An index entry: its key columns (whichever the layout makes them), its
+                # tuple header and line pointer.
+                key = target.execute(
+                    "SELECT string_agg(format('pg_column_size(c.%%I)', a.attname), ' + ')"
+                    " FROM pg_index i JOIN pg_attribute a"
+                    " ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+                    " WHERE i.indrelid = %s::regclass",
+                    (chunk,),
+                ).fetchone()
                 sizes = target.execute(
                     "SELECT count(*), coalesce(sum(pg_column_size(c.*) + 28), 0),"  # noqa: S608
-                    " coalesce(sum(pg_column_size(c.device_id) + pg_column_size(c.metric)"
-                    " + pg_column_size(c._ts_meta_min_1) + pg_column_size(c._ts_meta_max_1)"
-                    f" + 12), 0) FROM {chunk} c"
+                    f" coalesce(sum({key[0] if key and key[0] else '0'} + 12), 0) FROM {chunk} c"
                 ).fetchone()
                 count, data, keys = sizes if sizes else (0, 0, 0)
                 batches += count

@@ -111,12 +111,16 @@ def test_rollups_are_compressed_hypertables_dropped_by_chunk(timescale_url: str)
             ("rollup_minute_columnar", True),
             ("rollup_minute_packed", True),
         ]
-        segment_by = conn.execute(
-            "SELECT attname FROM timescaledb_information.compression_settings"
-            " WHERE hypertable_name = 'rollup_minute_columnar'"
-            " AND segmentby_column_index IS NOT NULL ORDER BY segmentby_column_index"
+        # A batch holds a device's buckets, its metrics one after the other (0090).
+        layouts = conn.execute(
+            "SELECT hypertable::text, segmentby, orderby"
+            " FROM timescaledb_information.hypertable_columnstore_settings"
+            " WHERE hypertable::text LIKE 'read_models.rollup_%_columnar' ORDER BY 1"
         ).fetchall()
-        assert segment_by == [("device_id",), ("metric",)]
+        assert layouts == [
+            (f"read_models.rollup_{tier}_columnar", "device_id", "metric,bucket")
+            for tier in ("day", "hour", "minute")
+        ]
         jobs = conn.execute(
             "SELECT hypertable_name, proc_name, config FROM timescaledb_information.jobs"
             " WHERE hypertable_schema = 'read_models' ORDER BY 1, 2"
@@ -202,6 +206,9 @@ def test_late_readings_merge_into_compressed_buckets_on_timescaledb(
     with psycopg.connect(timescale_url, autocommit=True) as conn:
         conn.execute(insert, ("t", bucket, 2, 42.75, 21.37, 21.38))
         conn.execute(insert, ("v", bucket, 1, 1 / 3, 1 / 3, 1 / 3))
+        # The device's other metric, in the same compressed batch: a late reading of one
+        # metric reopens the batch, and must leave this one as it was.
+        conn.execute(insert, ("w", bucket, 1, 5.5, 5.5, 5.5))
     assert retention.run_retention(settings, now=now) is not None
     with psycopg.connect(timescale_url, autocommit=True) as conn:
         conn.execute(insert, ("t", bucket, 1, 21.305, 21.305, 21.305))  # a late reading
@@ -217,8 +224,12 @@ def test_late_readings_merge_into_compressed_buckets_on_timescaledb(
             "SELECT metric, scale FROM read_models.rollup_minute_columnar"
             " WHERE device_id = 'late' ORDER BY metric"
         ).fetchall()
-    assert rows == [("t", 3, 64.055, 21.305, 21.38), ("v", 2, 1 / 3 + 0.5, 1 / 3, 0.5)]
-    assert stored == [("t", 3), ("v", None)]
+    assert rows == [
+        ("t", 3, 64.055, 21.305, 21.38),
+        ("v", 2, 1 / 3 + 0.5, 1 / 3, 0.5),
+        ("w", 1, 5.5, 5.5, 5.5),
+    ]
+    assert stored == [("t", 3), ("v", None), ("w", 1)]
 
 
 def test_second_run_changes_nothing(timescale_url: str) -> None:
