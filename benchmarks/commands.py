@@ -219,6 +219,13 @@ def bench_growth(
             " noise (independent draws every minute, the worst case for compression)."
         ),
     ] = "sensor",
+    reading_seconds: Annotated[
+        int,
+        typer.Option(
+            help="Seconds between a device's readings of a metric (a divisor of 60). The"
+            " default, a minute, is the least that fills every minute bucket."
+        ),
+    ] = 60,
     as_json: JsonOption = False,
 ) -> None:
     """Bytes per device-day of each read model before and after retention, raw telemetry's,
@@ -227,6 +234,8 @@ def bench_growth(
 
     if signal not in SIGNALS:
         raise typer.BadParameter(f"--signal must be one of {', '.join(SIGNALS)}")
+    if not 1 <= reading_seconds <= 60 or 60 % reading_seconds:
+        raise typer.BadParameter("--reading-seconds must divide 60 (1, 2, 3, 4, 5, 6, 10 ...)")
     report = run_growth_bench(
         load_settings(),
         devices,
@@ -236,6 +245,7 @@ def bench_growth(
         requests,
         timescale_url,
         signal=signal,
+        reading_seconds=reading_seconds,
     )
     show(report, as_json)
 

@@ -50,37 +50,48 @@ SIGNALS: tuple[Signal, ...] = ("sensor", "noise")
 
 
 def _hours(
-    devices: list[str], start: datetime, hours: int, rng: random.Random, signal: Signal
+    devices: list[str],
+    start: datetime,
+    hours: int,
+    rng: random.Random,
+    signal: Signal,
+    reading_seconds: int = 60,
 ) -> Iterator[TelemetryRecorded]:
-    """One event per device and hour holding that hour's 60 readings of every metric, at
-    each metric's resolution as a device sends it.
+    """One event per device and hour holding that hour's readings of every metric, one every
+    ``reading_seconds`` (a divisor of 60), at each metric's resolution as a device sends it.
 
     ``sensor``: what sensors measure, a daily swing, a slow drift and a little noise (a
     temperature to 0.01, a humidity to 0.1). ``noise``: readings drawn independently around
-    a mean every minute (sigma 2 degrees, 5 %), the hardest to compress: the worst case.
+    a mean every reading (sigma 2 degrees, 5 %), the hardest to compress: the worst case.
     The battery drains slowly in both.
     """
+    per_minute = 60 // reading_seconds
     drift = dict.fromkeys(devices, 0.0)
     for hour in range(hours):
         at = start + timedelta(hours=hour)
         for n, device in enumerate(devices):
             readings = []
             for m in range(60):
-                if signal == "noise":
-                    temperature = 20 + rng.gauss(0, 2)
-                    humidity = 45 + rng.gauss(0, 5)
-                else:
-                    drift[device] += rng.gauss(0, 0.02)
-                    day = math.sin(2 * math.pi * ((hour + m / 60) / 24 + n / 7))
-                    temperature = 20 + 3 * day + drift[device] + rng.gauss(0, 0.05)
-                    humidity = 45 - 8 * day + rng.gauss(0, 0.3)
-                metrics = {
-                    "temperature": round(temperature, 2),
-                    "humidity": round(humidity, 1),
-                    "battery": round(100.0 - hour / 100, 2),
-                }
-                ts = at + timedelta(minutes=m, seconds=rng.randrange(60))
-                readings.append(RecordedReading(ts=ts, metrics=metrics))
+                for k in range(per_minute):
+                    if signal == "noise":
+                        temperature = 20 + rng.gauss(0, 2)
+                        humidity = 45 + rng.gauss(0, 5)
+                    else:
+                        # The same walk a minute whatever the reading rate.
+                        drift[device] += rng.gauss(0, 0.02 / math.sqrt(per_minute))
+                        day = math.sin(
+                            2 * math.pi * ((hour + (m + k / per_minute) / 60) / 24 + n / 7)
+                        )
+                        temperature = 20 + 3 * day + drift[device] + rng.gauss(0, 0.05)
+                        humidity = 45 - 8 * day + rng.gauss(0, 0.3)
+                    metrics = {
+                        "temperature": round(temperature, 2),
+                        "humidity": round(humidity, 1),
+                        "battery": round(100.0 - hour / 100, 2),
+                    }
+                    second = k * reading_seconds + rng.randrange(reading_seconds)
+                    ts = at + timedelta(minutes=m, seconds=second)
+                    readings.append(RecordedReading(ts=ts, metrics=metrics))
             yield TelemetryRecorded(device_id=device, readings=tuple(readings), ingested_at=at)
 
 
@@ -90,13 +101,15 @@ def fold_backdated(
     days: int,
     now: datetime,
     signal: Signal = "sensor",
+    reading_seconds: int = 60,
 ) -> float:
-    """Fold ``days`` of minutely readings of ``devices`` into the read models; seconds taken."""
+    """Fold ``days`` of ``devices``' readings, one every ``reading_seconds``, into the read
+    models; seconds taken."""
     rng = random.Random(24)
     start = (now - timedelta(days=days)).replace(minute=0, second=0, microsecond=0)
     started = time.perf_counter()
     batch: list[TelemetryRecorded] = []
-    for event in _hours(devices, start, days * 24, rng, signal):
+    for event in _hours(devices, start, days * 24, rng, signal, reading_seconds):
         batch.append(event)
         if len(batch) == EVENTS_PER_BATCH:
             _apply(conn, batch)
@@ -280,20 +293,25 @@ def run_growth_bench(
     timescale_url: str | None = None,
     idle_seconds: float = 10.0,
     signal: Signal = "sensor",
+    reading_seconds: int = 60,
 ) -> dict[str, Any]:
     """Bytes per device-day of every read model before and after retention; raw telemetry's;
-    Redis's per device; and query p95s at ``query_devices`` devices."""
+    Redis's per device; and query p95s at ``query_devices`` devices.
+
+    The issue's workload is a reading a minute (a row layout's bucket costs the same whatever
+    it holds); ``reading_seconds`` folds more, for the compressed layouts, whose integers
+    change by more when a bucket sums more readings."""
     settings = bench_settings(settings)
     now = datetime.now(UTC)
     reset(settings)
     ids = [f"growth-{n:05d}" for n in range(devices)]
     device_days = devices * days
     with psycopg.connect(settings.read_url(), autocommit=True) as conn:
-        fold_seconds = fold_backdated(conn, ids, days, now, signal)
+        fold_seconds = fold_backdated(conn, ids, days, now, signal, reading_seconds)
         if timescale_url is not None:
             # Sampled before the lock workload below adds its late readings to these series.
             rollups_timescaledb = _timescale_rollups(conn, timescale_url, now, settings)
-        readings = device_days * 1440
+        readings = device_days * 1440 * (60 // reading_seconds)
         before = _sizes(conn)
         row_bytes = _bytes_per_bucket(conn, before, "recent")
         idle = _aggregating(settings, ids, days, now, lambda: time.sleep(idle_seconds))
@@ -313,6 +331,7 @@ def run_growth_bench(
         "days": days,
         "metrics": len(METRICS),
         "signal": signal,
+        "reading_seconds": reading_seconds,
         "readings_folded": readings,
         "fold_readings_per_s": round(readings / fold_seconds),
         "retention": {

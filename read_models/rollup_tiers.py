@@ -5,8 +5,8 @@ upsert; and the one the retention job moves buckets into once they are past the 
 On plain PostgreSQL that is ``_packed``, one row per period holding that period's buckets as
 arrays (read_models/migrations/0050_rollup_tiers.sql); with TimescaleDB it is
 ``_columnar``, one row per bucket with its values as scaled integers, in a hypertable
-compressed by series (0070 and 0080). The other one stays empty (or, on a read store that
-gained TimescaleDB's layout later, holds what was packed before, until it expires). Readers
+compressed by device (0070, 0080 and 0090). The other one stays empty (or, on a read store
+that gained TimescaleDB's layout later, holds what was packed before, until it expires). Readers
 merge all three, since a late reading can put a bucket in two of them for a while.
 """
 

@@ -1,4 +1,4 @@
-"""Benchmark helpers without services: chart rates, and a missing Mosquitto client."""
+"""Benchmark helpers without services: chart rates, a missing Mosquitto client, options."""
 
 from __future__ import annotations
 
@@ -50,3 +50,37 @@ def test_ingest_path_bench_reports_each_step_per_message() -> None:
     assert set(steps) == {"parse", "rows", "events", "total"}
     assert all(value > 0 for value in steps.values())
     assert steps["total"] == round(steps["parse"] + steps["rows"] + steps["events"], 2)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--signal", "sine"), ("--reading-seconds", "7"), ("--reading-seconds", "0")],
+)
+def test_the_growth_bench_refuses_bad_options_before_starting_anything(
+    option: str, value: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from benchmarks.commands import bench
+
+    result = CliRunner().invoke(bench, ["growth", option, value])
+    assert result.exit_code == 2
+    assert option in result.output
+
+
+@pytest.mark.parametrize("seconds", [60, 10, 1])
+def test_the_growth_bench_sends_a_reading_every_reading_seconds(seconds: int) -> None:
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from benchmarks.growth import METRICS, _hours
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    (event,) = _hours(["d"], start, 1, random.Random(1), "sensor", seconds)
+    stamps = [reading.ts for reading in event.readings]
+    assert len(stamps) == 3600 // seconds
+    # One in each slot of ``seconds`` of the hour, every metric in each.
+    assert [(ts - start) // timedelta(seconds=seconds) for ts in stamps] == list(
+        range(3600 // seconds)
+    )
+    assert all(set(reading.metrics) == set(METRICS) for reading in event.readings)
