@@ -259,8 +259,9 @@ def _read_side(
         what = f"packed {tier.name} buckets"
         report.add(what, _batches(read, sql, params, report, what, cursor))
         if columnar:
-            compressed = _compress_chunks(read, tier, before, report)
+            compressed, reopened = _compress_chunks(read, tier, before, report)
             report.add(f"compressed {tier.name} chunks", compressed)
+            report.add(f"recompressed {tier.name} chunks (late readings)", reopened)
     for tier, days in (
         (MINUTE, settings.rollup_minute_retention_days),
         (HOUR, settings.rollup_hour_retention_days),
@@ -405,25 +406,34 @@ def _drop_chunks(conn: Conn, table: str, before: datetime) -> int:
     return int(dropped[0]) if dropped else 0
 
 
-def _compress_chunks(conn: Conn, tier: Tier, before: datetime, report: RetentionReport) -> int:
+def _compress_chunks(
+    conn: Conn, tier: Tier, before: datetime, report: RetentionReport
+) -> tuple[int, int]:
     """Compress the chunks of ``tier``'s columnar table that hold only buckets before
-    ``before`` (all packed already) and are not compressed yet: one chunk a transaction. A
-    chunk that a late reading reopened since is recompressed by TimescaleDB's compression
-    policy (iotp migrate sets it)."""
+    ``before`` (all packed already): those not compressed yet, and those a late reading has
+    reopened since (TimescaleDB decompressed a batch to merge it into, and its buckets stay
+    rows until the chunk is compressed again, which compresses only them). One chunk a
+    transaction; how many were compressed, and how many again."""
     with conn.transaction():
+        # A reopened chunk is "partial" (status bit 8): TimescaleDB's catalog is the only
+        # place that tells.
         chunks = conn.execute(
-            "SELECT format('%%I.%%I', chunk_schema, chunk_name)"
-            " FROM timescaledb_information.chunks"
-            " WHERE format('%%I.%%I', hypertable_schema, hypertable_name) = %s"
-            " AND range_end <= %s AND NOT is_compressed ORDER BY range_end",
+            "SELECT format('%%I.%%I', i.chunk_schema, i.chunk_name), i.is_compressed"
+            " FROM timescaledb_information.chunks i"
+            " JOIN _timescaledb_catalog.chunk c"
+            " ON c.schema_name = i.chunk_schema AND c.table_name = i.chunk_name"
+            " WHERE format('%%I.%%I', i.hypertable_schema, i.hypertable_name) = %s"
+            " AND i.range_end <= %s AND (NOT i.is_compressed OR c.status & 8 <> 0)"
+            " ORDER BY i.range_end",
             (tier.columnar, before),
         ).fetchall()
-    for (chunk,) in chunks:
+    for chunk, _ in chunks:
         started = time.perf_counter()
         with conn.transaction():
             conn.execute("SELECT compress_chunk(%s::regclass, if_not_compressed => true)", (chunk,))
         report.timed(f"compressed {tier.name} chunks", (time.perf_counter() - started) * 1000)
-    return len(chunks)
+    reopened = sum(1 for _, compressed in chunks if compressed)
+    return len(chunks) - reopened, reopened
 
 
 def run_periodically(settings: Settings, stop: threading.Event) -> None:

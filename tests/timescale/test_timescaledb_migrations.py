@@ -215,7 +215,18 @@ def test_late_readings_merge_into_compressed_buckets_on_timescaledb(
         conn.execute(insert, ("v", bucket, 1, 0.5, 0.5, 0.5))
     report = retention.run_retention(settings, now=now)
     assert report is not None and report.rows["packed minute buckets"] == 2
+    # The merge reopened the chunk (a batch decompressed into rows): the same run compressed
+    # it again.
+    assert report.rows["recompressed minute chunks (late readings)"] >= 1
     with psycopg.connect(timescale_url, autocommit=True) as conn:
+        reopened = conn.execute(
+            "SELECT i.is_compressed, c.status & 8 <> 0 FROM timescaledb_information.chunks i"
+            " JOIN _timescaledb_catalog.chunk c"
+            " ON c.schema_name = i.chunk_schema AND c.table_name = i.chunk_name"
+            " WHERE i.hypertable_name = 'rollup_minute_columnar'"
+            " AND i.range_start <= %s AND i.range_end > %s",
+            (bucket, bucket),
+        ).fetchall()
         rows = conn.execute(
             "SELECT metric, count, sum, min, max FROM read_models.rollup_minute"
             " WHERE device_id = 'late' ORDER BY metric"
@@ -230,6 +241,7 @@ def test_late_readings_merge_into_compressed_buckets_on_timescaledb(
         ("w", 1, 5.5, 5.5, 5.5),
     ]
     assert stored == [("t", 3), ("v", None), ("w", 1)]
+    assert reopened == [(True, False)]  # compressed, and no longer partial
 
 
 def test_second_run_changes_nothing(timescale_url: str) -> None:
