@@ -5,8 +5,8 @@ messages are acknowledged only when the pipeline says they are stored and publis
 only on the connection that delivered them; until then the broker keeps them (persistent
 session, clean start false) and redelivers them after a disconnect or a crash. Our Receive
 Maximum bounds how many are held here, and ``max_buffered_bytes`` their bytes: reading
-pauses past it (also against a broker that overshoots the Receive Maximum, as Mosquitto
-2.0.11 does once acknowledgements flow). The hand-back (ingest/handover.py) works as with
+pauses past either (the count too, against a broker that overshoots the Receive Maximum, as
+Mosquitto 2.0.11 does once acknowledgements flow). The hand-back (ingest/handover.py) works as with
 paho: UNSUBSCRIBE, drain, then DISCONNECT with session expiry 0.
 
 The session (ingest/mqtt5_session.py) runs on an asyncio loop in one background thread;
@@ -76,7 +76,7 @@ class Mqtt5Source(Received):
         self._unacked = 0  # QoS 1 messages this connection delivered and ingest has not acked
         self._delivered = 0  # messages delivered on any connection
         self._extra_filters: list[str] = []
-        self._paused = False  # reading stopped: the queue holds more than max_buffered_bytes
+        self._paused = False  # reading stopped: more held than _has_room allows
         self._said_goodbye = False  # our DISCONNECT went out and the connection closed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -160,7 +160,7 @@ class Mqtt5Source(Received):
         is back under ``max_buffered_bytes``."""
         with self._cond:
             batch = self.take_locked(max_messages, max_bytes, max_delay, stop, gather_from)
-            resume = self._paused and self._buffered <= self.options.max_buffered_bytes
+            resume = self._paused and self._has_room()
             self._cond.notify_all()
         if resume:
             self._call(self._resume_reading)
@@ -177,9 +177,12 @@ class Mqtt5Source(Received):
             epoch = self._epoch
             ids = [m.mid for m in messages if m.qos and m.epoch == epoch]
             self._unacked -= len(ids)
+            resume = self._paused and self._has_room()
             self._cond.notify_all()
         if ids:
             self._call(self._write_acks, epoch, pubacks(ids), len(ids))
+        if resume:  # after the PUBACKs: the broker sends more only once it has them
+            self._call(self._resume_reading)
 
     @property
     def delivered(self) -> int:
@@ -290,7 +293,7 @@ class Mqtt5Source(Received):
             self._unacked = 0  # the broker redelivers those on this connection
             subscribing = self._subscribing
             filters = [self.topic, *self._extra_filters]
-            self._paused = self._buffered > self.options.max_buffered_bytes
+            self._paused = not self._has_room()
         if self._paused:
             session.pause_reading()
         if self.session_present is None:
@@ -368,23 +371,38 @@ class Mqtt5Source(Received):
                 append(InboundMessage(packet.topic, payload, packet_id, 1, epoch, received_at))
             else:
                 append(InboundMessage(packet.topic, payload, 0, 0, epoch, received_at))
-        limit = self.options.max_buffered_bytes
         with self._cond:
             self._queue.extend(messages)
             self._buffered += size
             self._delivered += len(messages)
             self._unacked += qos1
-            if len(self._queue) >= self._wake_at or self._buffered > limit:
+            room = self._has_room()
+            if len(self._queue) >= self._wake_at or not room:
                 self._cond.notify_all()
-            # Last-resort memory bound (huge payloads); normally our Receive Maximum is.
-            pause = self._buffered > limit and not self._paused
+            pause = not room and not self._paused
             self._paused = self._paused or pause
         if pause and self._session is not None:
             self._session.pause_reading()
 
+    def _has_room(self) -> bool:
+        """Whether reading may go on (under the lock): what is held is within our Receive
+        Maximum and ``max_buffered_bytes``.
+
+        The Receive Maximum is the broker's to keep, but Mosquitto 2.0 sends past it once
+        PUBACKs flow (Mqtt5Session warns), and a backlog of small messages then came in
+        whole: ingest held 150,000 of them, 118 MB, in a drain of 300,000 (the byte bound
+        counts payloads, and a message costs several times its payload). So reading stops
+        too while more than the Receive Maximum wait for our PUBACKs, and the broker's
+        writes wait in TCP until the pipeline has stored and acknowledged some.
+        """
+        return (
+            self._buffered <= self.options.max_buffered_bytes
+            and self._unacked <= self.options.receive_maximum
+        )
+
     def _resume_reading(self) -> None:
         with self._cond:
-            resume = self._paused and self._buffered <= self.options.max_buffered_bytes
+            resume = self._paused and self._has_room()
             if resume:
                 self._paused = False
         if resume and self._session is not None:

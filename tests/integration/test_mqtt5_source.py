@@ -251,6 +251,37 @@ def test_a_silent_broker_is_taken_for_dead_after_its_own_keepalive() -> None:
     assert 1.4 <= first.closed_at - first.opened_at <= 3.0  # 1.5 x the broker's keepalive
 
 
+def test_reading_stops_while_more_than_the_receive_maximum_wait_for_our_acks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker that sends past our Receive Maximum (Mosquitto 2.0 does, once PUBACKs flow)
+    is not read from until the pipeline has acknowledged enough: what ingest holds stays
+    bounded by the Receive Maximum, however large the backlog, and nothing is lost."""
+
+    async def overshoots(connection: FakeConnection) -> None:
+        await connection.handshake()
+        for packet_id in range(1, 31):  # one at a time: each its own read on our side
+            connection.publish(packet_id, b"m%d" % packet_id)
+            await connection._writer.drain()
+            await asyncio.sleep(0.02)
+        await connection.until_closed()
+
+    broker = FakeBroker(overshoots)
+    with (
+        broker,
+        running(Mqtt5Source(broker.address(), source_options(receive_maximum=5))) as source,
+    ):
+        wait_for(lambda: source.delivered >= 5)
+        time.sleep(1.0)  # the broker has sent all 30 by now
+        assert 6 <= source.delivered <= 8  # the Receive Maximum, and the read that passed it
+        pipeline = Pipeline(source)
+        pipeline.run_until(lambda: len(pipeline.acked) >= 30)
+        wait_for(lambda: len(broker.connections[0].pubacks) == 30)
+    assert sorted(pipeline.acked_ids(1)) == list(range(1, 31))
+    assert broker.connections[0].pubacks == list(range(1, 31))
+    assert len(broker.connections) == 1  # paused, not disconnected
+
+
 def test_pubacks_go_out_only_when_the_pipeline_acks_them_in_one_write() -> None:
     async def three(connection: FakeConnection) -> None:
         await connection.handshake()
