@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from iotp.migrate import migrate
+from iotp.migrate import MigrationReport, migrate
 from iotp.settings import Settings
 from read_models import retention
 from read_models.schema import READ_STORE_MIGRATIONS
@@ -33,11 +33,20 @@ def _jobs(url: str) -> dict[str, tuple[int, dict[str, Any]]]:
     return {name: (job_id, config) for name, job_id, config in rows}
 
 
-pytestmark = pytest.mark.timescaledb
+@pytest.fixture(scope="module")
+def migrated(timescale_url: str) -> MigrationReport:
+    """The stores migrated once for the module, and that first run's report: every test here
+    reads or changes them, so that any one of them runs on its own too."""
+    return migrate(_settings(timescale_url, telemetry_retention_days=30), READ_STORE_MIGRATIONS)
 
 
-def test_migrations_make_telemetry_a_compressed_hypertable(timescale_url: str) -> None:
-    report = migrate(_settings(timescale_url, telemetry_retention_days=30), READ_STORE_MIGRATIONS)
+pytestmark = [pytest.mark.timescaledb, pytest.mark.usefixtures("migrated")]
+
+
+def test_migrations_make_telemetry_a_compressed_hypertable(
+    timescale_url: str, migrated: MigrationReport
+) -> None:
+    report = migrated
     assert report.timescaledb
     assert report.applied == [
         "0001_devices",
