@@ -6,8 +6,8 @@ only on the connection that delivered them; until then the broker keeps them (pe
 session, clean start false) and redelivers them after a disconnect or a crash. Our Receive
 Maximum bounds how many are held here, and ``max_buffered_bytes`` their bytes: reading
 pauses past either (the count too, against a broker that overshoots the Receive Maximum, as
-Mosquitto 2.0.11 does once acknowledgements flow). The hand-back (ingest/handover.py) works as with
-paho: UNSUBSCRIBE, drain, then DISCONNECT with session expiry 0.
+Mosquitto 2.0.11 does once acknowledgements flow). The hand-back (ingest/handover.py) works
+as with paho: UNSUBSCRIBE, drain, then DISCONNECT with session expiry 0.
 
 The session (ingest/mqtt5_session.py) runs on an asyncio loop in one background thread;
 the pipeline's threads take and acknowledge as before. A connection that fails, or that a
@@ -156,8 +156,8 @@ class Mqtt5Source(Received):
         stop: threading.Event,
         gather_from: int = 1,
     ) -> list[InboundMessage]:
-        """The next batch (:meth:`Received.take_locked`); reading resumes once the queue
-        is back under ``max_buffered_bytes``."""
+        """The next batch (:meth:`Received.take_locked`); reading resumes once what is
+        held is back within bounds (:meth:`_has_room`)."""
         with self._cond:
             batch = self.take_locked(max_messages, max_bytes, max_delay, stop, gather_from)
             resume = self._paused and self._has_room()
