@@ -66,6 +66,7 @@ def _hours(
     The battery drains slowly in both.
     """
     per_minute = 60 // reading_seconds
+    step = 0.02 / math.sqrt(per_minute)  # the same walk a minute whatever the reading rate
     drift = dict.fromkeys(devices, 0.0)
     for hour in range(hours):
         at = start + timedelta(hours=hour)
@@ -77,8 +78,7 @@ def _hours(
                         temperature = 20 + rng.gauss(0, 2)
                         humidity = 45 + rng.gauss(0, 5)
                     else:
-                        # The same walk a minute whatever the reading rate.
-                        drift[device] += rng.gauss(0, 0.02 / math.sqrt(per_minute))
+                        drift[device] += rng.gauss(0, step)
                         day = math.sin(
                             2 * math.pi * ((hour + (m + k / per_minute) / 60) / 24 + n / 7)
                         )

@@ -281,8 +281,8 @@ def apply_timescale_policies(conn: psycopg.Connection[Any], settings: Settings) 
 # the packed arrays once their periods are full (a period, plus the tier's grace, plus a
 # day); the columnar rows by the retention job as soon as a chunk is wholly past the grace,
 # and again when a late reading has reopened one (the policy too, should the job not run:
-# an aggregator holds it). The minute and hour tiers
-# are dropped by whole chunks past their retention.
+# an aggregator holds it). The minute and hour tiers are dropped by whole chunks past their
+# retention.
 ROLLUP_COMPRESS_AFTER_DAYS = {
     "packed": {"minute": 2, "hour": 9, "day": 35},
     "columnar": {"minute": 1, "hour": 3, "day": 35},
