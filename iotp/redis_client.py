@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
+import hiredis
 import orjson
 import redis
 import redis.asyncio as aioredis
@@ -17,15 +19,66 @@ from iotp.names import INGEST_HEARTBEATS_KEY, INGEST_SESSIONS_KEY, INGEST_STATS_
 REDIS_SETTING = "IOTP_REDIS_URL"
 
 
+class HiredisPacker:
+    """Packs a command into the Redis protocol with one call into hiredis.
+
+    redis-py's own packer runs Python for every argument before it calls the same hiredis
+    function (an encoder call, type checks, a tuple rebuilt): for ingest's script that adds a
+    batch of events, 5.1 µs of CPU an event, against 0.6 µs for hiredis alone. Anything
+    hiredis does not take as it is (a command name with a space such as ``CLIENT SETINFO``,
+    a bool, None) goes to redis-py's packer, so the result and the errors are redis-py's.
+    """
+
+    def __init__(self) -> None:
+        # redis-py's own packer, made as its connections make it (its classes are untyped).
+        made: Any = redis.connection
+        encode = made.Encoder("utf-8", "strict", decode_responses=False).encode
+        general = made.PythonRespSerializer(6000, encode)  # redis-py's buffer cutoff
+        self._general: Any = made.HiredisRespSerializer(general.pack, encode)
+
+    def pack(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):
+            whole = " " not in first
+        else:
+            whole = isinstance(first, bytes) and b" " not in first
+        if whole:
+            try:
+                return [hiredis.pack_command(args)]
+            except (TypeError, UnicodeError):
+                pass  # redis-py words the error
+        packed: list[bytes] = self._general.pack(*args)
+        return packed
+
+
+_PACKER = HiredisPacker()
+
+
+class _PackedConnection(redis.Connection):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(command_packer=_PACKER, **options)  # type: ignore[no-untyped-call]
+
+
+class _PackedSSLConnection(redis.SSLConnection):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(command_packer=_PACKER, **options)
+
+
 def redis_for(url: str, cluster: bool, **options: Any) -> redis.Redis:
     """The one way to make a Redis client: a node's, or a cluster's with ``url`` as its seed.
 
     Typed as ``redis.Redis``: the cluster client answers the same commands iotp sends (its
-    multi-key scripts and reads keep to one hash slot; iotp.event_shards).
+    multi-key scripts and reads keep to one hash slot; iotp.event_shards). Both pack commands
+    with :class:`HiredisPacker`.
     """
     if cluster:
-        return RedisCluster.from_url(url, **options)  # type: ignore[return-value]
-    return redis.Redis.from_url(url, **options)
+        # The cluster client passes no packer to its nodes' connections, but their class.
+        secure = urlsplit(url).scheme == "rediss"
+        connection = _PackedSSLConnection if secure else _PackedConnection
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            url, connection_class=connection, **options
+        )
+    return redis.Redis.from_url(url, command_packer=_PACKER, **options)
 
 
 def async_redis_for(url: str, cluster: bool, **options: Any) -> aioredis.Redis:

@@ -30,7 +30,7 @@ from iotp.event_shards import (
 )
 from iotp.events import telemetry_recorded_fields
 from iotp.names import ALARM_EVENTS_STREAM
-from iotp.redis_client import redis_for
+from iotp.redis_client import HiredisPacker, redis_for
 from read_models.consumer import AGGREGATOR_GROUP, aggregated_streams
 from read_models.health import pipeline_health
 from tests.support.ingest_harness import (
@@ -97,6 +97,10 @@ def test_publisher_and_group_reads_on_a_cluster(redis_cluster: LocalCluster) -> 
         sent.setdefault(fields["device_id"], []).append(fields["event_id"])
     assert seen == sent  # every event once, each device's in publishing order
     assert stream_trims(client, SHARDS)["telemetry_cap"] == "1000"
+    # Its nodes' connections pack commands as a single node's client does.
+    for node in client.get_nodes():
+        connection: Any = node.redis_connection.connection_pool.make_connection()
+        assert isinstance(connection._command_packer, HiredisPacker)
 
 
 def _cluster_platform(platform: Platform, cluster: LocalCluster) -> Platform:
