@@ -17,6 +17,7 @@ import orjson
 import psycopg
 
 from iotp.db import ReconnectingConnection
+from iotp.pg_arrays import float8s, register_pg_arrays, texts, timestamptzs
 
 # (seq, device_id, ts, metric, value, received_at); no two rows of a batch share a key
 StagedRow = tuple[int, str, datetime, str, float, datetime]
@@ -57,6 +58,18 @@ _FORGET = "DELETE FROM ingest_ledger WHERE batch_id = ANY(%s)"
 _RECORD = "INSERT INTO ingest_ledger (batch_id, consumer, entries) VALUES (%s, %s, %s)"
 _FORGET_AND_RECORD = f"WITH forgotten AS ({_FORGET}) {_RECORD}"
 
+# A small batch, every reading new, in one statement: its own transaction (the connection is
+# in autocommit), one round trip where the COPY's transaction takes five. At a moderate rate
+# batches are a handful of messages, and those round trips were most of ingest's CPU and a
+# sixth of PostgreSQL's for each (6 messages: 465 µs of ingest's CPU and 495 µs of
+# PostgreSQL's, against 215 and 420). Past ONE_STATEMENT_ROWS the COPY costs less of both.
+ONE_STATEMENT_ROWS = 256
+_INSERT_AND_RECORD = f"""WITH forgotten AS ({_FORGET}), stored AS (
+    INSERT INTO telemetry (device_id, ts, metric, value, received_at)
+    SELECT * FROM unnest(%b::text[], %b::timestamptz[], %b::text[], %b::float8[],
+        %b::timestamptz[])
+) {_RECORD}"""  # noqa: S608 - it interpolates constant statements only
+
 
 def _store_with_staging(cur: psycopg.Cursor[Any], rows: Sequence[StagedRow]) -> set[int]:
     """Insert the batch's rows that were not stored before; the staging seq of each.
@@ -94,9 +107,10 @@ class TelemetryStore:
         self._connection = ReconnectingConnection(self._open)
 
     def _open(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self._url, connect_timeout=5)
+        # Autocommit: a batch's transaction is explicit (conn.transaction()), or one statement.
+        conn = psycopg.connect(self._url, connect_timeout=5, autocommit=True)
         conn.execute(_STAGING)  # a temporary table: each session makes its own
-        conn.commit()
+        register_pg_arrays(conn)
         return conn
 
     def close(self) -> None:
@@ -130,13 +144,31 @@ class TelemetryStore:
     ) -> CommittedBatch | None:
         """The usual batch, every reading new: straight into the table, in one pass.
 
-        Five round trips (BEGIN, the COPY's two, the ledger, COMMIT): on this kind of machine
-        each costs ingest about 40 µs of CPU, more than the rows of a small batch (a live
-        rate makes small batches), so there is no savepoint around the COPY. None, with
-        nothing kept, when the unique key finds a reading stored before.
+        A small batch in one statement (_INSERT_AND_RECORD); a larger one by COPY, in five
+        round trips (BEGIN, the COPY's two, the ledger, COMMIT), with no savepoint around the
+        COPY. None, with nothing kept, when the unique key finds a reading stored before.
         """
         new = {row[0] for row in rows}
         entries = events_for(new)
+        if rows and entries and len(rows) <= ONE_STATEMENT_ROWS:
+            try:
+                conn.execute(
+                    _INSERT_AND_RECORD,
+                    (
+                        list(forget),
+                        texts([row[1] for row in rows]),
+                        timestamptzs([row[2] for row in rows]),
+                        texts([row[3] for row in rows]),
+                        float8s([row[4] for row in rows]),
+                        timestamptzs([row[5] for row in rows]),
+                        batch_id,
+                        self.consumer,
+                        orjson.dumps(entries),
+                    ),
+                )
+            except psycopg.errors.UniqueViolation:
+                return None  # (the statement stored nothing)
+            return CommittedBatch(batch_id, new, entries)
         try:
             with conn.transaction(), conn.cursor(binary=True) as cur:
                 if rows:

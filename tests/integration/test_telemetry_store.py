@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 
-from ingest.store import StagedRow, TelemetryStore
+from ingest.store import ONE_STATEMENT_ROWS, StagedRow, TelemetryStore
 
 T0 = datetime(2026, 11, 24, 10, tzinfo=UTC)
 
@@ -20,21 +21,51 @@ def _stored(db: psycopg.Connection[Any]) -> dict[datetime, float]:
     return dict(db.execute("SELECT ts, value FROM telemetry ORDER BY ts").fetchall())
 
 
+# A small batch goes in one statement, a larger one by COPY: both report the same.
+@pytest.mark.parametrize("k", [1, ONE_STATEMENT_ROWS], ids=["one statement", "copy"])
 def test_new_rows_are_reported_all_new_partly_new_and_none_new(
-    database_url: str, db: psycopg.Connection[Any]
+    database_url: str, db: psycopg.Connection[Any], k: int
 ) -> None:
     store = TelemetryStore(database_url, "test-store")
     try:
-        first = store.write(_rows(range(0, 4), 1.0), lambda new: [{"n": str(len(new))}])
-        assert first.new_seqs == {0, 1, 2, 3}
-        assert first.entries == [{"n": "4"}]
-        # A redelivery of 2..3 beside new 4..5: only the new ones, the stored values kept.
-        partly = store.write(_rows(range(2, 6), 9.0), lambda new: [])
-        assert partly.new_seqs == {4, 5}
-        again = store.write(_rows(range(0, 6), 7.0), lambda new: [])
+        first = store.write(_rows(range(0, 4 * k), 1.0), lambda new: [{"n": str(len(new))}])
+        assert first.new_seqs == set(range(4 * k))
+        assert first.entries == [{"n": str(4 * k)}]
+        # A redelivery of 2k..4k beside new 4k..6k: only the new ones, the stored values kept.
+        partly = store.write(_rows(range(2 * k, 6 * k), 9.0), lambda new: [{"n": str(len(new))}])
+        assert partly.new_seqs == set(range(4 * k, 6 * k))
+        assert partly.entries == [{"n": str(2 * k)}]
+        again = store.write(_rows(range(0, 6 * k), 7.0), lambda new: [])
         assert again.new_seqs == set()
     finally:
         store.close()
     stored = _stored(db)
-    assert [stored[T0 + timedelta(seconds=n)] for n in range(6)] == [1.0] * 4 + [9.0] * 2
-    assert db.execute("SELECT count(*) FROM ingest_ledger").fetchone() == (1,)
+    assert [stored[T0 + timedelta(seconds=n)] for n in range(6 * k)] == [1.0] * 4 * k + [
+        9.0
+    ] * 2 * k
+    assert db.execute("SELECT count(*) FROM ingest_ledger").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("k", [1, ONE_STATEMENT_ROWS], ids=["one statement", "copy"])
+def test_a_batch_forgets_the_ledger_rows_it_is_given_only_if_it_commits(
+    database_url: str, db: psycopg.Connection[Any], k: int
+) -> None:
+    store = TelemetryStore(database_url, "test-store")
+    ledger = "SELECT batch_id FROM ingest_ledger ORDER BY created_at"
+    try:
+        first = store.write(_rows(range(0, 2 * k), 1.0), lambda new: [{"n": "first"}])
+        # This one holds a stored reading: its first attempt fails whole, forgetting
+        # nothing; the second forgets the first batch's row and records its own.
+        second = store.write(
+            _rows(range(k, 3 * k), 2.0), lambda new: [{"n": "second"}], [first.batch_id]
+        )
+        assert db.execute(ledger).fetchall() == [(second.batch_id,)]
+        third = store.write(
+            _rows(range(3 * k, 4 * k), 3.0), lambda new: [{"n": "third"}], [second.batch_id]
+        )
+        assert third.new_seqs == set(range(3 * k, 4 * k))
+        assert db.execute(ledger).fetchall() == [(third.batch_id,)]
+        assert store.unpublished() == [(third.batch_id, [{"n": "third"}])]
+    finally:
+        store.close()
+    assert len(_stored(db)) == 4 * k
