@@ -41,6 +41,7 @@ _XADD_EVENTS = (
     CONSUMED_FLOOR_LUA
     + """
 local stream, record, cap = KEYS[1], KEYS[2], tonumber(ARGV[1])
+redis.call('HSET', record, 'telemetry_cap', ARGV[1])  -- the cap as this process applies it
 for i = 3, #ARGV, 5 do
   redis.call('XADD', stream, '*', 'type', ARGV[i], 'event_id', ARGV[i + 1],
              'device_id', ARGV[i + 2], 'schema_version', ARGV[i + 3], 'data', ARGV[i + 4])
@@ -83,6 +84,7 @@ _EVENT_FIELDS = ("type", "event_id", "device_id", "schema_version", "data")
 # many entries the cap dropped (approximate trimming drops whole nodes, so it is counted).
 _XADD_DEADLETTERS = """
 local stream, record = KEYS[1], KEYS[2]
+redis.call('HSET', record, 'deadletter_cap', ARGV[1])
 local before, added, i = redis.call('XLEN', stream), 0, 3
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
@@ -124,35 +126,42 @@ class StreamPublisher:
         if not events and not deadletters and stats is None:
             return
         now = f"{time.time():.3f}"
-        # Any: redis-py's stubs want invariant dicts of every scalar type for fields.
-        pipe: Any = self.client.pipeline(transaction=False)
         # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, and a redis-py pipeline
         # running a registered script asks SCRIPT EXISTS first (a second round trip). As a
-        # raw command: the cluster pipeline has no eval() of its own.
+        # raw command: the cluster pipeline has no eval() of its own. The scripts also record
+        # the caps as this process applies them, for /pipeline.
+        commands: list[tuple[Any, ...]] = []
         by_shard = self._by_shard(events)
         for stream, shard_events in by_shard.items():
             keys = (stream, trims_key(stream))
             args = [fields[k] for fields in shard_events for k in _EVENT_FIELDS]
-            pipe.execute_command("EVAL", _XADD_EVENTS, 2, *keys, self.events_maxlen, now, *args)
+            commands.append(("EVAL", _XADD_EVENTS, 2, *keys, self.events_maxlen, now, *args))
+        dead_keys = (TELEMETRY_DEADLETTER_STREAM, trims_key(TELEMETRY_DEADLETTER_STREAM))
         if deadletters:
-            keys = (TELEMETRY_DEADLETTER_STREAM, trims_key(TELEMETRY_DEADLETTER_STREAM))
             counted = [
                 part
                 for fields in deadletters
                 for part in (str(len(fields)), *(v for item in fields.items() for v in item))
             ]
-            pipe.execute_command(
-                "EVAL", _XADD_DEADLETTERS, 2, *keys, self.deadletter_maxlen, now, *counted
+            commands.append(
+                ("EVAL", _XADD_DEADLETTERS, 2, *dead_keys, self.deadletter_maxlen, now, *counted)
             )
-        # The caps as this process applies them, for /pipeline.
-        for stream in by_shard:
-            pipe.hset(trims_key(stream), "telemetry_cap", self.events_maxlen)
-        pipe.hset(trims_key(TELEMETRY_DEADLETTER_STREAM), "deadletter_cap", self.deadletter_maxlen)
         if stats is not None:
             key, values = stats
-            pipe.hset(key, mapping=dict(values))
-            pipe.expire(key, 120)
-        results = pipe.execute()
+            if values:
+                commands.append(("HSET", key, *(v for item in values.items() for v in item)))
+                commands.append(("EXPIRE", key, 120))
+            # (also when no dead letter came yet)
+            commands.append(("HSET", dead_keys[1], "deadletter_cap", self.deadletter_maxlen))
+        client: Any = self.client
+        if len(commands) == 1:  # the usual publish: one script call, no pipeline to build
+            results = [client.execute_command(*commands[0])]
+        else:
+            # Any: redis-py's stubs want invariant dicts of every scalar type for fields.
+            pipe: Any = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            results = pipe.execute()
         # Every publish (stats too, once a second) logs what the cap cut and is not logged.
         cut = [0]
         for result in results[: len(by_shard)]:

@@ -259,3 +259,17 @@ def test_entries_deleted_while_pending_are_healed(platform: Platform) -> None:
     finally:
         stop.set()
         runner.join(timeout=30)  # run() closes its connections as it ends
+
+
+def test_the_caps_are_shown_before_anything_is_cut_or_dead_lettered(
+    db: psycopg.Connection[Any], redis_client: redis.Redis
+) -> None:
+    publisher = StreamPublisher(redis_client, CAP, 100)
+    publisher.publish(_events(3))  # one script call, nothing else
+    health = pipeline_health(db, redis_client)
+    assert health.stream_cap.cap == CAP and health.deadletter_stream.cap is None
+    # An ingest's counters, once a second, bring the dead-letter cap with them.
+    publisher.publish([], [], ("iotp:ingest:stats:test", {"received": 3}))
+    health = pipeline_health(db, redis_client)
+    assert (health.deadletter_stream.cap, health.deadletter_stream.entries) == (100, 0)
+    assert redis_client.hget("iotp:ingest:stats:test", "received") == "3"
