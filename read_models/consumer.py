@@ -91,7 +91,7 @@ class ReadModelUpdater(StreamPart[Folded]):
         with conn.transaction():
             store.lock_for_batch(conn)
             new = store.claim_events(conn, [d.event.event_id for d in batch.events])
-            fresh = _first_of_each(batch, new)
+            fresh = [d.event for d in batch.events] if new is None else _first_of_each(batch, new)
             store.apply_deltas(conn, fold(fresh))
             for stream, last in batch.last_ids.items():
                 store.track(conn, stream, self.group, last, newest.get(stream))

@@ -166,16 +166,31 @@ ON CONFLICT (stream, group_name) DO UPDATE SET
 """
 
 
-def claim_events(conn: Conn, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Record ``event_ids`` as applied; the ones that were not applied before."""
+# How many of the ids were new: usually all of them, and then nothing more comes back (each
+# returned id was a UUID object built in Python, about a tenth of the aggregator's CPU).
+_CLAIM = """
+WITH claimed AS (
+    INSERT INTO read_models.applied_events (event_id) SELECT unnest(%b::uuid[])
+    ON CONFLICT DO NOTHING RETURNING 1
+) SELECT count(*) FROM claimed
+"""
+# Otherwise, which: the rows this transaction inserted (an event repeated in the batch is
+# inserted once).
+_CLAIMED_HERE = """
+SELECT event_id FROM read_models.applied_events
+WHERE event_id = ANY(%b::uuid[]) AND xmin = pg_current_xact_id()::xid
+"""
+
+
+def claim_events(conn: Conn, event_ids: list[uuid.UUID]) -> set[uuid.UUID] | None:
+    """Record ``event_ids`` as applied, in the caller's transaction: the ones that were not
+    applied before, or None when every one of them was new and they were distinct."""
     if not event_ids:
         return set()
-    rows = conn.execute(
-        "INSERT INTO read_models.applied_events (event_id) SELECT unnest(%b::uuid[])"
-        " ON CONFLICT DO NOTHING RETURNING event_id",
-        (event_ids,),
-    ).fetchall()
-    return {row[0] for row in rows}
+    row = conn.execute(_CLAIM, (event_ids,)).fetchone()
+    if row is not None and row[0] == len(event_ids):
+        return None
+    return {found for (found,) in conn.execute(_CLAIMED_HERE, (event_ids,)).fetchall()}
 
 
 def apply_deltas(conn: Conn, deltas: Deltas) -> None:
