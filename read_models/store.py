@@ -153,10 +153,10 @@ INSERT INTO read_models.devices AS t (device_id, updated_at) VALUES (%(device_id
 ON CONFLICT (device_id) DO UPDATE SET updated_at = GREATEST(t.updated_at, excluded.updated_at)
 """
 
-_TRACK = """
+_TRACK_ROWS = """
 INSERT INTO read_models.tracking AS t (stream, group_name, last_id_ms, last_id_seq,
     last_event_at, updated_at)
-VALUES (%s, %s, %s, %s, %s, now())
+SELECT *, now() FROM unnest(%s::text[], %s::text[], %s::int8[], %s::int8[], %s::timestamptz[])
 ON CONFLICT (stream, group_name) DO UPDATE SET
     (last_id_ms, last_id_seq) = (SELECT ms, seq FROM (VALUES
         (t.last_id_ms, t.last_id_seq), (excluded.last_id_ms, excluded.last_id_seq)) AS v(ms, seq)
@@ -164,6 +164,10 @@ ON CONFLICT (stream, group_name) DO UPDATE SET
     last_event_at = GREATEST(t.last_event_at, excluded.last_event_at),
     updated_at = now()
 """
+# A batch's telemetry and the group's positions in one statement (a round trip less).
+_UPSERT_TELEMETRY_AND_TRACK = _UPSERT_TELEMETRY.replace(
+    "\nfleet AS (", f"\ntracked AS ({_TRACK_ROWS}),\nfleet AS (", 1
+)
 
 
 # How many of the ids were new: usually all of them, and then nothing more comes back (each
@@ -171,6 +175,14 @@ ON CONFLICT (stream, group_name) DO UPDATE SET
 _CLAIM = """
 WITH claimed AS (
     INSERT INTO read_models.applied_events (event_id) SELECT unnest(%b::uuid[])
+    ON CONFLICT DO NOTHING RETURNING 1
+) SELECT count(*) FROM claimed
+"""
+# The same, the batch's lock (lock_for_batch) taken first, by the same statement: a round
+# trip less. The insert reads its ids through the lock's row, so it waits for the lock.
+_LOCK_AND_CLAIM = """
+WITH locked AS (SELECT pg_advisory_xact_lock_shared(%s)), claimed AS (
+    INSERT INTO read_models.applied_events (event_id) SELECT unnest(%b::uuid[]) FROM locked
     ON CONFLICT DO NOTHING RETURNING 1
 ) SELECT count(*) FROM claimed
 """
@@ -182,19 +194,33 @@ WHERE event_id = ANY(%b::uuid[]) AND xmin = pg_current_xact_id()::xid
 """
 
 
-def claim_events(conn: Conn, event_ids: list[uuid.UUID]) -> set[uuid.UUID] | None:
+def claim_events(
+    conn: Conn, event_ids: list[uuid.UUID], lock: bool = False
+) -> set[uuid.UUID] | None:
     """Record ``event_ids`` as applied, in the caller's transaction: the ones that were not
-    applied before, or None when every one of them was new and they were distinct."""
+    applied before, or None when every one of them was new and they were distinct. With
+    ``lock``, :func:`lock_for_batch` first."""
     if not event_ids:
+        if lock:
+            lock_for_batch(conn)
         return set()
-    row = conn.execute(_CLAIM, (event_ids,)).fetchone()
+    if lock:
+        row = conn.execute(_LOCK_AND_CLAIM, (REBUILD_LOCK_KEY, event_ids)).fetchone()
+    else:
+        row = conn.execute(_CLAIM, (event_ids,)).fetchone()
     if row is not None and row[0] == len(event_ids):
         return None
     return {found for (found,) in conn.execute(_CLAIMED_HERE, (event_ids,)).fetchall()}
 
 
-def apply_deltas(conn: Conn, deltas: Deltas) -> None:
-    """Merge ``deltas`` into the read models, in the caller's transaction.
+Positions = Mapping[str, tuple[str, datetime | None]]  # stream -> (last id, newest event)
+
+
+def apply_deltas(
+    conn: Conn, deltas: Deltas, group: str | None = None, positions: Positions | None = None
+) -> None:
+    """Merge ``deltas`` into the read models, in the caller's transaction; with ``group``,
+    also record its ``positions`` (:func:`track`).
 
     Rows go in key order, so that aggregators sharing the group lock the rows they both
     touch in the same order and never deadlock.
@@ -202,9 +228,29 @@ def apply_deltas(conn: Conn, deltas: Deltas) -> None:
     register_pg_arrays(conn)
     for event in deltas.device_events:
         apply_device_event(conn, event)
+    tracking = _tracking_arrays(group, positions) if group is not None and positions else None
     if deltas.stats or deltas.minute or deltas.fleet or deltas.activity:
-        conn.execute(_UPSERT_TELEMETRY, _telemetry_arrays(deltas))
+        if tracking is None:
+            conn.execute(_UPSERT_TELEMETRY, _telemetry_arrays(deltas))
+        else:
+            arrays = _telemetry_arrays(deltas)
+            # the tracking CTE comes before fleet's two arrays and activity's three
+            conn.execute(_UPSERT_TELEMETRY_AND_TRACK, (*arrays[:-5], *tracking, *arrays[-5:]))
+            tracking = None
     apply_alarms(conn, deltas.alarms)
+    if tracking is not None:
+        conn.execute(_TRACK_ROWS, tracking)
+
+
+def _tracking_arrays(group: str, positions: Positions) -> tuple[list[Any], ...]:
+    ids = [split_id(last) for last, _ in positions.values()]
+    return (
+        list(positions),
+        [group] * len(positions),
+        [ms for ms, _ in ids],
+        [seq for _, seq in ids],
+        [at for _, at in positions.values()],
+    )
 
 
 def _telemetry_arrays(deltas: Deltas) -> tuple[PgArray, ...]:
@@ -270,8 +316,7 @@ def apply_device_event(conn: Conn, event: DeviceEvent) -> None:
 def track(
     conn: Conn, stream: str, group: str, last_id: str, last_event_at: datetime | None
 ) -> None:
-    ms, seq = split_id(last_id)
-    conn.execute(_TRACK, (stream, group, ms, seq, last_event_at))
+    conn.execute(_TRACK_ROWS, _tracking_arrays(group, {stream: (last_id, last_event_at)}))
 
 
 def reset_tracking(conn: Conn, group: str, positions: Mapping[str, str]) -> None:

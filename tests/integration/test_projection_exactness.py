@@ -175,6 +175,33 @@ def test_an_event_twice_in_one_batch_is_applied_once(
     assert _telemetry_models(db) == _reference([event, other])
 
 
+def test_a_batch_records_each_streams_position_only_forward(
+    database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """The positions go with the read models' statement when the batch holds telemetry, on
+    their own when not; neither moves a position back (a batch applied late)."""
+    event = _events(random.Random(2), 1)[0]
+    telemetry, alarms = "iotp:events:telemetry", "iotp:events:alarms"
+    updater = ReadModelUpdater(lambda: psycopg.connect(database_url), "g", 24, lambda: None)
+    positions = (
+        "SELECT stream, last_id_ms, last_id_seq FROM read_models.tracking"
+        " WHERE group_name = 'g' ORDER BY stream"
+    )
+    try:
+        batch = Batch([Delivered(telemetry, "7-2", event)], {telemetry: "7-2", alarms: "5-0"})
+        assert updater.apply(batch) == 1
+        assert db.execute(positions).fetchall() == [(alarms, 5, 0), (telemetry, 7, 2)]
+        # No telemetry: the positions alone; an older one stays behind the newer.
+        assert updater.apply(Batch([], {telemetry: "6-9", alarms: "9-1"})) == 0
+        assert db.execute(positions).fetchall() == [(alarms, 9, 1), (telemetry, 7, 2)]
+        again = event.model_copy(update={"event_id": uuid.uuid4()})
+        assert updater.apply(Batch([Delivered(telemetry, "7-1", again)], {telemetry: "7-1"})) == 1
+        assert db.execute(positions).fetchall() == [(alarms, 9, 1), (telemetry, 7, 2)]
+    finally:
+        updater.close()
+    assert _telemetry_models(db) == _reference([event, again])
+
+
 def test_buckets_are_the_utc_minute_and_hour_an_instant_falls_in(
     db: psycopg.Connection[Any],
 ) -> None:
