@@ -196,8 +196,12 @@ class IngestPipeline:
         started = time.perf_counter()
         rows = _staged_rows(batch, parsed)
         forget = list(self._published)
+        batch_id = uuid.uuid4()  # the same for every attempt: a retry finds its own commit
         committed = self._retry(
-            lambda: self.store.write(rows, lambda new: _events(batch, parsed, new), forget), stop
+            lambda: self.store.write(
+                rows, lambda new: _events(batch, parsed, new), forget, batch_id
+            ),
+            stop,
         )
         committed_at = time.perf_counter()
         row_count = len(rows)

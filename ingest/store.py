@@ -7,6 +7,7 @@ so that a batch either committed with its events recorded, or did not happen at 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import psycopg
 
 from iotp.db import ReconnectingConnection
 from iotp.pg_arrays import float8s, register_pg_arrays, texts, timestamptzs
+
+logger = logging.getLogger(__name__)
 
 # (seq, device_id, ts, metric, value, received_at); no two rows of a batch share a key
 StagedRow = tuple[int, str, datetime, str, float, datetime]
@@ -105,6 +108,9 @@ class TelemetryStore:
         self._url = database_url
         self.consumer = consumer
         self._connection = ReconnectingConnection(self._open)
+        # A batch whose write lost its connection: it may have committed all the same
+        # (the answer to its COMMIT, or to its one statement, was what got lost).
+        self._unsure: uuid.UUID | None = None
 
     def _open(self) -> psycopg.Connection[Any]:
         # Autocommit: a batch's transaction is explicit (conn.transaction()), or one statement.
@@ -121,18 +127,53 @@ class TelemetryStore:
         rows: Sequence[StagedRow],
         events_for: Callable[[set[int]], list[StreamEntry]],
         forget: Sequence[uuid.UUID] = (),
+        batch_id: uuid.UUID | None = None,
     ) -> CommittedBatch:
-        """Store ``rows`` (skipping readings already stored) with the ledger of their events."""
+        """Store ``rows`` (skipping readings already stored) with the ledger of their events.
+
+        Retried with the same ``batch_id`` after a lost connection, it first looks for that
+        batch in the ledger: found, the batch committed, and it is reported with the events
+        it recorded then. Otherwise the retry would find its own readings stored before,
+        report none of them new, and leave the first attempt's events in the ledger
+        unpublished until the next start.
+        """
         conn = self._connection()
-        batch_id = uuid.uuid4()
+        batch_id = batch_id or uuid.uuid4()
         try:
-            committed = self._write_all_new(conn, batch_id, rows, events_for, forget)
+            committed = None
+            if self._unsure == batch_id:
+                committed = self._committed_before(conn, batch_id, rows)
+            if committed is None:
+                committed = self._write_all_new(conn, batch_id, rows, events_for, forget)
             if committed is None:  # a reading of the batch was stored before
                 committed = self._write_through_staging(conn, batch_id, rows, events_for, forget)
         except psycopg.OperationalError:
+            self._unsure = batch_id
             self.close()
             raise
+        self._unsure = None
         return committed
+
+    def _committed_before(
+        self, conn: psycopg.Connection[Any], batch_id: uuid.UUID, rows: Sequence[StagedRow]
+    ) -> CommittedBatch | None:
+        """The batch as an earlier attempt committed it, if it did (its ledger row says)."""
+        found = conn.execute(
+            "SELECT entries FROM ingest_ledger WHERE batch_id = %s", (batch_id,)
+        ).fetchone()
+        if found is None:
+            return None
+        entries: list[StreamEntry] = orjson.loads(found[0])
+        # Its events hold exactly the readings it stored: the new data points.
+        stored = {
+            (event["device_id"], datetime.fromisoformat(reading["ts"]), metric)
+            for event in (orjson.loads(entry["data"]) for entry in entries)
+            for reading in event["readings"]
+            for metric in reading["metrics"]
+        }
+        new = {row[0] for row in rows if (row[1], row[2], row[3]) in stored}
+        logger.info("batch %s had committed before its connection was lost", batch_id)
+        return CommittedBatch(batch_id, new, entries)
 
     def _write_all_new(
         self,

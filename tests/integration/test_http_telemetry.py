@@ -329,7 +329,12 @@ def test_http_messages_count_in_the_ingests_own_counters(platform: Platform) -> 
 
 
 def _http_child_alive(ingest: ServiceProcess) -> bool:
-    return any("ingest.http_process" in " ".join(p.cmdline()) for p in psutil.process_iter())
+    # process_iter's attrs: a process that is a zombie or gone by now reads as no command line
+    # (another test's child may be one), where cmdline() would raise.
+    return any(
+        "ingest.http_process" in " ".join(p.info["cmdline"] or ())
+        for p in psutil.process_iter(["cmdline"])
+    )
 
 
 def test_the_mqtt_ingest_process_never_loads_the_web_stack() -> None:

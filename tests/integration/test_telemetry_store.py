@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,6 +11,7 @@ import psycopg
 import pytest
 
 from ingest.store import ONE_STATEMENT_ROWS, StagedRow, TelemetryStore
+from iotp.events import TelemetryRecorded, from_fields, telemetry_recorded_fields
 
 T0 = datetime(2026, 11, 24, 10, tzinfo=UTC)
 
@@ -69,3 +72,50 @@ def test_a_batch_forgets_the_ledger_rows_it_is_given_only_if_it_commits(
     finally:
         store.close()
     assert len(_stored(db)) == 4 * k
+
+
+def _events_of(rows: list[StagedRow]) -> Callable[[set[int]], list[dict[str, str]]]:
+    """The events ingest would record: one of the newly stored readings."""
+
+    def events_for(new: set[int]) -> list[dict[str, str]]:
+        readings = [(row[2], {row[3]: row[4]}, ()) for row in rows if row[0] in new]
+        fields = telemetry_recorded_fields("d1", readings, T0, T0)  # type: ignore[arg-type]
+        return [fields] if readings else []
+
+    return events_for
+
+
+@pytest.mark.parametrize("k", [1, ONE_STATEMENT_ROWS], ids=["one statement", "copy"])
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "not committed"])
+def test_a_retry_after_a_lost_answer_finds_whether_its_batch_committed(
+    database_url: str, db: psycopg.Connection[Any], k: int, committed: bool
+) -> None:
+    """The connection breaks after the batch committed (the answer is lost) or before: the
+    retry, with the same batch id, reports the same batch once, events and all."""
+    store = TelemetryStore(database_url, "test-store")
+    rows = _rows(range(0, 2 * k), 1.0)
+    batch_id = uuid.uuid4()
+    write_all_new = store._write_all_new
+
+    def break_connection(conn: psycopg.Connection[Any], *args: Any) -> Any:
+        if committed:
+            write_all_new(conn, *args)
+        conn.close()
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    store._write_all_new = break_connection  # type: ignore[method-assign]
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            store.write(rows, _events_of(rows), (), batch_id)
+        ledger = db.execute("SELECT count(*) FROM ingest_ledger").fetchone()
+        assert ledger == ((1,) if committed else (0,))
+        store._write_all_new = write_all_new  # type: ignore[method-assign]
+        again = store.write(rows, _events_of(rows), (), batch_id)
+    finally:
+        store.close()
+    assert again.batch_id == batch_id
+    assert again.new_seqs == set(range(2 * k))
+    (event,) = [from_fields(entry) for entry in again.entries]
+    assert isinstance(event, TelemetryRecorded) and len(event.readings) == 2 * k
+    assert db.execute("SELECT batch_id FROM ingest_ledger").fetchall() == [(batch_id,)]
+    assert len(_stored(db)) == 2 * k
