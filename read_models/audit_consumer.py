@@ -101,8 +101,8 @@ class AuditRecorder(StreamPart[Audited]):
         conn = self._db()
         with conn.transaction():
             recorded = audit_store.insert_rows(conn, rows)
-            for stream, last in batch.last_ids.items():
-                store.track(conn, stream, self.group, last, newest.get(stream))
+            positions = {s: (last, newest.get(s)) for s, last in batch.last_ids.items()}
+            store.track(conn, self.group, positions)
         return recorded
 
     def positions(self) -> Mapping[str, str]:

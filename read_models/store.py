@@ -103,22 +103,45 @@ def _merged_from_minutes(tier: Tier) -> str:
     )
 
 
-# A batch's telemetry, every read model of it, in one statement: each statement is a round
-# trip, and a round trip costs the aggregator about 40 µs of CPU here, more than the events
-# of a small batch. The hours and days are merged by PostgreSQL from the minute buckets (a
-# third of the arrays to send, no coarsening in Python). Every insert goes in key order (ORDER
-# BY), and every aggregator runs the same statement, so aggregators touching the same rows
-# lock them in one order. Empty arrays insert nothing.
-_UPSERT_TELEMETRY = f"""
+_TRACK_ROWS = """
+INSERT INTO read_models.tracking AS t (stream, group_name, last_id_ms, last_id_seq,
+    last_event_at, updated_at)
+SELECT *, now() FROM unnest(%s::text[], %s::text[], %s::int8[], %s::int8[], %s::timestamptz[])
+ON CONFLICT (stream, group_name) DO UPDATE SET
+    (last_id_ms, last_id_seq) = (SELECT ms, seq FROM (VALUES
+        (t.last_id_ms, t.last_id_seq), (excluded.last_id_ms, excluded.last_id_seq)) AS v(ms, seq)
+        ORDER BY ms DESC, seq DESC LIMIT 1),
+    last_event_at = GREATEST(t.last_event_at, excluded.last_event_at),
+    updated_at = now()
+"""
+
+
+def _telemetry_upsert(tracked: bool) -> str:
+    """A batch's telemetry, every read model of it, in one statement; with ``tracked``, the
+    group's positions too (_TRACK_ROWS, a round trip less).
+
+    Each statement is a round trip, and a round trip costs the aggregator about 40 µs of CPU
+    here, more than the events of a small batch. The hours and days are merged by PostgreSQL
+    from the minute buckets (a third of the arrays to send, no coarsening in Python). Every
+    insert goes in key order (ORDER BY), and every aggregator runs the same statement, so
+    aggregators touching the same rows lock them in one order. Empty arrays insert nothing.
+    Its parameters are _telemetry_arrays', in the order of the statement's placeholders.
+    """
+    tracking = f",\ntracked AS ({_TRACK_ROWS})" if tracked else ""
+    return f"""
 WITH stats AS ({_UPSERT_STATS}
 ), m AS (
     SELECT * FROM unnest(%b::text[], %b::text[], %b::timestamptz[], %b::int8[], %b::float8[],
         %b::float8[], %b::float8[]) AS m(device_id, metric, bucket, count, sum, min, max)
 ), {", ".join(f"{tier.name}s AS ({_merged_from_minutes(tier)})" for tier in TIERS)},
 fleet AS ({_UPSERT_FLEET}
-)
+){tracking}
 {_UPSERT_ACTIVITY}
 """  # noqa: S608 - it interpolates constant statements only
+
+
+_UPSERT_TELEMETRY = _telemetry_upsert(tracked=False)
+_UPSERT_TELEMETRY_AND_TRACK = _telemetry_upsert(tracked=True)
 
 # Attributes move forward only (by event time), so two aggregators applying a device's
 # events out of order still end on the newest; decommissioning is final.
@@ -152,22 +175,6 @@ _TOUCH = """
 INSERT INTO read_models.devices AS t (device_id, updated_at) VALUES (%(device_id)s, %(at)s)
 ON CONFLICT (device_id) DO UPDATE SET updated_at = GREATEST(t.updated_at, excluded.updated_at)
 """
-
-_TRACK_ROWS = """
-INSERT INTO read_models.tracking AS t (stream, group_name, last_id_ms, last_id_seq,
-    last_event_at, updated_at)
-SELECT *, now() FROM unnest(%s::text[], %s::text[], %s::int8[], %s::int8[], %s::timestamptz[])
-ON CONFLICT (stream, group_name) DO UPDATE SET
-    (last_id_ms, last_id_seq) = (SELECT ms, seq FROM (VALUES
-        (t.last_id_ms, t.last_id_seq), (excluded.last_id_ms, excluded.last_id_seq)) AS v(ms, seq)
-        ORDER BY ms DESC, seq DESC LIMIT 1),
-    last_event_at = GREATEST(t.last_event_at, excluded.last_event_at),
-    updated_at = now()
-"""
-# A batch's telemetry and the group's positions in one statement (a round trip less).
-_UPSERT_TELEMETRY_AND_TRACK = _UPSERT_TELEMETRY.replace(
-    "\nfleet AS (", f"\ntracked AS ({_TRACK_ROWS}),\nfleet AS (", 1
-)
 
 
 # How many of the ids were new: usually all of them, and then nothing more comes back (each
@@ -220,7 +227,7 @@ def apply_deltas(
     conn: Conn, deltas: Deltas, group: str | None = None, positions: Positions | None = None
 ) -> None:
     """Merge ``deltas`` into the read models, in the caller's transaction; with ``group``,
-    also record its ``positions`` (:func:`track`).
+    also record its ``positions`` (as :func:`track` does).
 
     Rows go in key order, so that aggregators sharing the group lock the rows they both
     touch in the same order and never deadlock.
@@ -228,21 +235,18 @@ def apply_deltas(
     register_pg_arrays(conn)
     for event in deltas.device_events:
         apply_device_event(conn, event)
-    tracking = _tracking_arrays(group, positions) if group is not None and positions else None
+    tracking = _tracking_arrays(group, positions) if group is not None and positions else ()
     if deltas.stats or deltas.minute or deltas.fleet or deltas.activity:
-        if tracking is None:
-            conn.execute(_UPSERT_TELEMETRY, _telemetry_arrays(deltas))
-        else:
-            arrays = _telemetry_arrays(deltas)
-            # the tracking CTE comes before fleet's two arrays and activity's three
-            conn.execute(_UPSERT_TELEMETRY_AND_TRACK, (*arrays[:-5], *tracking, *arrays[-5:]))
-            tracking = None
+        statement = _UPSERT_TELEMETRY_AND_TRACK if tracking else _UPSERT_TELEMETRY
+        conn.execute(statement, _telemetry_arrays(deltas, tracking))
+        tracking = ()
     apply_alarms(conn, deltas.alarms)
-    if tracking is not None:
+    if tracking:
         conn.execute(_TRACK_ROWS, tracking)
 
 
 def _tracking_arrays(group: str, positions: Positions) -> tuple[list[Any], ...]:
+    """The parameters of _TRACK_ROWS: ``group``'s ``positions``."""
     ids = [split_id(last) for last, _ in positions.values()]
     return (
         list(positions),
@@ -253,8 +257,11 @@ def _tracking_arrays(group: str, positions: Positions) -> tuple[list[Any], ...]:
     )
 
 
-def _telemetry_arrays(deltas: Deltas) -> tuple[PgArray, ...]:
-    """The parameters of _UPSERT_TELEMETRY: stats, minute buckets, fleet, activity."""
+def _telemetry_arrays(
+    deltas: Deltas, tracking: tuple[list[Any], ...] = ()
+) -> tuple[PgArray | list[Any], ...]:
+    """The parameters of :func:`_telemetry_upsert`'s statement: stats, minute buckets, fleet,
+    the positions (``tracking``, when the statement records them), activity."""
     keys, values = deltas.stats.keys(), deltas.stats.values()
     stats = (
         texts([k[0] for k in keys]),
@@ -291,7 +298,7 @@ def _telemetry_arrays(deltas: Deltas) -> tuple[PgArray, ...]:
         timestamptzs([a.last_seen for a in activity.values()]),
         int8s([a.readings for a in activity.values()]),
     )
-    return (*stats, *minutes, *fleet, *seen)
+    return (*stats, *minutes, *fleet, *tracking, *seen)
 
 
 def apply_device_event(conn: Conn, event: DeviceEvent) -> None:
@@ -313,10 +320,10 @@ def apply_device_event(conn: Conn, event: DeviceEvent) -> None:
         conn.execute(_TOUCH, {"device_id": event.device_id, "at": event.occurred_at})
 
 
-def track(
-    conn: Conn, stream: str, group: str, last_id: str, last_event_at: datetime | None
-) -> None:
-    conn.execute(_TRACK_ROWS, _tracking_arrays(group, {stream: (last_id, last_event_at)}))
+def track(conn: Conn, group: str, positions: Positions) -> None:
+    """Record ``group``'s ``positions`` (stream -> last id applied, newest event), in one
+    statement; a position never moves back."""
+    conn.execute(_TRACK_ROWS, _tracking_arrays(group, positions))
 
 
 def reset_tracking(conn: Conn, group: str, positions: Mapping[str, str]) -> None:
