@@ -31,7 +31,7 @@ from benchmarks.platform import (
     start_aggregator,
     start_ingest,
 )
-from benchmarks.processes import CpuMeter, machine
+from benchmarks.processes import CpuMeter, MachineCpu, machine
 from benchmarks.stores import BENCH_TOKEN, READ_TABLES, register, reset
 from benchmarks.workload import (
     DECLARED,
@@ -116,6 +116,10 @@ class RunResult:
     peak_rss_mb: float  # ingest
     aggregator_peak_rss_mb: float
     cpu_cores: dict[str, float] = field(default_factory=dict)
+    # The whole machine over the run (every process, the bench and publishers too), of
+    # machine.cores: how much was left for anything to go faster.
+    machine_cores_busy: float | None = None
+    machine_cores_stolen: float | None = None
     cpu_ms_per_1k_readings: float = 0.0  # ingests and aggregators together
     readings_stored_before_the_clock: int = 0  # by an ingest that connected before the others
     # (seconds, readings stored, readings applied), sampled every SAMPLE_SECONDS
@@ -189,6 +193,7 @@ class Measured:
     rss: dict[str, float]
     samples: list[tuple[float, int, int]]
     cpu_seconds: float = 0.0  # the span the CPU meter divided by
+    machine: MachineCpu | None = None
 
 
 IOTP_PROCESSES = ("ingest", "aggregator")
@@ -238,6 +243,8 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
         peak_rss_mb=seen.rss.get("ingest", 0.0),
         aggregator_peak_rss_mb=seen.rss.get("aggregator", 0.0),
         cpu_cores={name: round(cores, 2) for name, cores in seen.cpu.items()},
+        machine_cores_busy=seen.machine.busy if seen.machine else None,
+        machine_cores_stolen=seen.machine.steal if seen.machine else None,
         cpu_ms_per_1k_readings=cpu_ms_per_1k_readings(seen.cpu, seen.cpu_seconds, timed_stored),
         readings_stored_before_the_clock=stored_before * per,
         timeline=[(round(t, 2), s * per, a * per) for t, s, a in seen.samples],
@@ -262,9 +269,10 @@ def _measure(
     stored_at, applied_at = progress.wait(messages, messages, timeout, list(children.values()))
     seconds = applied_at or stored_at or timeout
     cpu = meter.stop(seconds, digits=6)  # rounded when reported: a short run is a few ms
+    machine = meter.machine(seconds)
     samples = progress.stop()
     rss = {name: child.peak_rss_mb() for name, child in children.items()}  # high-water marks
-    return Measured(published, stored_at, applied_at, cpu, rss, samples, seconds)
+    return Measured(published, stored_at, applied_at, cpu, rss, samples, seconds, machine)
 
 
 def run_drain(settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path) -> RunResult:

@@ -409,6 +409,8 @@ def _drains(
             "readings_per_s_applied": iotp.readings_per_s_applied,
             "readings_lost": iotp.readings_lost,
             "cpu_cores": iotp.cpu_cores,
+            "machine_cores_busy": iotp.machine_cores_busy,
+            "machine_cores_stolen": iotp.machine_cores_stolen,
             "cpu_ms_per_1k_readings": iotp.cpu_ms_per_1k_readings,
         },
         "broker_mosquitto_sub": broker_c,

@@ -30,6 +30,7 @@ class CpuMeter:
     groups: dict[str, list[psutil.Process]] = field(default_factory=dict)
     named: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _start: dict[str, dict[int, float]] = field(default_factory=dict)
+    _machine_start: tuple[float, float] = (0.0, 0.0)
 
     def add(self, name: str, processes: list[psutil.Process]) -> None:
         self.groups.setdefault(name, []).extend(processes)
@@ -47,6 +48,18 @@ class CpuMeter:
             name: {p.pid: _cpu(p) for p in self._processes(name)}
             for name in (*self.groups, *self.named)
         }
+        self._machine_start = _machine_cpu()
+
+    def machine(self, seconds: float, digits: int = 2) -> MachineCpu:
+        """The whole machine's cores over the ``seconds`` since start(): every process, the
+        bench's own and the publishers' included, so a run's figures can be set against
+        what the machine had to give."""
+        busy, steal = _machine_cpu()
+        return MachineCpu(
+            cores=psutil.cpu_count() or 1,
+            busy=round((busy - self._machine_start[0]) / seconds, digits),
+            steal=round((steal - self._machine_start[1]) / seconds, digits),
+        )
 
     def stop(self, seconds: float, digits: int = 2) -> dict[str, float]:
         """Cores used by each group over the ``seconds`` since start(), to ``digits``."""
@@ -57,6 +70,29 @@ class CpuMeter:
                 total += _cpu(process) - before.get(process.pid, 0.0)
             used[name] = round(total / seconds, digits)
         return used
+
+
+@dataclass(frozen=True)
+class MachineCpu:
+    """Cores of the machine in use over a run: ``busy`` (user, system, interrupts, any
+    process) and ``steal`` (taken by the hypervisor for other guests), of ``cores``."""
+
+    cores: int
+    busy: float
+    steal: float
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine since boot."""
+    times = psutil.cpu_times()
+    steal = getattr(times, "steal", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return sum(times) - idle - steal - _guest(times), steal
+
+
+def _guest(times: Any) -> float:
+    # Linux counts guest time inside user time as well: counted once.
+    return getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
 
 
 def by_name(*names: str) -> list[psutil.Process]:

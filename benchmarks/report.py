@@ -36,6 +36,8 @@ def print_ingest_report(report: dict[str, Any]) -> None:
         ("stored rate / publish rate (live)", "stored_fraction_of_publish_rate"),
         ("ingest peak RSS, MB", "peak_rss_mb"),
         ("aggregator peak RSS, MB", "aggregator_peak_rss_mb"),
+        ("machine: cores busy (every process)", "machine_cores_busy"),
+        ("machine: cores stolen by the host", "machine_cores_stolen"),
     ]
     for label, key in rows:
         table.add_row(

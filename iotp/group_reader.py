@@ -31,7 +31,7 @@ from iotp.event_shards import Entry, by_stream, ensure_groups, read_group
 from iotp.events import UndecodableEvent
 from iotp.names import consumer_stats_key
 from iotp.periodic import Every
-from iotp.redis_client import split_id, text
+from iotp.redis_client import text
 from iotp.retry import Stopped, retry_transient
 from iotp.stream_gaps import GapWatch
 
@@ -333,13 +333,18 @@ def decode_batch(
     entries: Mapping[str, list[Entry]], decode: Decode[E], counts: Counts, task: str
 ) -> Batch[E]:
     """The decoded events of ``entries`` in stream order; undecodable ones logged and counted,
-    deleted ones (no fields) counted; the newest id of each stream whatever it held."""
+    deleted ones (no fields) counted; the newest id of each stream whatever it held.
+
+    Each stream's entries come in stream order, as every read of Redis returns them
+    (XREADGROUP, XAUTOCLAIM from its cursor, XRANGE), so the last is the newest: comparing
+    every id was a twentieth of an aggregator's CPU (py-spy).
+    """
     events: list[Delivered[E]] = []
     last_ids: dict[str, str] = {}
     for stream, found in entries.items():
         if not found:
             continue
-        last_ids[stream] = max((i for i, _ in found), key=split_id)
+        last_ids[stream] = found[-1][0]
         for entry_id, fields in found:
             counts.entries += 1
             if fields is None:

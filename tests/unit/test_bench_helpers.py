@@ -84,3 +84,30 @@ def test_the_growth_bench_sends_a_reading_every_reading_seconds(seconds: int) ->
         range(3600 // seconds)
     )
     assert all(set(reading.metrics) == set(METRICS) for reading in event.readings)
+
+
+def test_machine_cores_count_every_busy_second_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import namedtuple
+
+    import psutil
+
+    from benchmarks.processes import CpuMeter
+
+    Times = namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
+    readings = iter(
+        [
+            Times(100.0, 0.0, 50.0, 900.0, 5.0, 0.0, 1.0, 2.0, 0.0, 0.0),
+            # 10 s later: 12 s user (4 of them a guest's, also counted as user), 4 system,
+            # 1 softirq, 2 iowait and 1 stolen; the rest idle
+            Times(112.0, 0.0, 54.0, 901.0, 7.0, 0.0, 2.0, 3.0, 4.0, 0.0),
+        ]
+    )
+    monkeypatch.setattr(psutil, "cpu_times", lambda: next(readings))
+    monkeypatch.setattr(psutil, "cpu_count", lambda: 2)
+    meter = CpuMeter()
+    meter.start()
+    machine = meter.machine(10.0)
+    # busy: 12 user (the guest's 4 s counted there, not twice) + 4 system + 1 softirq
+    assert machine.busy == pytest.approx(1.7)
+    assert machine.steal == pytest.approx(0.1)
+    assert machine.cores == 2
