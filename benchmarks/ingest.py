@@ -23,6 +23,7 @@ import psycopg
 from pydantic import SecretStr
 
 from benchmarks.platform import (
+    INGEST_READY,
     INSTANCE,
     STOP_GRACE_SECONDS,
     BenchProcess,
@@ -44,7 +45,7 @@ from benchmarks.workload import (
 )
 from iotp.event_shards import telemetry_streams, trims_key
 from iotp.names import INGEST_STATS_KEY_PREFIX, TELEMETRY_DEADLETTER_STREAM
-from iotp.processes import stop_all
+from iotp.processes import ProcessFailed, stop_all
 from iotp.redis_client import redis_for
 from iotp.settings import Settings
 from local_platform.broker import local_mosquitto
@@ -278,10 +279,11 @@ def _measure(
 def run_drain(settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path) -> RunResult:
     """Queue the workload for ingest's session while it is stopped, then time the catch-up.
 
-    The clock starts once ingest has connected (its interpreter start-up is not counted);
-    the aggregator is already running. With several ingest processes, they share the
-    subscription (as `ingest-a` and `ingest-b` do in docker-compose.yml) and the broker
-    splits the queued messages between their sessions.
+    The clock starts once the first ingest has connected (its interpreter start-up is not
+    counted; the others' start-ups, under way, are); the aggregator is already running.
+    With several ingest processes, they share the subscription (as `ingest-a` and
+    `ingest-b` do in docker-compose.yml) and the broker splits the queued messages between
+    their sessions.
     """
     reset_telemetry(settings)
     name = f"drain-{workload.per_message}"
@@ -292,7 +294,9 @@ def run_drain(settings: Settings, plan: DrainPlan, workload: Workload, workdir: 
                 STOP_GRACE_SECONDS
             )
         published = publish_all(broker.url, workload, plan.publishers)
-        with running_platform(settings, broker.url, name, workdir, plan.deployment) as children:
+        with running_platform(
+            settings, broker.url, name, workdir, plan.deployment, all_ready=False
+        ) as children:
             seen = _measure(
                 settings, workload, children, broker.pid, lambda: published, plan.timeout
             )
@@ -301,10 +305,21 @@ def run_drain(settings: Settings, plan: DrainPlan, workload: Workload, workdir: 
 
 @contextmanager
 def running_platform(
-    settings: Settings, mqtt_url: str, name: str, workdir: Path, deployment: Deployment
+    settings: Settings,
+    mqtt_url: str,
+    name: str,
+    workdir: Path,
+    deployment: Deployment,
+    all_ready: bool = True,
 ) -> Iterator[dict[str, BenchProcess]]:
     """Aggregators first (they wait for events), then ingest: named ingest, ingest-1 ...;
-    all stopped when the block ends, also the ones started before a start failed."""
+    all stopped when the block ends, also the ones started before a start failed.
+
+    The ingests start together, as a deployment starts them. The block begins once all
+    have subscribed, or (not ``all_ready``) once the first has: a queued workload is then
+    timed from when its draining starts (waiting for the last, the first drained a third of
+    it alone before the clock, and the clock timed one ingest's drain of its share).
+    """
     children: dict[str, BenchProcess] = {}
     try:
         for n in range(deployment.aggregators):
@@ -313,16 +328,34 @@ def running_platform(
                 workdir / f"aggregate-{name}-{n}.log",
                 aggregator_instance=f"{INSTANCE}-{n}",
             )
-        for n in range(deployment.ingests):
-            children["ingest" if n == 0 else f"ingest-{n}"] = start_ingest(
+        ingests = [f"ingest-{n}" if n else "ingest" for n in range(deployment.ingests)]
+        for n, ingest in enumerate(ingests):
+            children[ingest] = start_ingest(
                 settings,
                 mqtt_url,
                 workdir / f"ingest-{name}-{n}.log",
+                wait=False,
                 ingest_instance=f"{INSTANCE}-{n}",
             )
+        if all_ready:
+            for ingest in ingests:
+                children[ingest].wait_for(INGEST_READY)
+        else:
+            _first_ready([children[ingest] for ingest in ingests])
         yield children
     finally:
         stop_all(children.values(), STOP_GRACE_SECONDS)
+
+
+def _first_ready(ingests: list[BenchProcess], timeout: float = 60.0) -> None:
+    """Wait until one of ``ingests`` has subscribed; raise if one ends or none does in time."""
+    deadline = time.monotonic() + timeout
+    while not any(INGEST_READY in child.output() for child in ingests):
+        for child in ingests:
+            child.check()
+        if time.monotonic() > deadline:
+            raise ProcessFailed(f"no ingest logged {INGEST_READY!r} in {timeout:.0f}s")
+        time.sleep(0.02)
 
 
 def run_live(settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path) -> RunResult:

@@ -84,14 +84,21 @@ def start_service(
     return child
 
 
-def start_ingest(settings: Settings, mqtt_url: str, log: Path, **extra: str) -> BenchProcess:
+INGEST_READY = "subscribed to"
+
+
+def start_ingest(
+    settings: Settings, mqtt_url: str, log: Path, *, wait: bool = True, **extra: str
+) -> BenchProcess:
+    """An ingest, subscribed on return; without ``wait``, only started (``INGEST_READY`` in
+    its log says when it is subscribed), so that several start together."""
     extra.setdefault("ingest_instance", INSTANCE)
     extra.setdefault("log_level", os.environ.get("IOTP_BENCH_INGEST_LOG_LEVEL", "INFO"))
     return start_service(
         settings,
         ["ingest"],
         log,
-        "subscribed to",
+        INGEST_READY if wait else None,
         mqtt_url=mqtt_url,
         ingest_metrics_port="0",
         **extra,

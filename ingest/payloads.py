@@ -232,11 +232,31 @@ def _all_good(
         ts, _ = _timestamp(item.ts, received_at, limits)
         if ts is None:
             return None
-        kept, breaches, problems = check_metrics(metrics.items(), device)
-        if problems:
+        breaches = _breaches_if_storable(metrics, device)
+        if breaches is None:
             return None
-        readings.append(Reading(ts, kept, breaches))
+        readings.append(Reading(ts, metrics, breaches))
     return ParsedMessage(device.device_id, tuple(readings), ())
+
+
+def _breaches_if_storable(metrics: dict[str, float], device: DeviceInfo) -> tuple[str, ...] | None:
+    """The metrics out of their declared range when :func:`check_metrics` would keep every
+    one as sent, else None. msgspec made every value a float; the dict is kept as it is,
+    not copied value by value."""
+    declared_metrics = device.metrics
+    breaches: list[str] | None = None
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            return None
+        declared = declared_metrics.get(name)
+        if declared is None:
+            if declared_metrics or not is_metric_name(name):
+                return None
+            continue
+        low, high = declared.min, declared.max
+        if (low is not None and value < low) or (high is not None and value > high):
+            breaches = [name] if breaches is None else [*breaches, name]
+    return () if breaches is None else tuple(breaches)
 
 
 def parse_iotp_payload(

@@ -32,9 +32,10 @@ from ingest.payloads import (
     clip,
     device_id_of,
     device_problem,
-    parse_device_message,
+    parse_iotp_payload,
     parse_message,
     rejected,
+    size_problem,
 )
 from iotp.db import ReconnectingConnection
 from iotp.device_profiles import (
@@ -51,7 +52,7 @@ from iotp.events import (
     GatewayAttributes,
     GatewayDeleted,
 )
-from iotp.model import is_device_id
+from iotp.model import DEFAULT_PROFILE, is_device_id
 from iotp.names import TELEMETRY_TOPIC_FILTER
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,12 @@ class ProfileRouter:
         device_id = device_id_of(topic)
         if device_id is not None:
             known = self.lookup(device_id)
-            if known is not None and known.profile == BUILTIN_PROFILE.name:
-                return parse_device_message(device_id, payload, received_at, self.lookup, limits)
+            if known is not None and known.profile == DEFAULT_PROFILE:
+                # parse_device_message's checks, with the device already looked up
+                problem = size_problem(payload, limits) or device_problem(device_id, known)
+                if problem is not None:
+                    return rejected(device_id, *problem)
+                return parse_iotp_payload(known, payload, received_at, limits)
         first: tuple[DeviceProfile, TopicMatch, DeviceInfo | None] | None = None
         for profile in self.book.profiles():
             found = match_topic(profile, topic)

@@ -94,8 +94,19 @@ def pg_micros(at: datetime) -> int:
 
 
 def timestamptzs(values: Sequence[datetime]) -> TimestamptzArray:
-    """Aware datetimes, sent as :func:`pg_micros` of each."""
-    return timestamptz_micros([pg_micros(value) for value in values])
+    """Aware datetimes, sent as :func:`pg_micros` of each.
+
+    A run of the same datetime object (a reading's time in each of its metrics' rows, a
+    socket read's receipt time in each of its messages) is converted once.
+    """
+    micros: list[int] = []
+    last: datetime | None = None
+    value = 0
+    for at in values:
+        if at is not last:
+            last, value = at, (at - _PG_EPOCH) // _MICROSECOND
+        micros.append(value)
+    return timestamptz_micros(micros)
 
 
 def timestamptz_micros(values: Sequence[int]) -> TimestamptzArray:

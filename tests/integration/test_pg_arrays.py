@@ -21,6 +21,8 @@ from iotp.pg_arrays import (
     unix_minute_micros,
 )
 
+_A = datetime(2026, 12, 8, 1, 2, 3, 456789, tzinfo=UTC)
+_B = datetime(2026, 12, 8, 1, 2, 3, 456790, tzinfo=timezone(timedelta(hours=-3)))
 CASES: list[tuple[str, Callable[[Any], PgArray], Sequence[Any]]] = [
     ("float8", float8s, [0.0, -0.0, 1.5, -2.25e-308, 1.7976931348623157e308, 1 / 3]),
     ("int8", int8s, [0, -1, 2**63 - 1, -(2**63), 42]),
@@ -36,10 +38,15 @@ CASES: list[tuple[str, Callable[[Any], PgArray], Sequence[Any]]] = [
             datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone(timedelta(hours=5, minutes=30))),
         ],
     ),
+    # runs of one datetime object (converted once a run), one coming back after another,
+    # and an equal datetime that is another object
+    ("timestamptz", timestamptzs, [_A, _A, _A, _B, _B, _A, _B.replace(), _A]),
 ]
 
 
-@pytest.mark.parametrize(("kind", "pack", "values"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("kind", "pack", "values"), CASES, ids=[f"{c[0]}-{n}" for n, c in enumerate(CASES)]
+)
 def test_an_array_reads_back_as_psycopgs_own(
     db: psycopg.Connection[Any],
     kind: str,
