@@ -112,6 +112,9 @@ class RunResult:
     readings_per_s_stored: float
     data_points_per_s_stored: float
     readings_per_s_applied: float
+    # The applied rate over the middle half of the work (from a quarter applied to three
+    # quarters), from the timeline: the run's rate without its start and its tail.
+    readings_per_s_applied_middle: float | None
     # live only: stored rate over the publish rate (both from the publishers' start)
     stored_fraction_of_publish_rate: float | None
     peak_rss_mb: float  # ingest
@@ -206,6 +209,18 @@ def cpu_ms_per_1k_readings(cpu_cores: dict[str, float], seconds: float, readings
     return round(iotp * seconds * 1000 / (readings / 1000), 1) if readings else 0.0
 
 
+def middle_rate(
+    samples: list[tuple[float, int, int]], messages: int, per_message: int
+) -> float | None:
+    """Readings/s applied between the first samples with a quarter and with three quarters
+    of ``messages`` applied; None when the timeline is too coarse to tell."""
+    quarter = next((s for s in samples if s[2] >= messages / 4), None)
+    three = next((s for s in samples if s[2] >= messages * 3 / 4), None)
+    if quarter is None or three is None or three[0] <= quarter[0]:
+        return None
+    return round((three[2] - quarter[2]) * per_message / (three[0] - quarter[0]), 1)
+
+
 def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -> RunResult:
     stored = stored_data_points(settings)
     client = redis_for(settings.redis_url, settings.redis_cluster)
@@ -236,6 +251,7 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
         readings_per_s_stored=round(timed_stored / stored_seconds, 1),
         data_points_per_s_stored=round(timed_stored * len(METRICS) / stored_seconds, 1),
         readings_per_s_applied=round(timed_applied / applied_seconds, 1),
+        readings_per_s_applied_middle=middle_rate(seen.samples, workload.messages, per),
         stored_fraction_of_publish_rate=(
             round(timed_stored / stored_seconds / (seen.published.rate * per), 3)
             if mode == "live" and seen.published.rate

@@ -407,6 +407,7 @@ def _drains(
         "iotp": {
             "readings_per_s_stored": stored,
             "readings_per_s_applied": iotp.readings_per_s_applied,
+            "readings_per_s_applied_middle": iotp.readings_per_s_applied_middle,
             "readings_lost": iotp.readings_lost,
             "cpu_cores": iotp.cpu_cores,
             "machine_cores_busy": iotp.machine_cores_busy,

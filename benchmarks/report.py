@@ -33,6 +33,7 @@ def print_ingest_report(report: dict[str, Any]) -> None:
         ("readings/s stored", "readings_per_s_stored"),
         ("data points/s stored", "data_points_per_s_stored"),
         ("readings/s applied", "readings_per_s_applied"),
+        ("readings/s applied, middle half of the work", "readings_per_s_applied_middle"),
         ("stored rate / publish rate (live)", "stored_fraction_of_publish_rate"),
         ("ingest peak RSS, MB", "peak_rss_mb"),
         ("aggregator peak RSS, MB", "aggregator_peak_rss_mb"),

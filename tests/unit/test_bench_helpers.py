@@ -111,3 +111,13 @@ def test_machine_cores_count_every_busy_second_once(monkeypatch: pytest.MonkeyPa
     assert machine.busy == pytest.approx(1.7)
     assert machine.steal == pytest.approx(0.1)
     assert machine.cores == 2
+
+
+def test_the_middle_rate_leaves_out_the_start_and_the_tail() -> None:
+    from benchmarks.ingest import middle_rate
+
+    # 100 messages of 2 readings: a slow start (one ingest starting), then 100 messages/s
+    samples = [(0.0, 0, 0), (1.0, 10, 10), (1.25, 35, 35), (1.5, 60, 60), (1.75, 85, 85)]
+    assert middle_rate(samples, 100, 2) == pytest.approx(50 * 2 / 0.5)
+    assert middle_rate(samples[:3], 100, 2) is None  # three quarters never reached
+    assert middle_rate([(0.0, 0, 0), (0.5, 100, 100)], 100, 1) is None  # one sample holds both
