@@ -112,8 +112,9 @@ class RunResult:
     readings_per_s_stored: float
     data_points_per_s_stored: float
     readings_per_s_applied: float
-    # The applied rate over the middle half of the work (from a quarter applied to three
-    # quarters), from the timeline: the run's rate without its start and its tail.
+    # drain only: the applied rate over the middle half of the work (from a quarter applied
+    # to three quarters), from the timeline: the run's rate without its start and its tail
+    # (a live run's rate is the publishers').
     readings_per_s_applied_middle: float | None
     # live only: stored rate over the publish rate (both from the publishers' start)
     stored_fraction_of_publish_rate: float | None
@@ -251,7 +252,9 @@ def _result(mode: str, workload: Workload, settings: Settings, seen: Measured) -
         readings_per_s_stored=round(timed_stored / stored_seconds, 1),
         data_points_per_s_stored=round(timed_stored * len(METRICS) / stored_seconds, 1),
         readings_per_s_applied=round(timed_applied / applied_seconds, 1),
-        readings_per_s_applied_middle=middle_rate(seen.samples, workload.messages, per),
+        readings_per_s_applied_middle=(
+            middle_rate(seen.samples, workload.messages, per) if mode == "drain" else None
+        ),
         stored_fraction_of_publish_rate=(
             round(timed_stored / stored_seconds / (seen.published.rate * per), 3)
             if mode == "live" and seen.published.rate
