@@ -122,9 +122,11 @@ class HttpInbox:
         max_delay: float,
         stop: threading.Event,
         gather_from: int = 1,
+        linger: float = 0.0,
     ) -> list[InboundMessage]:
-        """What waits, up to the limits, once there is something; no gathering delay: a
-        device waits for the answer, and while a batch is written the next one builds up."""
+        """What waits, up to the limits, once there is something; no gathering delay and no
+        lingering: a device waits for the answer, and while a batch is written the next one
+        builds up."""
         batch: list[InboundMessage] = []
         size = 0
         with self._cond:

@@ -155,11 +155,12 @@ class Mqtt5Source(Received):
         max_delay: float,
         stop: threading.Event,
         gather_from: int = 1,
+        linger: float = 0.0,
     ) -> list[InboundMessage]:
         """The next batch (:meth:`Received.take_locked`); reading resumes once what is
         held is back within bounds (:meth:`_has_room`)."""
         with self._cond:
-            batch = self.take_locked(max_messages, max_bytes, max_delay, stop, gather_from)
+            batch = self.take_locked(max_messages, max_bytes, max_delay, stop, gather_from, linger)
             resume = self._paused and self._has_room()
             self._cond.notify_all()
         if resume:

@@ -76,10 +76,12 @@ class Received:
         max_delay: float,
         stop: threading.Event,
         gather_from: int,
+        linger: float = 0.0,
     ) -> list[InboundMessage]:
         """The next batch, with ``_cond`` held: waits for a first message, then up to
         ``max_delay`` for more if at least ``gather_from`` were already waiting (busy);
-        else it takes what is here."""
+        else up to ``linger`` (a few ms: a steady moderate rate then comes in batches of
+        some size, not of the one or two messages each read of the socket brings)."""
         batch: list[InboundMessage] = []
         size = 0
         while not self._queue:
@@ -87,7 +89,7 @@ class Received:
                 return batch
             self._cond.wait(0.2)
         busy = len(self._queue) >= gather_from
-        deadline = time.monotonic() + (max_delay if busy else 0.0)
+        deadline = time.monotonic() + (max_delay if busy else linger)
         while len(batch) < max_messages and size < max_bytes:
             if not self._queue:
                 remaining = deadline - time.monotonic()
@@ -360,10 +362,11 @@ class MqttSource(Received):
         max_delay: float,
         stop: threading.Event,
         gather_from: int = 1,
+        linger: float = 0.0,
     ) -> list[InboundMessage]:
         """The next batch (:meth:`Received.take_locked`)."""
         with self._cond:
-            batch = self.take_locked(max_messages, max_bytes, max_delay, stop, gather_from)
+            batch = self.take_locked(max_messages, max_bytes, max_delay, stop, gather_from, linger)
             self._cond.notify_all()
         return batch
 

@@ -47,6 +47,7 @@ class MessageSource(Protocol):
         max_delay: float,
         stop: threading.Event,
         gather_from: int = 1,
+        linger: float = 0.0,
     ) -> list[InboundMessage]: ...
     def ack(self, messages: list[InboundMessage]) -> None: ...
 
@@ -61,6 +62,10 @@ class BatchPolicy:
     # while the writer stores a batch the next one builds up anyway, and a moderate rate is
     # then stored at once instead of after the delay (freshness).
     busy_messages: int = 1
+    # Otherwise wait up to this long for more before a batch is taken: at a steady moderate
+    # rate a batch was one or two messages, and each batch's fixed CPU (two round trips,
+    # the threads' wake-ups) was most of ingest's.
+    linger_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class IngestPipeline:
                     self.policy.max_delay_seconds,
                     stop,
                     self.policy.busy_messages,
+                    self.policy.linger_seconds,
                 )
                 if batch and _acquired(in_flight, writer):
                     _hand_to(writer, handoff, self.prepare(batch, stop))

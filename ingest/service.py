@@ -70,6 +70,7 @@ def batch_policy_from(settings: Settings) -> BatchPolicy:
         max_bytes=settings.ingest_batch_max_bytes,
         max_delay_seconds=settings.ingest_batch_max_delay_ms / 1000,
         busy_messages=settings.ingest_batch_busy_messages,
+        linger_seconds=settings.ingest_batch_linger_ms / 1000,
         deadletter_payload_max_bytes=settings.deadletter_payload_max_bytes,
     )
 

@@ -107,6 +107,7 @@ class ReaderOptions:
     claim_idle_ms: int = 30_000
     gather_ms: int = 0  # after a short read of gather_min events or more, wait and add more
     gather_min: int = 1
+    linger_ms: int = 0  # after a read of fewer than gather_min events, wait and add more
     shards: int = 1  # IOTP_EVENT_SHARDS: which trim records count cuts into this group
     heals_key: str | None = None  # a further hash heals are counted in (the aggregators')
     task: str = ""  # the name in log lines; the group's by default
@@ -214,11 +215,16 @@ class GroupReader(Generic[E]):
                     done.add(self.deliver({stream: claimed}, claimed=len(claimed)))
         batch = self._read(">", self.options.block_ms)
         size = sum(len(entries) for entries in batch.values())
-        if self.options.gather_min <= size < self.options.batch_size and self.options.gather_ms:
-            # Busy but short of a batch: gather what arrives next into the same batch, for one
-            # transaction per gather_ms rather than one per handful of events. A smaller read
-            # (a moderate rate) is applied at once: waiting would cost freshness, not CPU.
-            time.sleep(self.options.gather_ms / 1000)
+        # Busy but short of a batch: gather what arrives next into the same batch, for one
+        # transaction per gather_ms rather than one per handful of events. A smaller read (a
+        # moderate rate) lingers a few ms only: each batch costs its round trips (six) and
+        # wake-ups whatever it holds, and at a steady moderate rate a read is an ingest
+        # batch or two.
+        wait_ms = (
+            self.options.gather_ms if size >= self.options.gather_min else self.options.linger_ms
+        )
+        if 0 < size < self.options.batch_size and wait_ms:
+            time.sleep(wait_ms / 1000)
             for stream, entries in self._read(">", None, self.options.batch_size - size).items():
                 batch.setdefault(stream, []).extend(entries)
         done.add(self.deliver(batch))

@@ -47,6 +47,7 @@ def aggregator_options(
     claim_idle_ms: int,
     gather_ms: int = 0,
     gather_min: int = 1,
+    linger_ms: int = 0,
     event_shards: int = 1,
 ) -> ReaderOptions:
     """How an aggregator reads: every aggregated stream, in the group ``iotp-aggregators``."""
@@ -59,6 +60,7 @@ def aggregator_options(
         claim_idle_ms=claim_idle_ms,
         gather_ms=gather_ms,
         gather_min=gather_min,
+        linger_ms=linger_ms,
         shards=event_shards,
         heals_key=READ_MODEL_HEALS_KEY,  # what /pipeline's `healing` reports
         task="aggregator",

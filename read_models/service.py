@@ -46,6 +46,7 @@ def aggregator_for(settings: Settings, client: redis.Redis) -> GroupReader[Folde
         claim_idle_ms=settings.aggregator_claim_idle_ms,
         gather_ms=settings.aggregator_gather_ms,
         gather_min=settings.aggregator_gather_min_events,
+        linger_ms=settings.aggregator_linger_ms,
         event_shards=settings.event_shards,
     )
     return aggregator(client, read_store, options, settings.applied_events_keep_hours, heal)

@@ -101,6 +101,32 @@ def test_a_read_gathers_for_more_only_while_busy(
     assert len(applied(db)) == 10
 
 
+def test_a_short_read_lingers_for_what_comes_next(
+    database: str, db: psycopg.Connection[Any], client: redis.Redis
+) -> None:
+    """A read of fewer than gather_min events waits linger_ms, not gather_ms, and applies
+    what came meanwhile with it; without a linger it is applied at once, alone."""
+    part = RecordingPart(database)
+    consumer = reader(
+        client, part, (STREAM,), batch_size=100, gather_ms=5000, gather_min=50, linger_ms=600
+    )
+    publish(client, STREAM, 2)
+    late = threading.Timer(0.2, publish, (client, STREAM, 3))
+    late.start()
+    started = time.monotonic()
+    assert consumer.step().entries == 5  # the 3 published while it lingered, in one batch
+    assert 0.6 <= time.monotonic() - started < 4.0  # the linger, not the gather
+    late.join()
+    eager = reader(client, part, (STREAM,), batch_size=100, gather_min=50, linger_ms=0)
+    publish(client, STREAM, 2)
+    late = threading.Timer(0.4, publish, (client, STREAM, 3))
+    late.start()
+    assert eager.step().entries == 2
+    late.join()
+    assert eager.step().entries == 3
+    assert len(applied(db)) == 10
+
+
 def test_a_kill_between_the_commit_and_the_xack_applies_nothing_twice(
     database: str, db: psycopg.Connection[Any], client: redis.Redis
 ) -> None:

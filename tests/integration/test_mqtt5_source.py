@@ -330,6 +330,30 @@ def test_a_batch_gathers_for_more_only_while_messages_wait() -> None:
     assert 0.9 <= waited < 3.0  # it waited out the delay for the sixth and any more
 
 
+def test_a_quiet_batch_lingers_for_what_arrives_next() -> None:
+    """Below ``gather_from`` waiting messages, a batch still waits up to ``linger`` for
+    more; it ends as soon as it is full."""
+
+    async def two_apart(connection: FakeConnection) -> None:
+        await connection.handshake()
+        connection.publish(1, b"m1")
+        await asyncio.sleep(0.3)
+        connection.publish(2, b"m2")
+        connection.publish(3, b"m3")
+
+    broker = FakeBroker(two_apart)
+    with broker, running(Mqtt5Source(broker.address(), source_options())) as source:
+        stop = threading.Event()
+        wait_for(lambda: source.pending() == 1)
+        started = time.monotonic()
+        batch = source.take(2, 1 << 20, 30.0, stop, gather_from=3, linger=10.0)
+        waited = time.monotonic() - started
+        rest = source.take(100, 1 << 20, 30.0, stop, gather_from=3)
+    assert [m.payload for m in batch] == [b"m1", b"m2"]  # m2 came 0.3 s later
+    assert 0.2 <= waited < 5.0  # full at two: neither the linger nor the delay waited out
+    assert [m.payload for m in rest] == [b"m3"]
+
+
 def test_an_ack_of_an_earlier_connection_never_reaches_the_next_one() -> None:
     gate = threading.Event()
 
