@@ -16,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.ingest import bench_settings
 from benchmarks.platform import STOP_GRACE_SECONDS, start_aggregator, start_ingest
+from benchmarks.processes import CpuMeter
 from benchmarks.stores import register, reset
 from iotp.mqtt_url import parse_mqtt_url
 from iotp.names import telemetry_topic
@@ -29,7 +30,11 @@ POLL_SECONDS = 0.01
 def run_freshness_bench(
     settings: Settings, rate: float, seconds: float, devices: int
 ) -> dict[str, Any]:
-    """Publish ``rate`` readings/s for ``seconds``; poll the read models for each one."""
+    """Publish ``rate`` readings/s for ``seconds``; poll the read models for each one.
+
+    Also the CPU ingest and the aggregator used while the readings were published: what
+    the freshness costs (the lingers and gathers trade one for the other).
+    """
     settings = bench_settings(settings)
     ids = [f"fresh-{n:04d}" for n in range(devices)]
     reset(settings)
@@ -48,7 +53,13 @@ def run_freshness_bench(
                 start_aggregator(settings, Path(tmp) / "aggregate.log", aggregator_block_ms="20")
             )
             poller.start()
+            meter = CpuMeter()
+            meter.add("ingest", children[0].family())
+            meter.add("aggregator", children[1].family())
+            meter.start()
             sent, elapsed = _publish(broker.url, ids, rate, seconds, published)
+            cpu = meter.stop(elapsed, digits=3)
+            machine = meter.machine(elapsed)
             deadline = time.monotonic() + 30
             while len(seen) < len(published) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -73,6 +84,12 @@ def run_freshness_bench(
         "max_ms": round(latencies[-1], 1) if latencies else None,
         "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None,
         "poll_interval_ms": POLL_SECONDS * 1000,
+        "cpu_cores": cpu,
+        # per 1,000 readings published: cores x 1,000 ms / (thousands of readings a second)
+        "cpu_ms_per_1k_readings": round(sum(cpu.values()) * 1e6 / (sent / elapsed), 1)
+        if sent
+        else None,
+        "machine_cores_busy": machine.busy,
     }
 
 
