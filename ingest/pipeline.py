@@ -60,11 +60,11 @@ class BatchPolicy:
     deadletter_payload_max_bytes: int
     # Gather for up to max_delay_seconds only when this many messages already wait (busy):
     # while the writer stores a batch the next one builds up anyway, and a moderate rate is
-    # then stored at once instead of after the delay (freshness).
+    # then not held for the delay (freshness),
     busy_messages: int = 1
-    # Otherwise wait up to this long for more before a batch is taken: at a steady moderate
-    # rate a batch was one or two messages, and each batch's fixed CPU (two round trips,
-    # the threads' wake-ups) was most of ingest's.
+    # but only for this linger: without one, at a steady moderate rate a batch was the one
+    # or two messages of a socket read, and each batch's fixed CPU (two round trips, the
+    # threads' wake-ups) was most of ingest's.
     linger_seconds: float = 0.0
 
 
