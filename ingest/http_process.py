@@ -13,7 +13,8 @@ messages in its own counters (Prometheus and `iotp status`), and ends with it.
 - Told to stop (SIGTERM, to it or to the process group) it stores and answers what it
   accepted, then ends; it stops by itself if its parent is gone.
 - If it ends on its own, the parent stops too, and fails if it failed, as when the HTTP
-  pipeline failed in-process.
+  pipeline failed in-process. The MQTT ingest does not wait for it to serve (it took half
+  of ingest's start-up); if it does not within STARTUP_SECONDS, the parent stops and fails.
 
 Its pipeline is the one the in-process server had: its own writer and ledger consumer
 ``<client id>:http``.
@@ -24,13 +25,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -115,29 +114,22 @@ class HttpChild:
             )
         finally:
             os.close(feed_end)
-        self._feed, self._pending, self._ready = feed, b"", False
-        try:
-            self._wait_ready()
-        except BaseException:
-            os.close(feed)
-            raise
+        self._feed, self._pending = feed, b""
+        self.ready = threading.Event()  # it said it serves
+        self.never_served = False  # it did not, within STARTUP_SECONDS
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while not self._ready:
-            readable, _, _ = select.select(
-                [self._feed], [], [], max(0.0, deadline - time.monotonic())
-            )
-            chunk = os.read(self._feed, 65536) if readable else b""
-            if not chunk:  # no answer in time, or the pipe closed: the child ended
-                self.stop()
-                raise ServiceUnavailable(
-                    "HTTP telemetry",
-                    "IOTP_INGEST_HTTP_PORT",
-                    f"{self.settings.ingest_http_host}:{self.settings.ingest_http_port}",
-                    "its process did not start serving (see the log above)",
-                )
-            self._received(chunk)
+    def check_started(self, stop: threading.Event) -> None:
+        """Wait up to STARTUP_SECONDS for it to serve; if it does not, end it and ``stop``."""
+        if self.ready.wait(STARTUP_SECONDS) or self.stopping.is_set():
+            return
+        self.never_served = True
+        logger.error(
+            "the HTTP telemetry process did not start serving %s:%s in %.0f s; stopping ingest",
+            self.settings.ingest_http_host,
+            self.settings.ingest_http_port,
+            STARTUP_SECONDS,
+        )
+        stop.set()
 
     def _received(self, chunk: bytes) -> None:
         *lines, self._pending = (self._pending + chunk).split(b"\n")
@@ -170,7 +162,7 @@ class HttpChild:
             logger.warning("unreadable counters from the HTTP telemetry process: %r", line[:200])
             return
         if name == "ready":
-            self._ready = True
+            self.ready.set()
         elif name in FORWARDED:
             getattr(self.counters, name)(*args)
 
@@ -197,9 +189,9 @@ def serving_http_in_child(
     settings: Settings, client_id: str, counters: IngestCounters, stop: threading.Event
 ) -> Iterator[None]:
     """Serve HTTP telemetry from a child process while the block runs (nothing when the port
-    is 0 or taken), its messages counted in ``counters``. Raises :class:`ServiceUnavailable`
-    if it does not start; if it fails on its own, ``stop`` is set and
-    :class:`HttpChildFailed` raised when the block ends."""
+    is 0 or taken), its messages counted in ``counters``. The block does not wait for it
+    to serve. If it fails on its own, or does not serve within STARTUP_SECONDS, ``stop`` is
+    set and :class:`HttpChildFailed` raised when the block ends."""
     listener = http_listener(settings)
     if listener is None:
         yield
@@ -210,13 +202,23 @@ def serving_http_in_child(
         target=child.watch, args=(stop,), name="iotp-ingest-http-child", daemon=True
     )
     watcher.start()
+    starting = threading.Thread(
+        target=child.check_started, args=(stop,), name="iotp-ingest-http-start", daemon=True
+    )
+    starting.start()
     failed = False
     try:
         yield
     finally:
         failed = child.failed
         child.stop()
+        child.ready.set()  # (ends the start's check)
         watcher.join()
+        starting.join()
+    if child.never_served:
+        raise HttpChildFailed(
+            f"the HTTP telemetry process did not start serving in {STARTUP_SECONDS:.0f} s"
+        )
     if failed:
         raise HttpChildFailed(
             f"the HTTP telemetry process ended with code {child.process.returncode}"
