@@ -31,6 +31,7 @@ from benchmarks.platform import (
     event_counts,
     start_aggregator,
     start_ingest,
+    wait_started,
 )
 from benchmarks.processes import CpuMeter, MachineCpu, machine
 from benchmarks.stores import BENCH_TOKEN, READ_TABLES, register, reset
@@ -335,7 +336,8 @@ def running_platform(
     all stopped when the block ends, also the ones started before a start failed.
 
     The ingests start together, as a deployment starts them. The block begins once all
-    have subscribed, or (not ``all_ready``) once the first has: a queued workload is then
+    have started (:func:`wait_started`), or (not ``all_ready``) once the first has
+    subscribed: a queued workload is then
     timed from when its draining starts (waiting for the last, the first drained a third of
     it alone before the clock, and the clock timed one ingest's drain of its share).
     """
@@ -358,7 +360,7 @@ def running_platform(
             )
         if all_ready:
             for ingest in ingests:
-                children[ingest].wait_for(INGEST_READY)
+                wait_started(children[ingest])
         else:
             _first_ready([children[ingest] for ingest in ingests])
         yield children

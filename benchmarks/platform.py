@@ -85,24 +85,41 @@ def start_service(
 
 
 INGEST_READY = "subscribed to"
+# Ingest ingests before its HTTP telemetry process serves; it has started once that serves
+# (its log) or was not started (the port was taken: its warning).
+INGEST_HTTP_STARTED = ("HTTP telemetry on", "HTTP telemetry port")
+
+
+def wait_started(ingest: BenchProcess, timeout: float = 60.0) -> None:
+    """Wait until ``ingest`` is subscribed and its HTTP telemetry process, if any, serves:
+    start-up over, so that what is timed next is ingesting."""
+    ingest.wait_for(INGEST_READY, timeout)
+    deadline = time.monotonic() + timeout
+    while not any(marker in ingest.output() for marker in INGEST_HTTP_STARTED):
+        ingest.check()
+        if time.monotonic() > deadline:
+            raise ProcessFailed(f"iotp {ingest.name}: its HTTP telemetry did not start")
+        time.sleep(0.02)
 
 
 def start_ingest(
     settings: Settings, mqtt_url: str, log: Path, *, wait: bool = True, **extra: str
 ) -> BenchProcess:
-    """An ingest, subscribed on return; without ``wait``, only started (``INGEST_READY`` in
-    its log says when it is subscribed), so that several start together."""
+    """An ingest, started (:func:`wait_started`) on return; without ``wait``, only launched
+    (``INGEST_READY`` in its log says when it is subscribed), so that several start
+    together."""
     extra.setdefault("ingest_instance", INSTANCE)
     extra.setdefault("log_level", os.environ.get("IOTP_BENCH_INGEST_LOG_LEVEL", "INFO"))
-    return start_service(
-        settings,
-        ["ingest"],
-        log,
-        INGEST_READY if wait else None,
-        mqtt_url=mqtt_url,
-        ingest_metrics_port="0",
-        **extra,
+    child = start_service(
+        settings, ["ingest"], log, None, mqtt_url=mqtt_url, ingest_metrics_port="0", **extra
     )
+    if wait:
+        try:
+            wait_started(child)
+        except ProcessFailed:
+            child.stop(STOP_GRACE_SECONDS)
+            raise
+    return child
 
 
 def start_aggregator(settings: Settings, log: Path, **extra: str) -> BenchProcess:
