@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.ingest import bench_settings
+from benchmarks.ingest import bench_settings, cpu_ms_per_1k_readings
 from benchmarks.platform import STOP_GRACE_SECONDS, start_aggregator, start_ingest
 from benchmarks.processes import CpuMeter
 from benchmarks.stores import register, reset
@@ -85,10 +85,8 @@ def run_freshness_bench(
         "mean_ms": round(statistics.fmean(latencies), 1) if latencies else None,
         "poll_interval_ms": POLL_SECONDS * 1000,
         "cpu_cores": cpu,
-        # per 1,000 readings published: cores x 1,000 ms / (thousands of readings a second)
-        "cpu_ms_per_1k_readings": round(sum(cpu.values()) * 1e6 / (sent / elapsed), 1)
-        if sent
-        else None,
+        # per 1,000 readings published
+        "cpu_ms_per_1k_readings": cpu_ms_per_1k_readings(cpu, elapsed, sent) if sent else None,
         "machine_cores_busy": machine.busy,
     }
 

@@ -31,6 +31,7 @@ from benchmarks.platform import (
     event_counts,
     start_aggregator,
     start_ingest,
+    wait_logged,
     wait_started,
 )
 from benchmarks.processes import CpuMeter, MachineCpu, machine
@@ -46,7 +47,7 @@ from benchmarks.workload import (
 )
 from iotp.event_shards import telemetry_streams, trims_key
 from iotp.names import INGEST_STATS_KEY_PREFIX, TELEMETRY_DEADLETTER_STREAM
-from iotp.processes import ProcessFailed, stop_all
+from iotp.processes import stop_all
 from iotp.redis_client import redis_for
 from iotp.settings import Settings
 from local_platform.broker import local_mosquitto
@@ -337,9 +338,9 @@ def running_platform(
 
     The ingests start together, as a deployment starts them. The block begins once all
     have started (:func:`wait_started`), or (not ``all_ready``) once the first has
-    subscribed: a queued workload is then
-    timed from when its draining starts (waiting for the last, the first drained a third of
-    it alone before the clock, and the clock timed one ingest's drain of its share).
+    subscribed: a queued workload is then timed from when its draining starts (waiting for
+    the last, the first drained a third of it alone before the clock, and the clock timed
+    one ingest's drain of its share).
     """
     children: dict[str, BenchProcess] = {}
     try:
@@ -362,21 +363,10 @@ def running_platform(
             for ingest in ingests:
                 wait_started(children[ingest])
         else:
-            _first_ready([children[ingest] for ingest in ingests])
+            wait_logged([children[ingest] for ingest in ingests], (INGEST_READY,))
         yield children
     finally:
         stop_all(children.values(), STOP_GRACE_SECONDS)
-
-
-def _first_ready(ingests: list[BenchProcess], timeout: float = 60.0) -> None:
-    """Wait until one of ``ingests`` has subscribed; raise if one ends or none does in time."""
-    deadline = time.monotonic() + timeout
-    while not any(INGEST_READY in child.output() for child in ingests):
-        for child in ingests:
-            child.check()
-        if time.monotonic() > deadline:
-            raise ProcessFailed(f"no ingest logged {INGEST_READY!r} in {timeout:.0f}s")
-        time.sleep(0.02)
 
 
 def run_live(settings: Settings, plan: DrainPlan, workload: Workload, workdir: Path) -> RunResult:

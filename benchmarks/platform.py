@@ -94,11 +94,22 @@ def wait_started(ingest: BenchProcess, timeout: float = 60.0) -> None:
     """Wait until ``ingest`` is subscribed and its HTTP telemetry process, if any, serves:
     start-up over, so that what is timed next is ingesting."""
     ingest.wait_for(INGEST_READY, timeout)
+    wait_logged([ingest], INGEST_HTTP_STARTED, timeout)
+
+
+def wait_logged(
+    children: Sequence[BenchProcess], markers: Sequence[str], timeout: float = 60.0
+) -> None:
+    """Wait until one of ``children`` has logged one of ``markers``
+    (:meth:`IotpProcess.wait_for` for several processes and texts); raise if one ends
+    first, or none does in time."""
     deadline = time.monotonic() + timeout
-    while not any(marker in ingest.output() for marker in INGEST_HTTP_STARTED):
-        ingest.check()
+    while not any(marker in child.output() for child in children for marker in markers):
+        for child in children:
+            child.check()
         if time.monotonic() > deadline:
-            raise ProcessFailed(f"iotp {ingest.name}: its HTTP telemetry did not start")
+            names = ", ".join(child.name for child in children)
+            raise ProcessFailed(f"none of {names} logged any of {markers!r} in {timeout:.0f}s")
         time.sleep(0.02)
 
 

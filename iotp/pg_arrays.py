@@ -104,7 +104,7 @@ def timestamptzs(values: Sequence[datetime]) -> TimestamptzArray:
     value = 0
     for at in values:
         if at is not last:
-            last, value = at, (at - _PG_EPOCH) // _MICROSECOND
+            last, value = at, pg_micros(at)
         micros.append(value)
     return timestamptz_micros(micros)
 
